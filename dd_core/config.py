@@ -1,0 +1,162 @@
+"""The run configuration: one YAML file, validated by pydantic, turned into typed arguments here.
+
+Unknown keys are errors; ``--set a.b=value`` overrides any field (the value is parsed as YAML).
+Errors name the field's path, e.g. ``student.labeled_ratio``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(_Strict):
+    root: str = "./runs"
+    # Passed to fsspec (endpoint_url, key, secret, client_kwargs, ...). Never logged or reported.
+    options: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+
+class LabeledConfig(_Strict):
+    annotations: str
+    images: str
+
+
+class UnlabeledConfig(_Strict):
+    # A folder or prefix of images, a .txt file with one URL/relative path per line, or an
+    # image-only COCO json (e.g. image_info_unlabeled2017.json).
+    images: str
+    # Where relative names from a .txt list or a json live (default: beside that file).
+    root: str | None = None
+    limit: int | None = Field(default=None, gt=0)
+
+
+class ModelConfig(_Strict):
+    preset: Literal["slim", "r50-fpn", "r101-fpn", "x101-32x4d-fpn", "x101-64x4d-fpn"] = "slim"
+    backbone_weights: str | None = None  # a local/URL torchvision ImageNet state dict; never downloaded
+    min_size: list[int] | None = None    # training scales (shorter side); default: the preset's
+    test_size: int | None = Field(default=None, gt=0)
+    max_size: int | None = Field(default=None, gt=0)
+
+
+class TrainStageConfig(_Strict):
+    iterations: int = Field(default=2000, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    lr: float = Field(default=0.02, gt=0)
+    warmup_iters: int = Field(default=100, ge=0)
+    checkpoint_every: int = Field(default=500, gt=0)
+    num_workers: int = Field(default=0, ge=0)
+
+
+class StudentConfig(TrainStageConfig):
+    iterations: int = Field(default=4000, gt=0)
+    labeled_ratio: float = Field(default=0.6, gt=0, le=1)
+    init: Literal["scratch", "teacher"] = "scratch"
+
+
+class TTAConfig(_Strict):
+    scales: list[int] = Field(default_factory=lambda: [96, 128, 160])
+    flip: bool = True
+    nms_threshold: float = Field(default=0.5, gt=0, le=1)
+    voting_threshold: float = Field(default=0.8, gt=0, le=1)
+    scoring: Literal["ID", "AVG", "IOU_AVG", "GENERALIZED_AVG", "QUASI_SUM"] = "ID"
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("needs at least one scale")
+        if any(s <= 0 for s in v):
+            raise ValueError(f"scales must be positive pixel sizes, got {v}")
+        return v
+
+
+class ShardsConfig(_Strict):
+    size: int = Field(default=64, gt=0)
+
+
+class RunConfig(_Strict):
+    task: Literal["keypoints", "detection"] = "keypoints"
+    run_id: str | None = None
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    labeled: LabeledConfig
+    unlabeled: UnlabeledConfig
+    val: LabeledConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    teacher: TrainStageConfig = Field(default_factory=TrainStageConfig)
+    tta: TTAConfig = Field(default_factory=TTAConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    shards: ShardsConfig = Field(default_factory=ShardsConfig)
+    rounds: int = Field(default=1, gt=0)
+    upper_bound: LabeledConfig | None = None  # optionally also train on this fully-labeled set
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "/" in v or v.startswith(".")):
+            raise ValueError(f"must be a plain name (no '/', not starting with '.'), got {v!r}")
+        return v
+
+
+class ConfigError(ValueError):
+    """A run configuration that does not validate; the message lists each field's path."""
+
+
+def _format(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {path}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings to a nested dict (values parsed as YAML: 3, 0.5, [1,2], true)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. teacher.iterations=100")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply ``--set`` overrides, validate."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return parse_config(apply_overrides(data, overrides or []), str(path))
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

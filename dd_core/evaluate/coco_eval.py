@@ -1,0 +1,75 @@
+"""COCOeval for ``bbox`` and ``keypoints`` with the stats named as in the paper's tables."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from typing import Any, Sequence
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from dd_core.data.keypoints import COCO_PERSON_SIGMAS, NUM_KEYPOINTS
+from dd_core.evaluate.results import validate_results
+
+BBOX_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+KEYPOINT_STATS = ("AP", "AP50", "AP75", "APm", "APl")
+
+
+def _coco_api(gt: dict[str, Any]) -> COCO:
+    api = COCO()
+    api.dataset = copy.deepcopy(gt)
+    api.dataset.setdefault("info", {})
+    with contextlib.redirect_stdout(io.StringIO()):
+        api.createIndex()
+    return api
+
+
+def _num_keypoints(gt: dict[str, Any]) -> int:
+    return max((len(c.get("keypoints") or []) for c in gt["categories"]), default=0)
+
+
+def coco_evaluate(gt: dict[str, Any], results: Sequence[dict[str, Any]], iou_type: str,
+                  verbose: bool = False) -> dict[str, float]:
+    """COCO AP of ``results`` on the ground-truth dict ``gt`` (``iou_type``: bbox or keypoints).
+
+    No results at all scores 0 on every stat (pycocotools would raise IndexError).
+    """
+    if iou_type not in ("bbox", "keypoints"):
+        raise ValueError(f"iou_type must be 'bbox' or 'keypoints', got {iou_type!r}")
+    names = BBOX_STATS if iou_type == "bbox" else KEYPOINT_STATS
+    k = _num_keypoints(gt) if iou_type == "keypoints" else None
+    validate_results(results, {img["id"] for img in gt["images"]}, {c["id"] for c in gt["categories"]}, k)
+    if not results:
+        return {name: 0.0 for name in names}
+    gt_api = _coco_api(gt)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        dt_api = gt_api.loadRes(copy.deepcopy(list(results)))
+        evaluator = COCOeval(gt_api, dt_api, iou_type)
+        if iou_type == "keypoints" and k != NUM_KEYPOINTS:
+            evaluator.params.kpt_oks_sigmas = np.full(k, 0.05)  # COCO's sigmas are for its 17 keypoints
+        elif iou_type == "keypoints":
+            evaluator.params.kpt_oks_sigmas = np.asarray(COCO_PERSON_SIGMAS)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    if verbose:
+        print(out.getvalue())
+    # COCOeval reports -1 where a size range has no ground truth; keep it, it means "undefined".
+    return {name: float(v) for name, v in zip(names, evaluator.stats)}
+
+
+def gt_as_results(gt: dict[str, Any], score: float = 1.0) -> list[dict[str, Any]]:
+    """Ground truth written as detections (non-crowd only): scoring it against itself gives AP 1."""
+    out = []
+    for ann in gt["annotations"]:
+        if ann.get("iscrowd", 0):
+            continue
+        r = {"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": list(ann["bbox"]), "score": score}
+        if "keypoints" in ann:
+            r["keypoints"] = list(ann["keypoints"])
+        out.append(r)
+    return out

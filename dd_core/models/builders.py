@@ -1,0 +1,184 @@
+"""Model builders: one :class:`ModelSpec` (primitives only, stored in every checkpoint) -> a model.
+
+The paper's teacher and student are Mask R-CNN's keypoint variant (and Faster R-CNN for boxes)
+with ResNet-50/101 and ResNeXt-101 FPN backbones. ``slim`` is a CPU preset: ResNet-18-FPN with 64
+channels, a 4x64 keypoint head, a small box head and anchors for 128-px images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection import FasterRCNN, KeypointRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import misc as misc_ops
+
+TASKS = ("keypoints", "detection")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Architecture knobs of one preset (what differs between slim and the paper's models)."""
+
+    depth: tuple[int, int, int, int]
+    block: str  # "basic" | "bottleneck"
+    groups: int = 1
+    width_per_group: int = 64
+    fpn_channels: int = 256
+    box_head_dim: int = 1024
+    keypoint_head: tuple[int, ...] = (512,) * 8
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    min_size: tuple[int, ...] = (640, 672, 704, 736, 768, 800)
+    test_size: int = 800
+    max_size: int = 1333
+    rpn_top_n_train: tuple[int, int] = (2000, 2000)
+    rpn_top_n_test: tuple[int, int] = (1000, 1000)
+    box_batch_size_per_image: int = 512
+
+
+PRESETS: dict[str, Preset] = {
+    "slim": Preset(
+        depth=(2, 2, 2, 2), block="basic", fpn_channels=64, box_head_dim=256, keypoint_head=(64,) * 4,
+        anchor_sizes=(8, 16, 32, 64, 128), min_size=(112, 120, 128, 136, 144), test_size=128, max_size=224,
+        rpn_top_n_train=(600, 300), rpn_top_n_test=(300, 150), box_batch_size_per_image=128,
+    ),
+    "r50-fpn": Preset(depth=(3, 4, 6, 3), block="bottleneck"),
+    "r101-fpn": Preset(depth=(3, 4, 23, 3), block="bottleneck"),
+    "x101-32x4d-fpn": Preset(depth=(3, 4, 23, 3), block="bottleneck", groups=32, width_per_group=4),
+    "x101-64x4d-fpn": Preset(depth=(3, 4, 23, 3), block="bottleneck", groups=64, width_per_group=4),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model; saved (as a dict) in every checkpoint.
+
+    ``num_classes`` counts the background, as torchvision does. ``min_size`` is the training
+    scale range (one picked at random per batch by ``GeneralizedRCNNTransform``) and
+    ``test_size`` the single inference scale; both default to the preset's.
+    """
+
+    task: str = "keypoints"
+    preset: str = "slim"
+    num_classes: int = 2
+    num_keypoints: int = 17
+    min_size: tuple[int, ...] | None = None
+    test_size: int | None = None
+    max_size: int | None = None
+    norm: str | None = None  # "batch" | "frozen" | "group"; default: frozen with weights, batch without
+    backbone_weights: str | None = None
+    box_detections_per_img: int = 100
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"ModelSpec.task: expected one of {TASKS}, got {self.task!r}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"ModelSpec.preset: expected one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.num_classes < 2:
+            raise ValueError(f"ModelSpec.num_classes: must count the background and at least one class, got {self.num_classes}")
+        if self.norm not in (None, "batch", "frozen", "group"):
+            raise ValueError(f"ModelSpec.norm: expected batch, frozen or group, got {self.norm!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+        d = dict(d)
+        if d.get("min_size") is not None:
+            d["min_size"] = tuple(d["min_size"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"model spec: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+def _norm_layer(kind: str) -> type[nn.Module] | Any:
+    if kind == "frozen":
+        return misc_ops.FrozenBatchNorm2d
+    if kind == "group":
+        return lambda channels: nn.GroupNorm(32, channels)
+    return nn.BatchNorm2d
+
+
+def load_backbone_weights(body: nn.Module, path: str) -> None:
+    """Load ImageNet classification weights (a torchvision ResNet state dict) from a local file."""
+    from dd_core.storage import read_bytes
+    import io
+
+    state = torch.load(io.BytesIO(read_bytes(path)), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = body.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(f"{path}: backbone weights do not match the architecture "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+
+def _backbone(spec: ModelSpec, preset: Preset) -> BackboneWithFPN:
+    norm = spec.norm or ("frozen" if spec.backbone_weights else "batch")
+    block = resnet.BasicBlock if preset.block == "basic" else resnet.Bottleneck
+    body = resnet.ResNet(block, list(preset.depth), groups=preset.groups,
+                         width_per_group=preset.width_per_group, norm_layer=_norm_layer(norm))
+    if spec.backbone_weights:
+        load_backbone_weights(body, spec.backbone_weights)
+        # As torchvision does with pretrained weights: keep the stem and first stage fixed.
+        for name, param in body.named_parameters():
+            if not name.startswith(("layer2", "layer3", "layer4")):
+                param.requires_grad_(False)
+    c = 64 * block.expansion
+    return BackboneWithFPN(
+        body,
+        return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        in_channels_list=[c, c * 2, c * 4, c * 8],
+        out_channels=preset.fpn_channels,
+    )
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """A torchvision Keypoint R-CNN or Faster R-CNN as described by ``spec``."""
+    preset = PRESETS[spec.preset]
+    backbone = _backbone(spec, preset)
+    ch = preset.fpn_channels
+    anchors = AnchorGenerator(tuple((s,) for s in preset.anchor_sizes), ((0.5, 1.0, 2.0),) * len(preset.anchor_sizes))
+    test_size = spec.test_size or preset.test_size
+    train_sizes = spec.min_size or preset.min_size
+    common = dict(
+        # GeneralizedRCNNTransform picks a random min_size while training and min_size[-1] in
+        # eval mode: putting the test scale last makes eval use it without touching the transform.
+        min_size=tuple(s for s in train_sizes if s != test_size) + (test_size,),
+        max_size=spec.max_size or preset.max_size,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(ch, anchors.num_anchors_per_location()[0]),
+        rpn_pre_nms_top_n_train=preset.rpn_top_n_train[0],
+        rpn_post_nms_top_n_train=preset.rpn_top_n_train[1],
+        rpn_pre_nms_top_n_test=preset.rpn_top_n_test[0],
+        rpn_post_nms_top_n_test=preset.rpn_top_n_test[1],
+        box_head=TwoMLPHead(ch * 7 * 7, preset.box_head_dim),
+        box_predictor=FastRCNNPredictor(preset.box_head_dim, spec.num_classes),
+        box_batch_size_per_image=preset.box_batch_size_per_image,
+        box_detections_per_img=spec.box_detections_per_img,
+    )
+    if spec.task == "keypoints":
+        model: nn.Module = KeypointRCNN(
+            backbone,
+            keypoint_head=KeypointRCNNHeads(ch, list(preset.keypoint_head)),
+            keypoint_predictor=KeypointRCNNPredictor(preset.keypoint_head[-1], spec.num_keypoints),
+            **common,
+        )
+    else:
+        model = FasterRCNN(backbone, **common)
+    return model

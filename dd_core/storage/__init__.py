@@ -1,0 +1,25 @@
+"""One layer over fsspec for local paths, ``file://`` and ``s3://`` URLs, with atomic writes."""
+
+from dd_core.storage.fs import (
+    exists,
+    filesystem,
+    join,
+    list_files,
+    read_bytes,
+    read_json,
+    remove,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+
+__all__ = [
+    "exists",
+    "filesystem",
+    "join",
+    "list_files",
+    "read_bytes",
+    "read_json",
+    "remove",
+    "write_bytes_atomic",
+    "write_json_atomic",
+]

@@ -1,0 +1,104 @@
+"""URLs in, bytes out: every read and write in omnidistill goes through these functions.
+
+A URL is a local path, ``file://...`` or ``s3://bucket/key``. ``options`` are passed to fsspec
+(``endpoint_url``, ``key``, ``secret``, ...) and are never logged. Writes are atomic so that a
+retried or resumed stage never leaves (or reads) half a file: locally a temporary file in the same
+folder is renamed over the target; on S3 a single PUT is atomic by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Mapping
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+Options = Mapping[str, Any] | None
+
+
+def filesystem(url: str, options: Options = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``url`` and the path inside it."""
+    fs, path = fsspec.core.url_to_fs(url, **dict(options or {}))
+    return fs, path
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def join(url: str, *parts: str) -> str:
+    """Join URL path segments with ``/`` (also for local paths, which Python accepts on POSIX)."""
+    out = url.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def exists(url: str, options: Options = None) -> bool:
+    fs, path = filesystem(url, options)
+    return fs.exists(path)
+
+
+def read_bytes(url: str, options: Options = None) -> bytes:
+    """The whole object at ``url``; ``FileNotFoundError`` names the URL when it is missing."""
+    fs, path = filesystem(url, options)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{url}: no such file") from exc
+
+
+def read_json(url: str, options: Options = None) -> Any:
+    data = read_bytes(url, options)
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{url}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+
+
+def write_bytes_atomic(url: str, data: bytes, options: Options = None) -> None:
+    """Write ``data`` so that readers see either the old object or the whole new one."""
+    fs, path = filesystem(url, options)
+    if _is_local(fs):
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    else:
+        # One PUT: S3 makes the object visible only once it is complete.
+        fs.pipe_file(path, data)
+
+
+def write_json_atomic(url: str, obj: Any, options: Options = None, indent: int | None = None) -> None:
+    write_bytes_atomic(url, json.dumps(obj, indent=indent).encode("utf-8"), options)
+
+
+def remove(url: str, options: Options = None) -> None:
+    fs, path = filesystem(url, options)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def list_files(url: str, suffixes: tuple[str, ...] | None = None, options: Options = None) -> list[str]:
+    """Every file below ``url`` (recursively), as URLs of the same scheme, sorted."""
+    fs, path = filesystem(url, options)
+    found = fs.find(path)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    out = []
+    for p in found:
+        if suffixes and not p.lower().endswith(suffixes):
+            continue
+        out.append(p if _is_local(fs) and "://" not in url else f"{protocol}://{p.lstrip('/') if protocol != 'file' else p}")
+    return sorted(out)

@@ -1,0 +1,60 @@
+"""Train a teacher on labeled data, or a student on labeled + pseudo-labeled data (the paper's step 1 and 4)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch.utils.data import ConcatDataset
+
+from dd_core.data.coco import CocoData
+from dd_core.data.dataset import CocoDataset, category_to_label
+from dd_core.data.keypoints import flip_indices
+from dd_core.data.sampler import MixedBatchSampler
+from dd_core.data.transforms import Compose, RandomHorizontalFlip, to_float
+from dd_core.models import ModelSpec, build_model
+from dd_core.train.loop import TrainConfig, TrainResult, train
+
+
+def spec_for(task: str, coco: CocoData, preset: str = "slim", **overrides: Any) -> ModelSpec:
+    """The model spec that fits a labeled set: one class per category, its keypoint count."""
+    return ModelSpec(task=task, preset=preset, num_classes=len(coco.categories) + 1,
+                     num_keypoints=max(len(coco.keypoint_names), 1), **overrides)
+
+
+def training_transforms(coco: CocoData) -> Compose:
+    """Horizontal flip (left/right keypoints swapped) then float conversion."""
+    return Compose([RandomHorizontalFlip(flip_indices(coco.keypoint_names) if coco.keypoint_names else []), to_float])
+
+
+def checkpoint_meta(spec: ModelSpec, coco: CocoData) -> dict[str, Any]:
+    """What a checkpoint must carry to be used alone: architecture, categories and their labels."""
+    return {"spec": spec.to_dict(), "categories": coco.categories,
+            "cat_to_label": category_to_label(coco)}
+
+
+def train_detector(spec: ModelSpec, labeled: CocoData, cfg: TrainConfig, checkpoint_dir: str | None,
+                   pseudo: CocoData | None = None, labeled_ratio: float = 0.6,
+                   init_state: Mapping[str, torch.Tensor] | None = None,
+                   options: Mapping[str, Any] | None = None, device: str = "cpu", progress: bool = True,
+                   stop_after: int | None = None) -> TrainResult:
+    """Train a teacher (``pseudo=None``) or a student that mixes ``pseudo`` in at ``1 - labeled_ratio``.
+
+    A student is retrained from the initial weights unless ``init_state`` (the teacher's) is given,
+    as the paper found retraining better than fine-tuning.
+    """
+    torch.manual_seed(cfg.seed)
+    model = build_model(spec)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    cat_to_label = category_to_label(labeled)
+    datasets = [CocoDataset(labeled, training_transforms(labeled), options, cat_to_label)]
+    make_batches = None
+    if pseudo is not None:
+        datasets.append(CocoDataset(pseudo, training_transforms(labeled), options, cat_to_label))
+        n_l, n_p = len(datasets[0]), len(datasets[1])
+        make_batches = lambda s: MixedBatchSampler(n_l, n_p, cfg.batch_size, labeled_ratio, cfg.seed, s)  # noqa: E731
+    dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+    return train(model, dataset, cfg, checkpoint_dir, make_batches=make_batches,
+                 meta=checkpoint_meta(spec, labeled), options=options, device=device, progress=progress,
+                 stop_after=stop_after)
