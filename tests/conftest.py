@@ -44,3 +44,39 @@ def s3(s3_server):
     fs.invalidate_cache()
     yield f"s3://{bucket}", options
     fs.rm(bucket, recursive=True)
+
+
+def write_tiny_coco(folder, num_images: int = 6, size: int = 64, seed: int = 0, task: str = "keypoints"):
+    """A hand-made COCO set of noise images with random boxes (and keypoints): fast trainer fodder."""
+    import numpy as np
+    from PIL import Image
+
+    from dd_core.data.keypoints import PERSON_CATEGORY
+    from dd_core.storage import write_json_atomic
+
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    for i in range(1, num_images + 1):
+        pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        x, y = rng.uniform(2, size / 2, 2)
+        w, h = rng.uniform(12, size / 2 - 2, 2)
+        pixels[int(y):int(y + h), int(x):int(x + w)] = (220, 40, 40)
+        Image.fromarray(pixels).save(folder / "images" / f"{i:03d}.png")
+        images.append({"id": i, "file_name": f"{i:03d}.png", "width": size, "height": size})
+        ann = {"id": i, "image_id": i, "category_id": 1, "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
+        if task == "keypoints":
+            kps = np.stack([rng.uniform(x, x + w, 17), rng.uniform(y, y + h, 17), np.full(17, 2.0)], 1)
+            ann.update(keypoints=kps.ravel().tolist(), num_keypoints=17)
+        anns.append(ann)
+    category = PERSON_CATEGORY if task == "keypoints" else {"id": 1, "name": "box"}
+    coco = {"images": images, "annotations": anns, "categories": [category]}
+    write_json_atomic(str(folder / "annotations.json"), coco)
+    return coco
+
+
+@pytest.fixture
+def tiny_coco(tmp_path):
+    """(annotations path, images root) of a 6-image keypoint set."""
+    write_tiny_coco(tmp_path / "tiny")
+    return str(tmp_path / "tiny" / "annotations.json"), str(tmp_path / "tiny" / "images")

@@ -75,10 +75,9 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def _check_finite(losses: dict[str, torch.Tensor], iteration: int) -> float:
-    total = sum(losses.values())
-    value = float(total)
+    value = float(sum(v.detach() for v in losses.values()))
     if not math.isfinite(value):
-        parts = {k: float(v) for k, v in losses.items()}
+        parts = {k: float(v.detach()) for k, v in losses.items()}
         raise FloatingPointError(f"loss is {value} at iteration {iteration}: {parts}; training stopped "
                                  f"(lower the learning rate or check the labels)")
     return value
@@ -124,8 +123,10 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, checkpoint
 
         ratios = dataset.aspect_ratios() if hasattr(dataset, "aspect_ratios") else [1.0] * len(dataset)
         make_batches = lambda s: GroupedBatchSampler(ratios, cfg.batch_size, seed=cfg.seed, start_batch=s)  # noqa: E731
+    # Its own generator: creating the iterator must not draw from the global RNG, or a resumed
+    # run would diverge from an uninterrupted one.
     loader = DataLoader(dataset, batch_sampler=make_batches(start), collate_fn=collate,
-                        num_workers=cfg.num_workers, persistent_workers=False)
+                        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed + start))
 
     def write(iteration: int) -> str | None:
         if not checkpoint_dir:
@@ -155,7 +156,7 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, checkpoint
         scaler.update()
         scheduler.step()
         iteration += 1
-        losses_out = {k: float(v) for k, v in losses.items()}
+        losses_out = {k: float(v.detach()) for k, v in losses.items()}
         bar.set_postfix(loss=f"{value:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4f}", refresh=False)
         bar.update(1)
         if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
