@@ -1,0 +1,90 @@
+"""Multi-transform inference for boxes (the paper's Faster R-CNN teacher, section 6.1).
+
+"We simply take the union set of the boxes predicted under different transformations, and
+combine them using bounding box voting." Each transform runs the whole detector (RPN and box
+head) on its own frame; the boxes are mapped back to the original image and merged by
+:func:`dd_core.ensemble.merge.merge_detections` (per-class NMS + Detectron's box voting).
+
+The steps, as in detectron2's TTA: augment (:func:`~dd_core.tta.transforms.scale_batches`),
+run (:func:`detect_in_frame`), invert (:func:`~dd_core.tta.transforms.boxes_from_frame`),
+merge (:func:`merge_boxes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+
+from dd_core.ensemble.merge import merge_detections
+from dd_core.tta.transforms import TestTransform, boxes_from_frame, image_size, scale_batches
+
+Detections = dict[str, Tensor]
+
+
+def check_inference_ready(model: nn.Module, transforms: Sequence[TestTransform]) -> None:
+    """Refuse a model in training mode (its RPN wants targets, its BatchNorms would update)."""
+    if model.training:
+        raise ValueError("multi-transform inference needs the model in eval mode: call model.eval() first")
+    if not transforms:
+        raise ValueError("multi-transform inference needs at least one transform")
+
+
+def detect_in_frame(model: nn.Module, images: ImageList, features: dict[str, Tensor]) -> list[Detections]:
+    """RPN + box head on already computed features: ``boxes, labels, scores`` in the frame.
+
+    The box half of ``model.roi_heads`` only, so a Keypoint R-CNN does not also run its keypoint
+    head here; results are exactly those of ``model.roi_heads`` before ``postprocess``.
+    """
+    proposals, _ = model.rpn(images, features)
+    heads = model.roi_heads
+    box_features = heads.box_head(heads.box_roi_pool(features, proposals, images.image_sizes))
+    class_logits, box_regression = heads.box_predictor(box_features)
+    boxes, scores, labels = heads.postprocess_detections(class_logits, box_regression, proposals, images.image_sizes)
+    return [{"boxes": b, "labels": lab, "scores": s} for b, lab, s in zip(boxes, labels, scores)]
+
+
+def merge_boxes(parts: Sequence[Detections], **merge_options: object) -> Detections:
+    """Union of one image's detections over transforms, merged by ``merge_detections``."""
+    boxes = torch.cat([p["boxes"] for p in parts])
+    merged_boxes, merged_scores, merged_labels = merge_detections(
+        boxes.numpy(), torch.cat([p["scores"] for p in parts]).numpy(),
+        torch.cat([p["labels"] for p in parts]).numpy(), **merge_options,
+    )
+    return {
+        "boxes": torch.as_tensor(merged_boxes, dtype=boxes.dtype).reshape(-1, 4),
+        "labels": torch.as_tensor(merged_labels, dtype=torch.int64),
+        "scores": torch.as_tensor(merged_scores, dtype=boxes.dtype),
+    }
+
+
+@torch.inference_mode()
+def multi_transform_boxes(
+    model: nn.Module,
+    images: list[Tensor],
+    transforms: Sequence[TestTransform],
+    nms_threshold: float = 0.5,
+    voting_threshold: float = 0.8,
+    scoring: str = "ID",
+    max_detections: int = 100,
+) -> list[dict[str, Tensor | int]]:
+    """Detections of ``model`` on each image, ensembled over ``transforms``.
+
+    ``images`` are CHW float tensors in [0, 1], as for ``model(images)``. Returns per image
+    ``boxes`` (xyxy, original image coordinates), ``labels``, ``scores`` and ``num_transforms``.
+    With the single identity transform and a voting threshold above the model's NMS threshold
+    this returns the model's own detections (NMS of already-NMSed boxes keeps them all, and each
+    box only votes for itself).
+    """
+    check_inference_ready(model, transforms)
+    sizes = [image_size(image) for image in images]
+    parts: list[list[Detections]] = [[] for _ in images]
+    for batch in scale_batches(model, images, transforms):
+        detections = detect_in_frame(model, batch.images, batch.features)
+        for (transform, i, frame), det in zip(batch.entries(), detections):
+            parts[i].append({**det, "boxes": boxes_from_frame(det["boxes"], transform, frame, sizes[i])})
+    options = dict(nms_threshold=nms_threshold, voting_threshold=voting_threshold,
+                   scoring=scoring, max_detections=max_detections)
+    return [{**merge_boxes(p, **options), "num_transforms": len(transforms)} for p in parts]

@@ -1,0 +1,155 @@
+"""Multi-transform inference for keypoints, as the paper does it (section 4, "Ensembling").
+
+The RPN and box head run once, at the model's own test scale; only the keypoint head sees every
+transform. All transforms then share one set of RoIs, and a RoI's heatmaps are "with reference to
+the local coordinate system of the same RoI" whatever the transform: they can be averaged
+directly (a flipped RoI's heatmaps are un-flipped first, left/right channels swapped). The
+average is decoded (argmax) into keypoints once.
+
+torchvision never returns heatmaps, so the keypoint head is run by hand on each transform's
+features: ``keypoint_roi_pool`` -> ``keypoint_head`` -> ``keypoint_predictor``. Heatmaps are the
+predictor's raw logits, averaged as Detectron's keypoint TTA does (``HM_AVG``).
+
+Keypoints are decoded in the *base frame* (the image resized to the model's test scale), where
+torchvision decodes its own, then rescaled to the original image: a single identity transform
+then gives exactly ``model(images)``'s keypoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.roi_heads import heatmaps_to_keypoints
+
+from dd_core.tta.boxes import check_inference_ready, detect_in_frame
+from dd_core.tta.transforms import (
+    Size,
+    TestTransform,
+    base_scale,
+    base_transform,
+    boxes_to_frame,
+    frame_size,
+    hflip_heatmaps,
+    image_size,
+    resize_boxes,
+    resize_keypoints,
+    scale_batches,
+)
+
+
+def check_flip_indices(flip_indices: Sequence[int]) -> None:
+    """A left/right map must be a permutation that is its own inverse (left<->right, nose fixed)."""
+    k = len(flip_indices)
+    if sorted(flip_indices) != list(range(k)) or any(flip_indices[flip_indices[i]] != i for i in range(k)):
+        raise ValueError(f"flip_indices must be a self-inverse permutation of 0..{k - 1}, got {list(flip_indices)}")
+
+
+def keypoint_logits(model: nn.Module, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[Size]) -> Tensor:
+    """The keypoint head's heatmap logits ``(R, K, M, M)`` for ``boxes`` given in the features' frame."""
+    heads = model.roi_heads
+    pooled = heads.keypoint_roi_pool(features, boxes, image_sizes)
+    return heads.keypoint_predictor(heads.keypoint_head(pooled))
+
+
+def average_keypoint_logits(
+    model: nn.Module, images: Sequence[Tensor], base_boxes: list[Tensor], base_frames: list[Size],
+    transforms: Sequence[TestTransform], flip_indices: Sequence[int],
+) -> Tensor:
+    """Mean over ``transforms`` of the heatmap logits of fixed RoIs, in the RoIs' own coordinates.
+
+    ``base_boxes[i]`` are image ``i``'s RoIs in its base frame (of size ``base_frames[i]``); each
+    transform sees them mapped into its own frame. Rows follow ``torch.cat(base_boxes)``. The
+    running sum holds one scale's features at a time.
+    """
+    num_rois = sum(len(b) for b in base_boxes)
+    total: Tensor | None = None
+    for batch in scale_batches(model, images, transforms):
+        frame_boxes = [boxes_to_frame(base_boxes[i], t, base_frames[i], frame) for t, i, frame in batch.entries()]
+        logits = keypoint_logits(model, batch.features, frame_boxes, batch.images.image_sizes)
+        for transform, chunk in zip(batch.transforms, logits.split(num_rois)):
+            chunk = hflip_heatmaps(chunk, flip_indices) if transform.hflip else chunk
+            total = chunk if total is None else total + chunk
+    assert total is not None  # at least one transform (checked by the callers)
+    return total / len(transforms)
+
+
+def decode_keypoints(
+    logits: Tensor, base_boxes: list[Tensor], base_frames: list[Size], sizes: list[Size]
+) -> list[dict[str, Tensor]]:
+    """Argmax keypoints ``(R, K, 3)`` and their logit scores ``(R, K)`` per image, in original coordinates.
+
+    Decoded in the base frame, then rescaled, exactly as torchvision's ``roi_heads`` + ``postprocess``.
+    """
+    out = []
+    for maps, boxes, frame, size in zip(logits.split([len(b) for b in base_boxes]), base_boxes, base_frames, sizes):
+        keypoints, scores = heatmaps_to_keypoints(maps, boxes)
+        out.append({"keypoints": resize_keypoints(keypoints, frame, size), "keypoints_scores": scores})
+    return out
+
+
+def _keypoints_on_base_boxes(
+    model: nn.Module, images: Sequence[Tensor], base_boxes: list[Tensor], base_frames: list[Size],
+    transforms: Sequence[TestTransform], flip_indices: Sequence[int],
+) -> list[dict[str, Tensor]]:
+    """Ensembled keypoints for RoIs given in the base frame; no RoIs at all skips every head call."""
+    check_inference_ready(model, transforms)
+    check_flip_indices(flip_indices)
+    sizes = [image_size(image) for image in images]
+    if sum(len(b) for b in base_boxes) == 0:
+        k = len(flip_indices)
+        return [{"keypoints": torch.zeros((0, k, 3)), "keypoints_scores": torch.zeros((0, k))} for _ in images]
+    logits = average_keypoint_logits(model, images, base_boxes, base_frames, transforms, flip_indices)
+    if logits.shape[1] != len(flip_indices):
+        raise ValueError(f"flip_indices has {len(flip_indices)} entries but the model predicts {logits.shape[1]} keypoints")
+    return decode_keypoints(logits, base_boxes, base_frames, sizes)
+
+
+def base_detections(model: nn.Module, images: Sequence[Tensor]) -> tuple[list[dict[str, Tensor]], list[Size]]:
+    """The model's detections at its test scale, in the base frame, and each image's base frame size.
+
+    Its features are dropped on return: the keypoint passes compute their own, one scale at a time.
+    """
+    base = next(scale_batches(model, images, [base_transform(model)]))
+    detections = detect_in_frame(model, base.images, base.features)
+    return detections, [tuple(s) for s in base.images.image_sizes]
+
+
+@torch.inference_mode()
+def multi_transform_keypoints_on_boxes(
+    model: nn.Module, images: list[Tensor], boxes: list[Tensor],
+    transforms: Sequence[TestTransform], flip_indices: Sequence[int],
+) -> list[dict[str, Tensor]]:
+    """Ensembled ``keypoints`` and ``keypoints_scores`` of the RoIs ``boxes[i]`` (original coordinates).
+
+    The keypoint half of :func:`multi_transform_keypoints`, for boxes from elsewhere (another
+    detector, ground truth, or a test that needs exactly mirrored boxes).
+    """
+    sizes = [image_size(image) for image in images]
+    frames = [frame_size(model, base_scale(model), size) for size in sizes]
+    base_boxes = [resize_boxes(b, size, frame) for b, size, frame in zip(boxes, sizes, frames)]
+    return _keypoints_on_base_boxes(model, images, base_boxes, frames, transforms, flip_indices)
+
+
+@torch.inference_mode()
+def multi_transform_keypoints(
+    model: nn.Module, images: list[Tensor], transforms: Sequence[TestTransform], flip_indices: Sequence[int],
+) -> list[dict[str, Tensor | int]]:
+    """A Keypoint R-CNN's predictions with the keypoint head ensembled over ``transforms``.
+
+    Boxes come from one pass at the model's test scale (the paper's simplification, which keeps
+    the RoIs identical across transforms). Returns per image what ``model(images)`` returns
+    (``boxes, labels, scores, keypoints, keypoints_scores``, original coordinates) plus
+    ``num_transforms``. ``flip_indices`` swaps left/right keypoints, e.g.
+    ``dd_core.data.keypoints.COCO_PERSON_FLIP_INDICES``.
+    """
+    check_inference_ready(model, transforms)
+    detections, frames = base_detections(model, images)
+    base_boxes = [d["boxes"] for d in detections]
+    keypoints = _keypoints_on_base_boxes(model, images, base_boxes, frames, transforms, flip_indices)
+    sizes = [image_size(image) for image in images]
+    return [
+        {**det, "boxes": resize_boxes(det["boxes"], frame, size), **kp, "num_transforms": len(transforms)}
+        for det, kp, frame, size in zip(detections, keypoints, frames, sizes)
+    ]

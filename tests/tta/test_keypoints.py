@@ -1,0 +1,126 @@
+"""Keypoint multi-transform inference: identity = the model itself, mirror equivariance, empties."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dd_core.data.keypoints import COCO_PERSON_FLIP_INDICES as FLIP
+from dd_core.models import ModelSpec, build_model
+from dd_core.tta import (
+    TestTransform,
+    base_transform,
+    hflip_boxes,
+    hflip_image,
+    hflip_keypoints,
+    multi_transform_keypoints,
+    multi_transform_keypoints_on_boxes,
+    transform_set,
+)
+
+KEYS = ("boxes", "labels", "scores", "keypoints", "keypoints_scores")
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = build_model(ModelSpec(task="keypoints", box_detections_per_img=5)).eval()
+    m.roi_heads.score_thresh = 0.0  # random weights score low: keep every box so there are RoIs
+    return m
+
+
+@pytest.fixture(scope="module")
+def images() -> list[torch.Tensor]:
+    torch.manual_seed(1)
+    # One image at the base scale (frame = original) and one that is upscaled (64 -> 128).
+    return [torch.rand(3, 96, 128), torch.rand(3, 64, 80)]
+
+
+@pytest.fixture(scope="module")
+def boxes() -> torch.Tensor:
+    return torch.tensor([[10.0, 12.0, 60.0, 90.0], [30.5, 5.2, 97.3, 70.1], [0.0, 0.0, 128.0, 96.0]])
+
+
+def test_identity_transform_is_the_model_itself(model: torch.nn.Module, images: list[torch.Tensor]) -> None:
+    with torch.inference_mode():
+        expected = model(images)
+    got = multi_transform_keypoints(model, images, [base_transform(model)], FLIP)
+    for ours, theirs in zip(got, expected):
+        assert len(theirs["boxes"]) > 0
+        assert ours["num_transforms"] == 1
+        for key in KEYS:  # measured: bit-identical
+            torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-4)
+
+
+def test_flip_symmetric_set_is_mirror_equivariant(
+    model: torch.nn.Module, images: list[torch.Tensor], boxes: torch.Tensor
+) -> None:
+    # With a flip-symmetric set, the mirrored image's (s, no flip) pass *is* the original's
+    # (s, flip) pass (same input tensor, same RoIs) and vice versa, so in exact arithmetic the
+    # ensemble is exactly mirror-equivariant although no single pass is: a random-weight network
+    # is not, and torchvision's RoIAlign (aligned=False, sampling at x * scale without the -0.5
+    # shift) and the right/bottom batch padding break the symmetry of any one pass by up to a
+    # feature pixel. What remains is float rounding (W - (W - x) in the box maps, summation
+    # order), which can move a near-tied argmax by one decoding bin, at most one pixel of the
+    # base frame (<= 1 px here). Measured: 7.6e-6 px.
+    transforms = transform_set([96, 128], flip=True)
+    image, width = images[0], images[0].shape[-1]
+    original = multi_transform_keypoints_on_boxes(model, [image], [boxes], transforms, FLIP)[0]
+    mirrored = multi_transform_keypoints_on_boxes(model, [hflip_image(image)], [hflip_boxes(boxes, width)], transforms, FLIP)[0]
+    expected = hflip_keypoints(original["keypoints"], width, FLIP)
+    error = (mirrored["keypoints"] - expected)[..., :2].abs()
+    assert error.max() <= 1.5
+    assert (error <= 1e-2).float().mean() >= 0.95
+    torch.testing.assert_close(mirrored["keypoints_scores"], original["keypoints_scores"][:, list(FLIP)], rtol=0, atol=1e-3)
+
+
+def test_a_flip_transform_is_undone(model: torch.nn.Module, images: list[torch.Tensor], boxes: torch.Tensor) -> None:
+    """The mirrored image seen through a flip is the original: its keypoints must come back mirrored."""
+    image, width = images[0], images[0].shape[-1]
+    plain = multi_transform_keypoints_on_boxes(model, [image], [boxes], [TestTransform(128)], FLIP)[0]
+    unflipped = multi_transform_keypoints_on_boxes(
+        model, [hflip_image(image)], [hflip_boxes(boxes, width)], [TestTransform(128, hflip=True)], FLIP
+    )[0]
+    error = (unflipped["keypoints"] - hflip_keypoints(plain["keypoints"], width, FLIP))[..., :2].abs()
+    assert error.max() <= 1.5 and (error <= 1e-2).float().mean() >= 0.95
+
+
+def test_more_transforms_change_the_keypoints(model: torch.nn.Module, images: list[torch.Tensor]) -> None:
+    single = multi_transform_keypoints(model, images, [base_transform(model)], FLIP)
+    multi = multi_transform_keypoints(model, images, transform_set([96, 128, 160], flip=True), FLIP)
+    for a, b in zip(single, multi):
+        assert b["num_transforms"] == 6
+        assert torch.equal(a["boxes"], b["boxes"])  # the RoIs come from the single base pass
+        assert b["keypoints"].shape == a["keypoints"].shape
+    assert not torch.equal(single[0]["keypoints_scores"], multi[0]["keypoints_scores"])
+
+
+def test_no_detections_gives_empty_tensors(
+    model: torch.nn.Module, images: list[torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model.roi_heads, "score_thresh", 1.1)
+    out = multi_transform_keypoints(model, images, transform_set([96, 128], flip=True), FLIP)
+    for result in out:
+        assert result["boxes"].shape == (0, 4) and result["scores"].shape == (0,) and result["labels"].shape == (0,)
+        assert result["keypoints"].shape == (0, 17, 3) and result["keypoints_scores"].shape == (0, 17)
+        assert result["num_transforms"] == 4
+
+
+def test_an_image_without_boxes_beside_one_with_boxes(
+    model: torch.nn.Module, images: list[torch.Tensor], boxes: torch.Tensor
+) -> None:
+    out = multi_transform_keypoints_on_boxes(model, images, [torch.zeros(0, 4), boxes[:2]], transform_set([128], True), FLIP)
+    assert out[0]["keypoints"].shape == (0, 17, 3) and out[1]["keypoints"].shape == (2, 17, 3)
+
+
+def test_refuses_training_mode_and_bad_flip_indices(model: torch.nn.Module, images: list[torch.Tensor]) -> None:
+    with pytest.raises(ValueError, match="flip_indices"):
+        multi_transform_keypoints(model, images, [base_transform(model)], [0, 0] + list(FLIP[2:]))
+    with pytest.raises(ValueError, match="flip_indices has 3 entries"):
+        multi_transform_keypoints(model, images, [base_transform(model)], [0, 2, 1])
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="eval mode"):
+            multi_transform_keypoints(model, images, [base_transform(model)], FLIP)
+    finally:
+        model.eval()
