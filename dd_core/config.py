@@ -7,10 +7,13 @@ Errors name the field's path, e.g. ``student.labeled_ratio``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if TYPE_CHECKING:
+    from dd_core.train import TrainConfig
 
 
 class _Strict(BaseModel):
@@ -20,7 +23,8 @@ class _Strict(BaseModel):
 class StorageConfig(_Strict):
     root: str = "./runs"
     # Passed to fsspec (endpoint_url, key, secret, client_kwargs, ...). Never logged or reported.
-    options: dict[str, Any] = Field(default_factory=dict, repr=False)
+    # exclude=True: they stay out of every serialisation, so out of Prefect's flow-run parameters.
+    options: dict[str, Any] = Field(default_factory=dict, repr=False, exclude=True)
 
 
 class LabeledConfig(_Strict):
@@ -79,6 +83,8 @@ class TTAConfig(_Strict):
 
 class ShardsConfig(_Strict):
     size: int = Field(default=64, gt=0)
+    workers: int = Field(default=1, gt=0)   # shard tasks run at once in this process (one per GPU)
+    batch_size: int = Field(default=4, gt=0)  # images per multi-transform inference call
 
 
 class RunConfig(_Strict):
@@ -160,3 +166,34 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+# --- config -> typed arguments of dd_core functions (the one place where this happens) ---
+
+def train_config(stage: TrainStageConfig, seed: int) -> "TrainConfig":
+    from dd_core.train import TrainConfig
+
+    return TrainConfig(iterations=stage.iterations, batch_size=stage.batch_size, lr=stage.lr,
+                       warmup_iters=min(stage.warmup_iters, stage.iterations),
+                       checkpoint_every=min(stage.checkpoint_every, stage.iterations),
+                       num_workers=stage.num_workers, seed=seed)
+
+
+def model_overrides(model: ModelConfig) -> dict[str, Any]:
+    """Keyword arguments for :func:`dd_core.train.detector.spec_for`."""
+    out: dict[str, Any] = {"preset": model.preset}
+    if model.backbone_weights:
+        out["backbone_weights"] = model.backbone_weights
+    if model.min_size:
+        out["min_size"] = tuple(model.min_size)
+    if model.test_size:
+        out["test_size"] = model.test_size
+    if model.max_size:
+        out["max_size"] = model.max_size
+    return out
+
+
+def tta_options(tta: TTAConfig) -> dict[str, Any]:
+    """Keyword arguments for :func:`dd_core.evaluate.checkpoint_eval.tta_predict_fn`."""
+    return {"scales": list(tta.scales), "flip": tta.flip, "nms_threshold": tta.nms_threshold,
+            "voting_threshold": tta.voting_threshold, "scoring": tta.scoring}

@@ -92,13 +92,10 @@ def remove(url: str, options: Options = None) -> None:
 
 
 def list_files(url: str, suffixes: tuple[str, ...] | None = None, options: Options = None) -> list[str]:
-    """Every file below ``url`` (recursively), as URLs of the same scheme, sorted."""
+    """Names of every file below ``url`` (recursively), relative to it, sorted: ``a.png``, ``sub/b.png``."""
     fs, path = filesystem(url, options)
-    found = fs.find(path)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    out = []
-    for p in found:
-        if suffixes and not p.lower().endswith(suffixes):
-            continue
-        out.append(p if _is_local(fs) and "://" not in url else f"{protocol}://{p.lstrip('/') if protocol != 'file' else p}")
-    return sorted(out)
+    base = fs._strip_protocol(path).rstrip("/") + "/"
+    names = [p[len(base):] for p in fs.find(path) if p.startswith(base)]
+    if suffixes:
+        names = [n for n in names if n.lower().endswith(suffixes)]
+    return sorted(names)

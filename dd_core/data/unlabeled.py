@@ -1,0 +1,112 @@
+"""The unlabeled pile: list its images, give them deterministic ids, cut it into shards.
+
+An unlabeled source is a folder or bucket prefix of images, a ``.txt`` file with one image per
+line (absolute URLs, or paths relative to ``root``), or an image-only COCO json such as
+``image_info_unlabeled2017.json`` (its ids are kept).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from dd_core.data.coco import check_file_name, load_coco
+from dd_core.data.images import IMAGE_SUFFIXES
+from dd_core.storage import join, list_files, read_bytes
+
+
+@dataclass(frozen=True)
+class UnlabeledImage:
+    """One unlabeled image: its id in the pseudo-label json and where it lives (``root/file_name``)."""
+
+    id: int
+    file_name: str
+    width: int | None = None
+    height: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class UnlabeledSet:
+    root: str
+    images: list[UnlabeledImage]
+
+    def url(self, image: UnlabeledImage) -> str:
+        return join(self.root, image.file_name)
+
+
+def _parent(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[0] if "/" in url.rstrip("/") else "."
+
+
+def _from_listing(text: str, source: str, root: str) -> list[UnlabeledImage]:
+    names = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    for i, name in enumerate(names):
+        check_file_name(name, source, f"line {i + 1}")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"{source}: image {dup!r} is listed more than once")
+    return [UnlabeledImage(i + 1, name) for i, name in enumerate(sorted(names))]
+
+
+def list_unlabeled(images: str, root: str | None = None, options: Mapping[str, Any] | None = None,
+                   limit: int | None = None) -> UnlabeledSet:
+    """Every unlabeled image of a source, in a deterministic order with deterministic ids.
+
+    Ids of a folder or list are 1..N in sorted name order, so listing the same pile twice gives
+    the same ids (and the same shards).
+    """
+    if images.endswith(".json"):
+        coco = load_coco(images, root or join(_parent(images), "images"), options, require_annotations=False)
+        out = [UnlabeledImage(img["id"], img["file_name"], img.get("width"), img.get("height"))
+               for img in sorted(coco.images, key=lambda im: im["id"])]
+        found = UnlabeledSet(coco.images_root, out)
+    elif images.endswith(".txt"):
+        text = read_bytes(images, options).decode("utf-8")
+        found = UnlabeledSet(root or _parent(images), _from_listing(text, images, root or _parent(images)))
+    else:
+        names = list_files(images, suffixes=IMAGE_SUFFIXES, options=options)
+        found = UnlabeledSet(images.rstrip("/"), [UnlabeledImage(i + 1, n) for i, n in enumerate(names)])
+    if not found.images:
+        raise ValueError(f"{images}: no unlabeled images found (expected {', '.join(IMAGE_SUFFIXES)} files, "
+                         f"a .txt list or an image-only COCO json)")
+    return UnlabeledSet(found.root, found.images[:limit]) if limit else found
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A slice of the unlabeled set that one inference task labels: index and its images."""
+
+    index: int
+    images: list[UnlabeledImage]
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index:05d}"
+
+
+def plan_shards(images: list[UnlabeledImage], size: int) -> list[Shard]:
+    """Consecutive shards of ``size`` images (the last one may be smaller); every image in one shard."""
+    if size <= 0:
+        raise ValueError(f"shard size must be positive, got {size}")
+    return [Shard(i // size, images[i:i + size]) for i in range(0, len(images), size)]
+
+
+def write_plan(unlabeled: UnlabeledSet, shard_size: int, url: str, options: Mapping[str, Any] | None = None) -> int:
+    """Write the shard plan (root + shards with their images) as json; returns the shard count."""
+    from dd_core.storage import write_json_atomic
+
+    shards = plan_shards(unlabeled.images, shard_size)
+    write_json_atomic(url, {"root": unlabeled.root, "shard_size": shard_size,
+                            "shards": [[im.to_dict() for im in s.images] for s in shards]}, options)
+    return len(shards)
+
+
+def read_plan(url: str, options: Mapping[str, Any] | None = None) -> tuple[str, list[Shard]]:
+    """(images root, shards) of a plan written by :func:`write_plan`."""
+    from dd_core.storage import read_json
+
+    plan = read_json(url, options)
+    return plan["root"], [Shard(i, [UnlabeledImage(**im) for im in images]) for i, images in enumerate(plan["shards"])]

@@ -1,0 +1,163 @@
+"""Steps 2-3 of data distillation on one shard: multi-transform inference, ensembled, to Parquet.
+
+A shard is idempotent: its Parquet file records the fingerprint of the model and transform set
+that produced it, and :func:`label_shard` leaves a matching file untouched (without even loading
+the model). Images that cannot be decoded are skipped and listed, with the reason, in the
+shard's metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+from tqdm.auto import tqdm
+
+from dd_core.data.images import ImageDecodeError, read_image
+from dd_core.data.unlabeled import Shard, UnlabeledImage, read_plan
+from dd_core.evaluate.predict import PredictFn
+from dd_core.storage import join, read_bytes
+from dd_core.storage.parquet import (
+    PREDICTIONS_SCHEMA,
+    ShardError,
+    predictions_table,
+    read_shard,
+    shard_meta,
+    write_shard,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    """What a shard task reports back to the flow: where its output is and how much it holds."""
+
+    name: str
+    url: str
+    num_images: int
+    num_rows: int
+    num_rejected: int
+    skipped: bool  # True when a valid output already existed
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Labeler:
+    """A teacher ready to label: the model, its multi-transform predict function, label -> category id."""
+
+    model: torch.nn.Module
+    predict_fn: PredictFn
+    label_to_category: Mapping[int, int]
+
+
+def fingerprint(checkpoint_digest: str, tta: Mapping[str, Any]) -> str:
+    """Identity of 'this model under these transforms': shards with another fingerprint are redone."""
+    blob = json.dumps({"model": checkpoint_digest, "tta": dict(tta)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def checkpoint_fingerprint(checkpoint: str, tta: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> str:
+    """:func:`fingerprint` of the checkpoint file's bytes and the transform set."""
+    return fingerprint(hashlib.sha256(read_bytes(checkpoint, options)).hexdigest(), tta)
+
+
+def labeler_from_checkpoint(checkpoint: str, tta: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> Labeler:
+    from dd_core.evaluate.checkpoint_eval import tta_predict_fn
+    from dd_core.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    state = load_checkpoint(checkpoint, options)
+    names = next((c.get("keypoints") for c in state["categories"] if c.get("keypoints")), [])
+    return Labeler(model_from_checkpoint(state), tta_predict_fn(state["spec"]["task"], keypoint_names=names, **tta),
+                   {int(v): int(k) for k, v in state["cat_to_label"].items()})
+
+
+def _rows(output: Mapping[str, Any], image: UnlabeledImage, label_to_category: Mapping[int, int]) -> dict[str, list]:
+    n = len(output["boxes"])
+    kps = output.get("keypoints")
+    kps_scores = output.get("keypoints_scores")
+    return {
+        "image_id": [image.id] * n,
+        "file_name": [image.file_name] * n,
+        "category_id": [int(label_to_category[int(label)]) for label in output["labels"].tolist()],
+        "box": output["boxes"].tolist(),
+        "score": output["scores"].tolist(),
+        "keypoints": kps[..., :2].flatten(1).tolist() if kps is not None else [[] for _ in range(n)],
+        "keypoint_scores": kps_scores.tolist() if kps_scores is not None else [[] for _ in range(n)],
+        "num_transforms": [int(output.get("num_transforms", 1))] * n,
+    }
+
+
+def existing_output(url: str, fp: str, options: Mapping[str, Any] | None) -> Any | None:
+    """The shard's table if it exists, is valid and was made by the same model and transforms."""
+    try:
+        table = read_shard(url, options)
+    except FileNotFoundError:
+        return None
+    except ShardError as exc:
+        log.warning("recomputing %s: %s", url, exc)
+        return None
+    return table if shard_meta(table).get("fingerprint") == fp else None
+
+
+def _decode_batch(batch: list[UnlabeledImage], root: str, options: Mapping[str, Any] | None, device: str,
+                  rejected: list[dict[str, Any]]) -> tuple[list[torch.Tensor], list[UnlabeledImage]]:
+    images, kept = [], []
+    for image in batch:
+        try:
+            tensor = read_image(join(root, image.file_name), options)
+        except (ImageDecodeError, FileNotFoundError) as exc:
+            rejected.append({"image_id": image.id, "file_name": image.file_name, "reason": str(exc)})
+            continue
+        images.append(tensor.to(device).float().div_(255.0))
+        kept.append(image)
+    return images, kept
+
+
+@torch.inference_mode()
+def label_shard(shard: Shard, root: str, out_dir: str, fp: str, make_labeler: Callable[[], Labeler],
+                options: Mapping[str, Any] | None = None, device: str = "cpu", batch_size: int = 4,
+                progress: bool = False) -> ShardSummary:
+    """Multi-transform inference on every image of ``shard``, written to ``<out_dir>/<shard>.parquet``."""
+    url = join(out_dir, f"{shard.name}.parquet")
+    found = existing_output(url, fp, options)
+    if found is not None:
+        meta = shard_meta(found)
+        return ShardSummary(shard.name, url, len(meta["images"]), found.num_rows, len(meta["rejected"]), True)
+    labeler = make_labeler()
+    labeler.model.to(device).eval()
+    rows: dict[str, list] = {name: [] for name in PREDICTIONS_SCHEMA.names}
+    done: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    batches = [shard.images[i:i + batch_size] for i in range(0, len(shard.images), batch_size)]
+    for batch in tqdm(batches, desc=shard.name, disable=not progress, unit="batch"):
+        images, kept = _decode_batch(batch, root, options, device, rejected)
+        if not images:
+            continue
+        for output, image, tensor in zip(labeler.predict_fn(labeler.model, images), kept, images):
+            output = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in output.items()}
+            for key, values in _rows(output, image, labeler.label_to_category).items():
+                rows[key].extend(values)
+            done.append({"id": image.id, "file_name": image.file_name,
+                         "height": int(tensor.shape[-2]), "width": int(tensor.shape[-1])})
+    meta = {"fingerprint": fp, "shard": shard.name, "images": done, "rejected": rejected}
+    table = predictions_table(rows, meta)
+    write_shard(url, table, options)
+    return ShardSummary(shard.name, url, len(done), table.num_rows, len(rejected), False)
+
+
+def label_planned_shard(checkpoint: str, plan_url: str, index: int, out_dir: str, tta: Mapping[str, Any], fp: str,
+                        options: Mapping[str, Any] | None = None, device: str = "cpu", batch_size: int = 4,
+                        progress: bool = False) -> ShardSummary:
+    """Label shard ``index`` of a plan with the teacher in ``checkpoint`` (what one pipeline task does)."""
+    root, shards = read_plan(plan_url, options)
+    if not 0 <= index < len(shards):
+        raise IndexError(f"{plan_url}: no shard {index} (the plan has {len(shards)})")
+    return label_shard(shards[index], root, out_dir, fp, lambda: labeler_from_checkpoint(checkpoint, tta, options),
+                       options, device, batch_size, progress)

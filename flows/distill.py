@@ -1,0 +1,86 @@
+"""The data distillation DAG: teacher -> shards of multi-transform inference -> pseudo-labels -> student.
+
+Flows only orchestrate: every step is a task in ``tasks/`` around a dd_core function. Only URLs
+and small summaries pass between tasks. Re-running a run id resumes it: training continues from
+its checkpoints and finished shards are not recomputed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+
+from dd_core.config import RunConfig, tta_options
+from dd_core.storage import join
+from dd_core.storage.layout import RunLayout
+from tasks.evaluate import evaluate, validate_inputs
+from tasks.infer import fingerprint_teacher, infer_shard, plan_shards, write_inference_manifest
+from tasks.report import write_report
+from tasks.select import select_pseudo
+from tasks.train import train_model
+
+
+@flow(name="label-unlabeled")
+def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> dict[str, Any]:
+    """Steps 2-3 for one teacher: plan shards, label each shard (retried, idempotent), select pseudo-labels."""
+    options = config.storage.options
+    tta = tta_options(config.tta)
+    plan = plan_shards(config.unlabeled, config.shards.size, join(layout.inference, "plan.json"), options)
+    fp = fingerprint_teacher(checkpoint, tta, options)
+    futures = [infer_shard.submit(checkpoint, join(layout.inference, "plan.json"), i, layout.inference, tta, fp,
+                                  config.device, config.shards.batch_size, options)
+               for i in range(plan["num_shards"])]
+    progress = create_progress_artifact(0.0, key="inference-progress", description="Unlabeled shards labeled")
+    shards = []
+    for future in as_completed(futures):
+        shards.append(future.result())
+        update_progress_artifact(progress, 100.0 * len(shards) / len(futures))
+    write_inference_manifest(layout.manifest, shards, fp, options)
+    selection = select_pseudo(layout.manifest, config.labeled.annotations, config.labeled.images, config.task,
+                              layout.thresholds, layout.pseudo_annotations, options)
+    get_run_logger().info("shards: %d (%d already done); pseudo-labels kept: %s", len(shards),
+                          sum(s["skipped"] for s in shards), selection["kept_per_category"])
+    return {**selection, "root": plan["root"], "num_shards": plan["num_shards"],
+            "num_unlabeled": plan["num_images"]}
+
+
+def _evaluate_pair(name: str, checkpoint: str, config: RunConfig) -> dict[str, dict[str, float]]:
+    options = config.storage.options
+    return {name: evaluate(name, checkpoint, config.val, None, config.device, options),
+            f"{name}_tta": evaluate(f"{name}_tta", checkpoint, config.val, tta_options(config.tta),
+                                    config.device, options)}
+
+
+@flow(name="data-distillation", flow_run_name="{config.run_id}")
+def distill(config: RunConfig) -> dict[str, Any]:
+    """The whole method; returns ``{"run_dir", "metrics", "report"}``. ``config.run_id`` must be set."""
+    if not config.run_id:
+        raise ValueError("config.run_id must be set (the CLI generates one)")
+    options = config.storage.options
+    layout = RunLayout(config.storage.root, config.run_id)
+    counts = validate_inputs(config.labeled, config.val, config.upper_bound, options)
+    teacher = train_model("teacher", config.task, config.labeled, config.model, config.teacher, layout.teacher,
+                          config.seed, config.device, options)
+    metrics = _evaluate_pair("teacher", teacher, config)
+    selections, current = [], teacher
+    for r in range(1, config.rounds + 1):
+        round_layout = layout.for_round(r)
+        selection = label_unlabeled(config, current, round_layout)
+        selections.append(selection)
+        init = current if config.student.init == "teacher" else None
+        current = train_model("student" if r == 1 else f"student round {r}", config.task, config.labeled,
+                              config.model, config.student, round_layout.student, config.seed, config.device,
+                              options, round_layout.pseudo_annotations, selection["root"], init)
+    metrics.update(_evaluate_pair("student", current, config))
+    if config.upper_bound:
+        upper = train_model("upper bound", config.task, config.upper_bound, config.model,
+                            config.teacher.model_copy(update={"iterations": config.student.iterations}),
+                            layout.upper_bound, config.seed, config.device, options)
+        metrics["upper_bound"] = evaluate("upper_bound", upper, config.val, None, config.device, options)
+    counts.update(unlabeled=selections[-1]["num_unlabeled"], rejected=selections[-1]["num_rejected"],
+                  shards=selections[-1]["num_shards"])
+    report = write_report(layout, config.task, metrics, selections, selections[-1]["root"], counts, options)
+    return {"run_dir": layout.run_dir, "metrics": metrics, "report": report}

@@ -1,0 +1,33 @@
+"""Starting the distillation flow from a config: run id, task runner, and what to print at the end."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from dd_core.config import RunConfig
+from dd_core.storage.layout import new_run_id
+
+
+def with_run_id(config: RunConfig) -> RunConfig:
+    """The config with a generated run id when none was given (same id again = resume)."""
+    return config if config.run_id else config.model_copy(update={"run_id": new_run_id()})
+
+
+def run_distillation(config: RunConfig) -> dict[str, Any]:
+    """Run the whole flow in this process; shard tasks run ``config.shards.workers`` at a time."""
+    from flows.distill import distill
+
+    config = with_run_id(config)
+    runner = ThreadPoolTaskRunner(max_workers=config.shards.workers)
+    return distill.with_options(task_runner=runner)(config)
+
+
+def quiet_prefect_shutdown() -> None:
+    """Ephemeral Prefect prints 'Error flushing events' tracebacks at exit; a successful run shows none."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    for name in ("prefect.events.clients", "prefect._internal.concurrency", "prefect.server"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
