@@ -42,7 +42,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
-    return run_demo(args.out, quick=args.quick)
+    return run_demo(args.out, quick=args.quick, keep_server=args.keep_server)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from dd_core.config import load_config
+    from flows.run import print_summary, run_distillation, with_run_id
+    from flows.server import prefect_api
+
+    config = with_run_id(load_config(args.config, args.set))
+    print(f"run {config.run_id}: outputs in {config.storage.root}/runs/{config.run_id}", file=sys.stderr)
+    with prefect_api() as ui:
+        result = run_distillation(config)
+    print_summary(result, ui)
+    return 0
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    from dd_core.config import resolve_device
+    from dd_core.pseudo.label import label_images
+
+    out = label_images(args.checkpoint, args.images, args.out, root=args.root, labeled=args.labeled,
+                       labeled_images=None, score_threshold=args.score_threshold,
+                       keypoint_threshold=args.keypoint_threshold, scales=args.scales, flip=not args.no_flip,
+                       device=resolve_device(args.device), batch_size=args.batch_size, progress=not args.quiet)
+    print(json.dumps(out, indent=2))
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,9 +100,37 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_evaluate)
 
+    r = sub.add_parser("run", help="run the whole distillation flow from a YAML config",
+                       description="Teacher -> multi-transform inference on unlabeled shards -> pseudo-labels -> "
+                       "student -> COCO evaluation. Same run_id again resumes the run.")
+    r.add_argument("config", help="run config (YAML); see configs/ for examples")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set teacher.iterations=500 (repeatable)")
+    r.set_defaults(func=_cmd_run)
+
+    lb = sub.add_parser("label", help="write pseudo-labels (COCO json) for a folder or bucket of images",
+                        description="Multi-transform inference with a checkpoint on unlabeled images, then "
+                        "selection: per-category thresholds calibrated on --labeled (the paper's rule), or a "
+                        "fixed --score-threshold.")
+    lb.add_argument("--checkpoint", required=True, help="teacher checkpoint URL")
+    lb.add_argument("--images", required=True, help="folder/prefix of images, a .txt list, or an image-only COCO json")
+    lb.add_argument("--out", required=True, help="output json URL (or a folder: writes annotations.json in it)")
+    lb.add_argument("--root", help="where relative names of a .txt list or json live")
+    lb.add_argument("--labeled", help="labeled COCO json whose density the pseudo-labels should match")
+    lb.add_argument("--score-threshold", type=float, default=0.5, help="without --labeled: keep scores >= this")
+    lb.add_argument("--keypoint-threshold", type=float, default=0.0,
+                    help="without --labeled: keypoints with a score >= this get v=2")
+    lb.add_argument("--scales", type=int, nargs="+", default=[96, 128, 160], help="TTA scales (shorter side, px)")
+    lb.add_argument("--no-flip", action="store_true", help="no horizontal flip")
+    lb.add_argument("--device", default="auto")
+    lb.add_argument("--batch-size", type=int, default=4)
+    lb.add_argument("--quiet", action="store_true", help="no progress bar")
+    lb.set_defaults(func=_cmd_label)
+
     d = sub.add_parser("demo", help="run the embedded default end to end (synthetic data, local storage, CPU)")
     d.add_argument("--out", default="./demo-runs", help="where data and runs go (default ./demo-runs)")
     d.add_argument("--quick", action="store_true", help="a minutes-long smoke run with tiny settings")
+    d.add_argument("--keep-server", action="store_true", help="leave the local Prefect UI running afterwards")
     d.set_defaults(func=_cmd_demo)
     return p
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -26,8 +24,14 @@ def run_distillation(config: RunConfig) -> dict[str, Any]:
     return distill.with_options(task_runner=runner)(config)
 
 
-def quiet_prefect_shutdown() -> None:
-    """Ephemeral Prefect prints 'Error flushing events' tracebacks at exit; a successful run shows none."""
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-    for name in ("prefect.events.clients", "prefect._internal.concurrency", "prefect.server"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+def print_summary(result: dict[str, Any], ui: str | None) -> None:
+    """The end of a run, for a person: the metrics table, where the report is, where to watch."""
+    import sys
+
+    from dd_core.report import metrics_table
+
+    print(metrics_table(result["metrics"]))
+    print(f"\nreport: {result['report']}")
+    if ui:
+        print(f"Prefect UI: {ui} (flow run of run id {result['run_dir'].rstrip('/').rsplit('/', 1)[-1]})")
+    sys.stdout.flush()

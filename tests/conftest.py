@@ -80,3 +80,22 @@ def tiny_coco(tmp_path):
     """(annotations path, images root) of a 6-image keypoint set."""
     write_tiny_coco(tmp_path / "tiny")
     return str(tmp_path / "tiny" / "annotations.json"), str(tmp_path / "tiny" / "images")
+
+
+def save_random_checkpoint(url: str, coco: dict, task: str = "keypoints", options=None, seed: int = 0) -> str:
+    """A checkpoint of a random-weight slim model that detects plenty (class 1 biased high)."""
+    import torch
+
+    from dd_core.data.coco import coco_from_dict
+    from dd_core.models import build_model
+    from dd_core.train.checkpoint import save_checkpoint
+    from dd_core.train.detector import checkpoint_meta, spec_for
+
+    torch.manual_seed(seed)
+    data = coco_from_dict(coco, "tiny", "")
+    spec = spec_for(task, data, test_size=64, min_size=(64,), max_size=96)
+    model = build_model(spec)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.bias[1] = 4.0
+    save_checkpoint(url, {"model": model.state_dict(), "iteration": 0, **checkpoint_meta(spec, data)}, options)
+    return url

@@ -81,37 +81,70 @@ def _annotation(ann_id: int, image_id: int, category_id: int, box: Sequence[floa
     return ann
 
 
-def select_pseudo_labels(predictions: Predictions, labeled: Mapping[str, Any], task: str
-                         ) -> tuple[dict[str, Any], Selection]:
-    """Pseudo-label COCO dict (images = every labeled-by-teacher image) and the selection report."""
+def _columns(predictions: Predictions) -> tuple[np.ndarray, np.ndarray]:
     t = predictions.table
-    n_images = len(predictions.images)
-    scores = t.column("score").to_numpy() if t is not None and t.num_rows else np.zeros(0, np.float32)
-    cats = t.column("category_id").to_numpy() if t is not None and t.num_rows else np.zeros(0, np.int32)
-    targets = labeled_instances_per_image(labeled)
-    thresholds = per_category_thresholds(scores, cats, max(n_images, 1), targets)
+    if t is None or not t.num_rows:
+        return np.zeros(0, np.float32), np.zeros(0, np.int32)
+    return t.column("score").to_numpy(), t.column("category_id").to_numpy()
+
+
+def _kept(scores: np.ndarray, cats: np.ndarray, thresholds: Mapping[int, float]) -> np.ndarray:
     keep = np.zeros(len(scores), bool)
     for cat, thr in thresholds.items():
         keep |= (cats == cat) & (scores >= thr)
-    idx = np.flatnonzero(keep)
-    selection = Selection(thresholds, targets, {c: int(((cats == c) & keep).sum()) for c in thresholds},
-                          {c: int((cats == c).sum()) for c in thresholds}, n_images)
-    kps = vis = None
+    return np.flatnonzero(keep)
+
+
+def _keypoint_columns(predictions: Predictions, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    take = pa.array(idx, type=pa.int64())
+    kps = np.asarray(predictions.table.column("keypoints").take(take).to_pylist(), dtype=np.float32)
+    scores = np.asarray(predictions.table.column("keypoint_scores").take(take).to_pylist(), dtype=np.float32)
+    return kps, scores
+
+
+def calibrate_selection(predictions: Predictions, labeled: Mapping[str, Any], task: str) -> Selection:
+    """Thresholds that make pseudo-labels as dense as the labeled set (instances/image, keypoints/instance)."""
+    scores, cats = _columns(predictions)
+    targets = labeled_instances_per_image(labeled)
+    thresholds = per_category_thresholds(scores, cats, max(len(predictions.images), 1), targets)
+    idx = _kept(scores, cats, thresholds)
+    selection = Selection(thresholds, targets, {c: int((cats[idx] == c).sum()) for c in thresholds},
+                          {c: int((cats == c).sum()) for c in thresholds}, len(predictions.images))
     if task == "keypoints" and len(idx):
-        kps = np.asarray(t.column("keypoints").take(pa.array(idx)).to_pylist(), dtype=np.float32)
-        kp_scores = np.asarray(t.column("keypoint_scores").take(pa.array(idx)).to_pylist(), dtype=np.float32)
-        target_kps = labeled_keypoints_per_instance(labeled)
-        selection.keypoint_threshold = keypoint_score_threshold(kp_scores, target_kps)
-        selection.target_keypoints_per_instance = target_kps
-        vis = kp_scores >= selection.keypoint_threshold
-        selection.kept_keypoints_per_instance = float(vis.sum(1).mean())
-    image_ids = t.column("image_id").to_numpy() if t is not None and t.num_rows else np.zeros(0, np.int64)
-    boxes = t.column("box").to_pylist() if len(idx) else []
-    anns = [_annotation(n + 1, int(image_ids[i]), int(cats[i]), boxes[i], float(scores[i]),
-                        None if kps is None else kps[n], None if vis is None else vis[n])
-            for n, i in enumerate(idx)]
+        _, kp_scores = _keypoint_columns(predictions, idx)
+        selection.target_keypoints_per_instance = labeled_keypoints_per_instance(labeled)
+        selection.keypoint_threshold = keypoint_score_threshold(kp_scores, selection.target_keypoints_per_instance)
+        selection.kept_keypoints_per_instance = float((kp_scores >= selection.keypoint_threshold).sum(1).mean())
+    return selection
+
+
+def apply_selection(predictions: Predictions, categories: list[dict[str, Any]], thresholds: Mapping[int, float],
+                    keypoint_threshold: float | None) -> dict[str, Any]:
+    """The pseudo-label COCO dict: instances above their category's threshold; keypoints above
+    ``keypoint_threshold`` get v=2, the others v=0. Every labeled-by-teacher image is listed."""
+    scores, cats = _columns(predictions)
+    idx = _kept(scores, cats, thresholds)
+    anns = []
+    if len(idx):
+        t = predictions.table
+        kps, vis = None, None
+        if keypoint_threshold is not None:
+            kps, kp_scores = _keypoint_columns(predictions, idx)
+            vis = kp_scores >= keypoint_threshold
+        image_ids = t.column("image_id").to_numpy()
+        boxes = t.column("box").to_pylist()
+        anns = [_annotation(n + 1, int(image_ids[i]), int(cats[i]), boxes[i], float(scores[i]),
+                            None if kps is None else kps[n], None if vis is None else vis[n])
+                for n, i in enumerate(idx)]
     images = [{"id": im["id"], "file_name": im["file_name"], "width": im["width"], "height": im["height"]}
               for im in predictions.images]
-    coco = {"info": {"description": "omnidistill pseudo-labels"}, "images": images, "annotations": anns,
-            "categories": list(labeled["categories"])}
+    return {"info": {"description": "omnidistill pseudo-labels"}, "images": images, "annotations": anns,
+            "categories": list(categories)}
+
+
+def select_pseudo_labels(predictions: Predictions, labeled: Mapping[str, Any], task: str
+                         ) -> tuple[dict[str, Any], Selection]:
+    """Calibrate on the labeled set, then select: the pseudo-label COCO dict and the selection report."""
+    selection = calibrate_selection(predictions, labeled, task)
+    coco = apply_selection(predictions, labeled["categories"], selection.thresholds, selection.keypoint_threshold)
     return coco, selection

@@ -1,0 +1,82 @@
+"""A Prefect API for a command: the user's (``PREFECT_API_URL``) or a local server we start and stop.
+
+Prefect's ephemeral mode needs no set-up but its UI disappears with the process and it prints
+"Error flushing events" tracebacks at exit; a local ``prefect server start`` (SQLite under
+``PREFECT_HOME``) gives the user a UI address to watch the run and keeps its history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(api_url: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"prefect server exited with code {process.returncode} before it was ready")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.5)
+    raise TimeoutError(f"prefect server at {api_url} was not ready after {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def local_prefect_server(home: str | Path, keep: bool = False, timeout: float = 120.0) -> Iterator[str]:
+    """Start ``prefect server start`` on a free loopback port; yields the UI address."""
+    home = Path(home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port)}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "ab")
+    process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    api_url = f"http://127.0.0.1:{port}/api"
+    previous = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
+    try:
+        _wait_healthy(api_url, process, timeout)
+        os.environ["PREFECT_API_URL"] = api_url
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if not keep:
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=20)
+            if process.poll() is None:
+                process.kill()
+        log.close()
+
+
+@contextlib.contextmanager
+def prefect_api(home: str | Path | None = None, keep: bool = False) -> Iterator[str]:
+    """Use ``PREFECT_API_URL`` when set; otherwise a local server under ``home`` (default ~/.prefect)."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        yield url.removesuffix("/api")
+        return
+    with local_prefect_server(home or Path.home() / ".prefect", keep=keep) as ui:
+        yield ui

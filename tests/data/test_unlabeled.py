@@ -1,0 +1,72 @@
+import pytest
+
+from dd_core.data.coco import CocoFormatError
+from dd_core.data.unlabeled import list_unlabeled, plan_shards, read_plan, write_plan
+from dd_core.storage import join, write_bytes_atomic, write_json_atomic
+
+
+def _touch_images(folder, names):
+    for name in names:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+
+
+def test_folder_listing_is_sorted_recursive_and_skips_non_images(tmp_path):
+    _touch_images(tmp_path, ["b.png", "a.jpg", "sub/c.JPEG", "notes.txt"])
+    found = list_unlabeled(str(tmp_path))
+    assert [(im.id, im.file_name) for im in found.images] == [(1, "a.jpg"), (2, "b.png"), (3, "sub/c.JPEG")]
+    assert found.url(found.images[2]) == f"{tmp_path}/sub/c.JPEG"
+    assert [im.file_name for im in list_unlabeled(str(tmp_path), limit=2).images] == ["a.jpg", "b.png"]
+
+
+def test_txt_list_relative_to_its_folder_or_root(tmp_path):
+    (tmp_path / "list.txt").write_text("# frames\nz.png\n\nx/y.png\n")
+    found = list_unlabeled(str(tmp_path / "list.txt"))
+    assert found.root == str(tmp_path) and [im.file_name for im in found.images] == ["x/y.png", "z.png"]
+    assert list_unlabeled(str(tmp_path / "list.txt"), root="s3://b/frames").root == "s3://b/frames"
+
+
+def test_txt_list_refuses_escapes_and_duplicates(tmp_path):
+    (tmp_path / "bad.txt").write_text("a.png\n../../etc/passwd\n")
+    with pytest.raises(CocoFormatError, match=r"bad.txt: line 2: .*escapes the image root"):
+        list_unlabeled(str(tmp_path / "bad.txt"))
+    (tmp_path / "dup.txt").write_text("a.png\na.png\n")
+    with pytest.raises(ValueError, match="listed more than once"):
+        list_unlabeled(str(tmp_path / "dup.txt"))
+
+
+def test_image_only_json_keeps_its_ids(tmp_path):
+    write_json_atomic(str(tmp_path / "image_info_unlabeled2017.json"),
+                      {"images": [{"id": 9, "file_name": "9.jpg", "width": 4, "height": 3},
+                                  {"id": 2, "file_name": "2.jpg", "width": 4, "height": 3}]})
+    found = list_unlabeled(str(tmp_path / "image_info_unlabeled2017.json"), root=str(tmp_path / "unlabeled2017"))
+    assert [(im.id, im.file_name, im.width) for im in found.images] == [(2, "2.jpg", 4), (9, "9.jpg", 4)]
+    assert found.root == str(tmp_path / "unlabeled2017")
+
+
+def test_empty_source_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no unlabeled images found"):
+        list_unlabeled(str(tmp_path))
+
+
+def test_shards_cover_every_image_exactly_once(tmp_path):
+    _touch_images(tmp_path, [f"{i}.png" for i in range(10)])
+    images = list_unlabeled(str(tmp_path)).images
+    shards = plan_shards(images, 4)
+    assert [len(s.images) for s in shards] == [4, 4, 2]
+    assert [s.name for s in shards] == ["shard-00000", "shard-00001", "shard-00002"]
+    assert sorted(im.id for s in shards for im in s.images) == [im.id for im in images]
+    with pytest.raises(ValueError, match="shard size"):
+        plan_shards(images, 0)
+
+
+def test_plan_roundtrip_on_s3(s3):
+    bucket, options = s3
+    for name in ("a.png", "b.png", "c.png"):
+        write_bytes_atomic(join(bucket, "pile", name), b"x", options)
+    found = list_unlabeled(join(bucket, "pile"), options=options)
+    assert found.root == join(bucket, "pile") and len(found.images) == 3
+    assert write_plan(found, 2, join(bucket, "plan.json"), options) == 2
+    root, shards = read_plan(join(bucket, "plan.json"), options)
+    assert root == found.root and [im.file_name for im in shards[1].images] == ["c.png"]

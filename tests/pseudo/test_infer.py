@@ -1,0 +1,69 @@
+import os
+
+import pyarrow.dataset as ds
+
+from dd_core.data.unlabeled import list_unlabeled, plan_shards, write_plan
+from dd_core.pseudo.infer import checkpoint_fingerprint, label_planned_shard, label_shard, labeler_from_checkpoint
+from dd_core.storage.parquet import read_shard, shard_meta
+from tests.conftest import save_random_checkpoint, write_tiny_coco
+
+TTA = {"scales": [56, 64], "flip": True}
+
+
+def _setup(tmp_path, n=5):
+    coco = write_tiny_coco(tmp_path / "pile", num_images=n)
+    ckpt = save_random_checkpoint(str(tmp_path / "model_0000000.pth"), coco)
+    return coco, ckpt, list_unlabeled(str(tmp_path / "pile" / "images"))
+
+
+def test_label_shard_writes_rows_and_is_idempotent(tmp_path):
+    _, ckpt, unlabeled = _setup(tmp_path)
+    fp = checkpoint_fingerprint(ckpt, TTA)
+    loads = []
+
+    def make():
+        loads.append(1)
+        return labeler_from_checkpoint(ckpt, TTA)
+
+    shard = plan_shards(unlabeled.images, 8)[0]
+    first = label_shard(shard, unlabeled.root, str(tmp_path / "inf"), fp, make, batch_size=2)
+    assert not first.skipped and first.num_images == 5 and first.num_rows > 0
+    table = read_shard(first.url)
+    assert set(table.column("image_id").to_pylist()) <= {im.id for im in shard.images}
+    assert set(table.column("num_transforms").to_pylist()) == {4}
+    assert all(len(k) == 34 and len(s) == 17 for k, s in zip(table.column("keypoints").to_pylist(),
+                                                             table.column("keypoint_scores").to_pylist()))
+    assert [im["id"] for im in shard_meta(table)["images"]] == [im.id for im in shard.images]
+    mtime = os.stat(first.url).st_mtime_ns
+    again = label_shard(shard, unlabeled.root, str(tmp_path / "inf"), fp, make)
+    assert again.skipped and again.num_rows == first.num_rows and loads == [1]  # the model was not even loaded
+    assert os.stat(first.url).st_mtime_ns == mtime
+    other = label_shard(shard, unlabeled.root, str(tmp_path / "inf"), "another-model", make)
+    assert not other.skipped and loads == [1, 1]
+
+
+def test_undecodable_images_are_rejected_and_the_shard_succeeds(tmp_path):
+    _, ckpt, _ = _setup(tmp_path, n=3)
+    images = tmp_path / "pile" / "images"
+    (images / "004.png").write_bytes(b"")
+    (images / "005.png").write_bytes(b"not an image at all")
+    (images / "006.png").write_bytes((images / "001.png").read_bytes()[:100])
+    unlabeled = list_unlabeled(str(images))
+    write_plan(unlabeled, 10, str(tmp_path / "plan.json"))
+    summary = label_planned_shard(ckpt, str(tmp_path / "plan.json"), 0, str(tmp_path / "inf"), TTA,
+                                  checkpoint_fingerprint(ckpt, TTA))
+    assert summary.num_images == 3 and summary.num_rejected == 3
+    rejected = shard_meta(read_shard(summary.url))["rejected"]
+    assert [r["file_name"] for r in rejected] == ["004.png", "005.png", "006.png"]
+    assert "empty file" in rejected[0]["reason"] and "not a readable image" in rejected[1]["reason"]
+
+
+def test_shards_form_one_dataset(tmp_path):
+    _, ckpt, unlabeled = _setup(tmp_path, n=5)
+    write_plan(unlabeled, 2, str(tmp_path / "plan.json"))
+    fp = checkpoint_fingerprint(ckpt, TTA)
+    for i in range(3):
+        label_planned_shard(ckpt, str(tmp_path / "plan.json"), i, str(tmp_path / "inf"), TTA, fp)
+    table = ds.dataset(str(tmp_path / "inf"), format="parquet").to_table()
+    assert set(table.column("image_id").to_pylist()) <= {1, 2, 3, 4, 5}
+    assert sorted(os.listdir(tmp_path / "inf")) == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
