@@ -15,7 +15,7 @@ from prefect.futures import as_completed
 
 from dd_core.config import RunConfig, tta_options
 from dd_core.storage import join
-from dd_core.storage.layout import RunLayout
+from dd_core.storage.layout import RunLayout, new_run_id
 from tasks.evaluate import evaluate, validate_inputs
 from tasks.infer import fingerprint_teacher, infer_shard, plan_shards, write_inference_manifest
 from tasks.report import write_report
@@ -28,9 +28,9 @@ def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> di
     """Steps 2-3 for one teacher: plan shards, label each shard (retried, idempotent), select pseudo-labels."""
     options = config.storage.options
     tta = tta_options(config.tta)
-    plan = plan_shards(config.unlabeled, config.shards.size, join(layout.inference, "plan.json"), options)
+    plan = plan_shards(config.unlabeled, config.shards.size, layout.plan, options)
     fp = fingerprint_teacher(checkpoint, tta, options)
-    futures = [infer_shard.submit(checkpoint, join(layout.inference, "plan.json"), i, layout.inference, tta, fp,
+    futures = [infer_shard.submit(checkpoint, layout.plan, i, layout.inference, tta, fp,
                                   config.device, config.shards.batch_size, options)
                for i in range(plan["num_shards"])]
     progress = create_progress_artifact(0.0, key="inference-progress", description="Unlabeled shards labeled")
@@ -56,9 +56,13 @@ def _evaluate_pair(name: str, checkpoint: str, config: RunConfig) -> dict[str, d
 
 @flow(name="data-distillation", flow_run_name="{config.run_id}")
 def distill(config: RunConfig) -> dict[str, Any]:
-    """The whole method; returns ``{"run_dir", "metrics", "report"}``. ``config.run_id`` must be set."""
+    """The whole method; returns ``{"run_dir", "metrics", "report"}``.
+
+    Start it with a ``run_id`` (the CLI and :func:`flows.run.run_distillation` generate one) so the
+    flow run is named after it; the same id again resumes that run.
+    """
     if not config.run_id:
-        raise ValueError("config.run_id must be set (the CLI generates one)")
+        config = config.model_copy(update={"run_id": new_run_id()})
     options = config.storage.options
     layout = RunLayout(config.storage.root, config.run_id)
     counts = validate_inputs(config.labeled, config.val, config.upper_bound, options)

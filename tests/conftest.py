@@ -99,3 +99,13 @@ def save_random_checkpoint(url: str, coco: dict, task: str = "keypoints", option
         model.roi_heads.box_predictor.cls_score.bias[1] = 4.0
     save_checkpoint(url, {"model": model.state_dict(), "iteration": 0, **checkpoint_meta(spec, data)}, options)
     return url
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for the whole session (it takes about 10 s to start)."""
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

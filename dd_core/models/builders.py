@@ -20,6 +20,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import misc as misc_ops
 
 TASKS = ("keypoints", "detection")
@@ -43,13 +44,16 @@ class Preset:
     rpn_top_n_train: tuple[int, int] = (2000, 2000)
     rpn_top_n_test: tuple[int, int] = (1000, 1000)
     box_batch_size_per_image: int = 512
+    # RoIAlign samples per bin side; torchvision's CPU backward of it is single-threaded and was a
+    # third of a slim training step at 2, so the slim preset uses 1.
+    roi_sampling_ratio: int = 2
 
 
 PRESETS: dict[str, Preset] = {
     "slim": Preset(
         depth=(2, 2, 2, 2), block="basic", fpn_channels=64, box_head_dim=256, keypoint_head=(64,) * 4,
         anchor_sizes=(8, 16, 32, 64, 128), min_size=(112, 120, 128, 136, 144), test_size=128, max_size=224,
-        rpn_top_n_train=(600, 300), rpn_top_n_test=(300, 150), box_batch_size_per_image=128,
+        rpn_top_n_train=(600, 300), rpn_top_n_test=(300, 150), box_batch_size_per_image=128, roi_sampling_ratio=1,
     ),
     "r50-fpn": Preset(depth=(3, 4, 6, 3), block="bottleneck"),
     "r101-fpn": Preset(depth=(3, 4, 23, 3), block="bottleneck"),
@@ -167,6 +171,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
         rpn_post_nms_top_n_train=preset.rpn_top_n_train[1],
         rpn_pre_nms_top_n_test=preset.rpn_top_n_test[0],
         rpn_post_nms_top_n_test=preset.rpn_top_n_test[1],
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, preset.roi_sampling_ratio),
         box_head=TwoMLPHead(ch * 7 * 7, preset.box_head_dim),
         box_predictor=FastRCNNPredictor(preset.box_head_dim, spec.num_classes),
         box_batch_size_per_image=preset.box_batch_size_per_image,
@@ -175,6 +180,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
     if spec.task == "keypoints":
         model: nn.Module = KeypointRCNN(
             backbone,
+            keypoint_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 14, preset.roi_sampling_ratio),
             keypoint_head=KeypointRCNNHeads(ch, list(preset.keypoint_head)),
             keypoint_predictor=KeypointRCNNPredictor(preset.keypoint_head[-1], spec.num_keypoints),
             **common,

@@ -41,9 +41,15 @@ class RunLayout:
     def inference(self) -> str:
         return join(self.round_dir, "inference")
 
+    # Names starting with "_" are skipped by pyarrow.dataset, so the inference folder reads as one
+    # Parquet dataset of shards.
     @property
     def manifest(self) -> str:
-        return join(self.inference, "manifest.json")
+        return join(self.inference, "_manifest.json")
+
+    @property
+    def plan(self) -> str:
+        return join(self.inference, "_plan.json")
 
     @property
     def thresholds(self) -> str:

@@ -1,0 +1,58 @@
+"""docker-compose.yml and prefect.yaml: parse, name what they must, and carry valid run configs."""
+
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dd_core.config import parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_compose_names_server_postgres_minio_bucket_init_and_worker():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"postgres", "prefect-server", "minio", "minio-init", "worker"} <= set(services)
+    assert "postgresql+asyncpg://" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert "postgres" in services["prefect-server"]["depends_on"]
+    assert "mc mb" in services["minio-init"]["entrypoint"]
+    assert services["worker"]["environment"]["PREFECT_API_URL"].startswith("http://prefect-server:")
+    assert services["worker"]["build"] == "." and (ROOT / "Dockerfile").exists()
+    for name, service in services.items():
+        assert "image" in service or "build" in service, name
+        for dep in service.get("depends_on", {}):
+            assert dep in services, f"{name} depends on unknown service {dep}"
+    assert set(compose["volumes"]) == {"postgres", "minio"}
+
+
+def test_prefect_yaml_deployments_have_cpu_and_gpu_pools_and_valid_parameters():
+    spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+    pools = {d["work_pool"]["name"] for d in spec["deployments"]}
+    assert pools == {"cpu", "gpu"}
+    for deployment in spec["deployments"]:
+        module, _, name = deployment["entrypoint"].partition(":")
+        flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), name)
+        assert flow.name == "data-distillation"
+        config = parse_config(deployment["parameters"]["config"], deployment["name"])
+        assert config.storage.options == {}  # credentials come from the worker's environment
+    assert any(d.get("schedules") for d in spec["deployments"])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_validate(path):
+    parse_config(yaml.safe_load(path.read_text()), str(path))
+
+
+def test_importing_flows_has_no_side_effects(monkeypatch):
+    import os
+    import subprocess
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    before = dict(os.environ)
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a))
+    for module in ("flows.distill", "flows.cli", "flows.demo", "flows.run", "flows.server"):
+        importlib.reload(importlib.import_module(module))
+    assert started == [] and dict(os.environ) == before
