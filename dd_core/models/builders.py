@@ -125,7 +125,10 @@ def load_backbone_weights(body: nn.Module, path: str) -> None:
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = body.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = body.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"{path}: backbone weights do not match the architecture ({exc})") from None
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise ValueError(f"{path}: backbone weights do not match the architecture "
