@@ -1,7 +1,6 @@
 import io
 
 import numpy as np
-
 from PIL import Image
 
 from dd_core.report import ap_bar_chart, metrics_table, pseudo_label_grid, render_report
