@@ -60,6 +60,9 @@ class TrainStageConfig(_Strict):
 
 class StudentConfig(TrainStageConfig):
     iterations: int = Field(default=4000, gt=0)
+    # When set, the student trains schedule_factor x the teacher's iterations instead (the paper
+    # lengthens the schedule for the extra data: 2x-3x in its Table 2).
+    schedule_factor: float | None = Field(default=None, gt=0)
     labeled_ratio: float = Field(default=0.6, gt=0, le=1)
     init: Literal["scratch", "teacher"] = "scratch"
 
@@ -88,6 +91,8 @@ class ShardsConfig(_Strict):
 
 
 class RunConfig(_Strict):
+    """One distillation run. ``student_stage()`` is the student's schedule after ``schedule_factor``."""
+
     task: Literal["keypoints", "detection"] = "keypoints"
     run_id: str | None = None
     seed: int = 0
@@ -103,6 +108,12 @@ class RunConfig(_Strict):
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
     rounds: int = Field(default=1, gt=0)
     upper_bound: LabeledConfig | None = None  # optionally also train on this fully-labeled set
+
+    def student_stage(self) -> StudentConfig:
+        if self.student.schedule_factor is None:
+            return self.student
+        iterations = max(1, round(self.teacher.iterations * self.student.schedule_factor))
+        return self.student.model_copy(update={"iterations": iterations})
 
     @field_validator("run_id")
     @classmethod

@@ -76,12 +76,12 @@ def distill(config: RunConfig) -> dict[str, Any]:
         selections.append(selection)
         init = current if config.student.init == "teacher" else None
         current = train_model("student" if r == 1 else f"student round {r}", config.task, config.labeled,
-                              config.model, config.student, round_layout.student, config.seed, config.device,
+                              config.model, config.student_stage(), round_layout.student, config.seed, config.device,
                               options, round_layout.pseudo_annotations, selection["root"], init)
     metrics.update(_evaluate_pair("student", current, config))
     if config.upper_bound:
         upper = train_model("upper bound", config.task, config.upper_bound, config.model,
-                            config.teacher.model_copy(update={"iterations": config.student.iterations}),
+                            config.teacher.model_copy(update={"iterations": config.student_stage().iterations}),
                             layout.upper_bound, config.seed, config.device, options)
         metrics["upper_bound"] = evaluate("upper_bound", upper, config.val, None, config.device, options)
     counts.update(unlabeled=selections[-1]["num_unlabeled"], rejected=selections[-1]["num_rejected"],

@@ -30,7 +30,8 @@ def write_report(layout: RunLayout, task_type: str, metrics: dict[str, dict[str,
     names = {c["id"]: c["name"] for c in pseudo.categories}
     report = render_report(layout.run_id, task_type, metrics, selections, names, figures, counts)
     write_bytes_atomic(layout.report, report.encode(), options)
+    links = "\n".join(f"- {caption}: `{join(layout.run_dir, path)}`" for caption, path in figures.items())
     create_markdown_artifact(f"## Data distillation `{layout.run_id}`\n\n{metrics_table(metrics)}\n\n"
-                             f"Report: `{layout.report}`", key="distillation-metrics",
+                             f"Report: `{layout.report}`\n\nFigures:\n{links}", key="distillation-metrics",
                              description="Teacher vs student, COCO AP")
     return layout.report

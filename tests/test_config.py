@@ -69,3 +69,9 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
     (tmp_path / "b.yaml").write_text("- 1\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(tmp_path / "b.yaml")
+
+
+def test_student_schedule_factor_lengthens_the_teacher_schedule():
+    c = parse_config(_config(teacher={"iterations": 300}, student={"schedule_factor": 2.5}))
+    assert c.student_stage().iterations == 750 and c.student.iterations == 4000
+    assert parse_config(_config()).student_stage().iterations == 4000

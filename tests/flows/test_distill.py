@@ -87,3 +87,28 @@ def test_complete_flow_on_s3_then_rerun_recomputes_only_the_missing_shard(s3_run
     assert read_json(join(run, "inference/_manifest.json"), options)["num_rows"] == manifest["num_rows"]
     assert json.dumps(read_json(join(run, "metrics.json"), options), sort_keys=True) == json.dumps(metrics, sort_keys=True)
     assert np.isfinite(metrics["student"]["AP"])
+
+
+def test_two_rounds_with_upper_bound_on_local_storage(tmp_path, prefect_harness):
+    for name, n, seed, start in (("labeled", 6, 1, 1), ("unlabeled", 4, 2, 1001), ("val", 3, 3, 2001)):
+        make_keypoints_dataset(tmp_path / name, n, seed=seed, start_id=start, size=64)
+    d = str(tmp_path)
+    config = parse_config({
+        "run_id": "two-rounds", "storage": {"root": f"file://{d}/store"},
+        "labeled": {"annotations": f"{d}/labeled/annotations.json", "images": f"{d}/labeled/images"},
+        "unlabeled": {"images": f"{d}/unlabeled/images"},
+        "val": {"annotations": f"{d}/val/annotations.json", "images": f"{d}/val/images"},
+        "upper_bound": {"annotations": f"{d}/labeled/annotations.json", "images": f"{d}/labeled/images"},
+        "model": {"test_size": 64, "min_size": [64], "max_size": 96},
+        "teacher": {"iterations": 1, "batch_size": 2, "warmup_iters": 0},
+        "student": {"schedule_factor": 2, "batch_size": 2, "warmup_iters": 0, "init": "teacher"},
+        "tta": {"scales": [64], "flip": False}, "shards": {"size": 4}, "rounds": 2,
+    })
+    result = run_distillation(config)
+    run = tmp_path / "store" / "runs" / "two-rounds"
+    assert set(result["metrics"]) == {"teacher", "teacher_tta", "student", "student_tta", "upper_bound"}
+    assert (run / "pseudo" / "annotations.json").exists() and (run / "rounds" / "2" / "pseudo" / "annotations.json").exists()
+    assert sorted(p.name for p in (run / "rounds" / "2" / "student").iterdir()) == ["model_0000002.pth"]
+    assert sorted(p.name for p in (run / "upper_bound").iterdir()) == ["model_0000002.pth"]
+    report = (run / "report.md").read_text()
+    assert "## Pseudo-label selection (round 2)" in report and "upper bound (all labels)" in report
