@@ -14,7 +14,6 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
 from dd_core.config import RunConfig, tta_options
-from dd_core.storage import join
 from dd_core.storage.layout import RunLayout, new_run_id
 from tasks.evaluate import evaluate, validate_inputs
 from tasks.infer import fingerprint_teacher, infer_shard, plan_shards, write_inference_manifest

@@ -7,7 +7,15 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NONE
 
-from dd_core.config import LabeledConfig, ModelConfig, StudentConfig, TrainStageConfig, model_overrides, resolve_device, train_config
+from dd_core.config import (
+    LabeledConfig,
+    ModelConfig,
+    StudentConfig,
+    TrainStageConfig,
+    model_overrides,
+    resolve_device,
+    train_config,
+)
 from dd_core.data.coco import load_coco
 from dd_core.train.checkpoint import load_checkpoint
 from dd_core.train.detector import spec_for, train_detector

@@ -29,21 +29,19 @@ class Compose:
 
 
 def hflip_boxes(boxes: torch.Tensor, width: float) -> torch.Tensor:
-    """Mirror xyxy boxes in an image ``width`` wide (x -> width - x). Its own inverse."""
-    out = boxes.clone()
-    out[:, 0] = width - boxes[:, 2]
-    out[:, 2] = width - boxes[:, 0]
-    return out
+    """Mirror xyxy boxes in an image ``width`` wide: ``x -> width - x``, x1 and x2 swapped. Its own inverse."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack((width - x2, y1, width - x1, y2), dim=-1)
 
 
 def hflip_keypoints(keypoints: torch.Tensor, width: float, flip_indices: Sequence[int]) -> torch.Tensor:
-    """Mirror (N, K, 3) keypoints and swap left/right channels; unlabeled (v=0) stay all-zero.
+    """Mirror ``(N, K, 2 or 3)`` keypoints: ``x -> width - x``, left/right channels swapped.
 
-    Its own inverse: applying it twice gives the input back.
+    After a mirror the keypoint at the old left wrist's position is the person's *right* wrist,
+    hence the permutation (an involution). Its own inverse.
     """
     out = keypoints[:, list(flip_indices)].clone()
     out[..., 0] = width - out[..., 0]
-    out[out[..., 2] == 0] = 0
     return out
 
 
@@ -53,7 +51,9 @@ def hflip(image: torch.Tensor, target: Target, flip_indices: Sequence[int]) -> t
     target = dict(target)
     target["boxes"] = hflip_boxes(target["boxes"], width)
     if "keypoints" in target:
-        target["keypoints"] = hflip_keypoints(target["keypoints"], width, flip_indices)
+        kps = hflip_keypoints(target["keypoints"], width, flip_indices)
+        kps[kps[..., 2] == 0] = 0  # unlabeled keypoints stay all-zero, as COCO writes them
+        target["keypoints"] = kps
     return image.flip(-1), target
 
 

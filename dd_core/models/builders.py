@@ -118,8 +118,9 @@ def _norm_layer(kind: str) -> type[nn.Module] | Any:
 
 def load_backbone_weights(body: nn.Module, path: str) -> None:
     """Load ImageNet classification weights (a torchvision ResNet state dict) from a local file."""
-    from dd_core.storage import read_bytes
     import io
+
+    from dd_core.storage import read_bytes
 
     state = torch.load(io.BytesIO(read_bytes(path)), map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):

@@ -24,11 +24,12 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.detection import transform as tv_transform
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from dd_core.data.transforms import hflip_boxes, hflip_keypoints  # the same geometry as training
 
 Size = tuple[int, int]  # (height, width)
 
@@ -128,15 +129,6 @@ def apply_to_image(transform: TestTransform, image: Tensor) -> Tensor:
 # --- boxes ------------------------------------------------------------------------------------
 
 
-def hflip_boxes(boxes: Tensor, width: float) -> Tensor:
-    """Mirror xyxy boxes in an image ``width`` wide: ``x -> width - x``, x1 and x2 swapped.
-
-    Its own inverse.
-    """
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    return torch.stack((width - x2, y1, width - x1, y2), dim=-1)
-
-
 def resize_boxes(boxes: Tensor, from_size: Size, to_size: Size) -> Tensor:
     """Rescale xyxy boxes from an image of ``from_size`` to one of ``to_size`` (both ``(h, w)``).
 
@@ -159,17 +151,6 @@ def boxes_from_frame(boxes: Tensor, transform: TestTransform, frame: Size, origi
 
 
 # --- keypoints ----------------------------------------------------------------------------------
-
-
-def hflip_keypoints(keypoints: Tensor, width: float, flip_indices: Sequence[int]) -> Tensor:
-    """Mirror ``(N, K, 2 or 3)`` keypoints: ``x -> width - x`` and left/right swapped.
-
-    After a mirror, the keypoint at the old left wrist's position is the person's *right* wrist,
-    so the keypoint axis is permuted by ``flip_indices`` (an involution). Its own inverse.
-    """
-    out = keypoints[:, list(flip_indices)].clone()
-    out[..., 0] = width - out[..., 0]
-    return out
 
 
 def resize_keypoints(keypoints: Tensor, from_size: Size, to_size: Size) -> Tensor:

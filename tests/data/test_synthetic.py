@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 
 from dd_core.data.coco import validate_coco
 from dd_core.data.keypoints import COCO_PERSON_KEYPOINT_NAMES, PERSON_CATEGORY
-from dd_core.data.synthetic import (DETECTION_CATEGORIES, STYLES, make_detection_dataset, make_keypoints_dataset)
+from dd_core.data.synthetic import DETECTION_CATEGORIES, STYLES, make_detection_dataset, make_keypoints_dataset
 from dd_core.data.synthetic.figures import Body, build_figure
 from dd_core.data.synthetic.people import Person, paint_person, sample_palette
 from dd_core.data.synthetic.poses import Pose

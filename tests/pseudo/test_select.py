@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from dd_core.data.keypoints import PERSON_CATEGORY
-from dd_core.pseudo.select import Predictions, apply_selection, calibrate_selection, read_predictions, select_pseudo_labels
+from dd_core.pseudo.select import (
+    Predictions,
+    apply_selection,
+    calibrate_selection,
+    read_predictions,
+    select_pseudo_labels,
+)
 from dd_core.storage.parquet import predictions_table, write_shard
 
 

@@ -2,7 +2,16 @@ import os
 
 import pytest
 
-from dd_core.storage import exists, join, list_files, read_bytes, read_json, remove, write_bytes_atomic, write_json_atomic
+from dd_core.storage import (
+    exists,
+    join,
+    list_files,
+    read_bytes,
+    read_json,
+    remove,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 
 def test_join_handles_slashes():

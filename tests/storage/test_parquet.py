@@ -3,7 +3,14 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from dd_core.storage.parquet import PREDICTIONS_SCHEMA, ShardError, predictions_table, read_shard, shard_meta, write_shard
+from dd_core.storage.parquet import (
+    PREDICTIONS_SCHEMA,
+    ShardError,
+    predictions_table,
+    read_shard,
+    shard_meta,
+    write_shard,
+)
 
 ROWS = {"image_id": [1, 1, 2], "file_name": ["a.png", "a.png", "b.png"], "category_id": [1, 1, 3],
         "box": [[0, 0, 4, 4], [1, 1, 5, 5], [2, 2, 3, 3]], "score": [0.9, 0.5, 0.7],

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import ImageDraw
 
 from dd_core.data.synthetic.canvas import Disc, Point, Polygon, Primitive, Segment, draw_primitive
-from dd_core.data.synthetic.colors import LEFT_HUES, RIGHT_HUES, RGB, random_hsv
+from dd_core.data.synthetic.colors import LEFT_HUES, RGB, RIGHT_HUES, random_hsv
 from dd_core.data.synthetic.styles import Style
 
 

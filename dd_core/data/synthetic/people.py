@@ -20,8 +20,15 @@ from dd_core.data.keypoints import PERSON_CATEGORY
 from dd_core.data.synthetic.backgrounds import add_sensor_noise, render_background
 from dd_core.data.synthetic.canvas import box_iou, draw_primitive, mask_box, sample_image_size
 from dd_core.data.synthetic.clutter import draw_distractors, occluder
-from dd_core.data.synthetic.colors import (HAIR_COLORS, LEFT_HUES, RGB, RIGHT_HUES, SKIN_TONES, contrasting_hsv,
-                                           random_hsv)
+from dd_core.data.synthetic.colors import (
+    HAIR_COLORS,
+    LEFT_HUES,
+    RGB,
+    RIGHT_HUES,
+    SKIN_TONES,
+    contrasting_hsv,
+    random_hsv,
+)
 from dd_core.data.synthetic.figures import Figure, build_figure, figure_extent, sample_body
 from dd_core.data.synthetic.poses import sample_pose
 from dd_core.data.synthetic.styles import Style
