@@ -33,10 +33,10 @@ class LabeledConfig(_Strict):
 
 
 class UnlabeledConfig(_Strict):
-    # A folder or prefix of images, a .txt file with one URL/relative path per line, or an
+    # A folder or prefix of images, a .txt file with one relative image path per line, or an
     # image-only COCO json (e.g. image_info_unlabeled2017.json).
     images: str
-    # Where relative names from a .txt list or a json live (default: beside that file).
+    # Where the names of a .txt list or json live (default: the list's folder; images/ beside a json).
     root: str | None = None
     limit: int | None = Field(default=None, gt=0)
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from dd_core.storage import read_json
+from dd_core.storage import join, parent, read_json
 
 
 class CocoFormatError(ValueError):
@@ -66,12 +66,12 @@ def _require(record: Mapping[str, Any], key: str, types: type | tuple[type, ...]
     return value
 
 
-def check_file_name(file_name: str, source: str, where: str) -> None:
+def check_file_name(file_name: str, source: str, where: str, field: str = "field 'file_name'") -> None:
     """Refuse names that would escape the image root (absolute paths, ``..`` segments, URLs)."""
     if not file_name or file_name.startswith(("/", "\\")) or "://" in file_name or (len(file_name) > 1 and file_name[1] == ":"):
-        raise _fail(source, where, f"field 'file_name' must be a relative path inside the image root, got {file_name!r}")
+        raise _fail(source, where, f"{field} must be a relative path inside the image root, got {file_name!r}")
     if ".." in file_name.replace("\\", "/").split("/"):
-        raise _fail(source, where, f"field 'file_name' escapes the image root with '..': {file_name!r}")
+        raise _fail(source, where, f"{field} escapes the image root with '..': {file_name!r}")
 
 
 def _validate_images(images: Any, source: str) -> None:
@@ -205,6 +205,5 @@ def resolve_dataset(url: str, images: str | None = None) -> tuple[str, str]:
     """
     base = url.rstrip("/")
     if base.endswith(".json"):
-        folder = base.rsplit("/", 1)[0] if "/" in base else "."
-        return base, images or f"{folder}/images"
+        return base, images or join(parent(base), "images")
     return f"{base}/annotations.json", images or f"{base}/images"

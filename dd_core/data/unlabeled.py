@@ -1,8 +1,8 @@
 """The unlabeled pile: list its images, give them deterministic ids, cut it into shards.
 
-An unlabeled source is a folder or bucket prefix of images, a ``.txt`` file with one image per
-line (absolute URLs, or paths relative to ``root``), or an image-only COCO json such as
-``image_info_unlabeled2017.json`` (its ids are kept).
+An unlabeled source is a folder or bucket prefix of images, a ``.txt`` file with one image path
+per line (relative to ``root``, by default the list's own folder), or an image-only COCO json such
+as ``image_info_unlabeled2017.json`` (its ids are kept; ``root`` defaults to ``images/`` beside it).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from dd_core.data.coco import check_file_name, load_coco
 from dd_core.data.images import IMAGE_SUFFIXES
-from dd_core.storage import join, list_files, read_bytes
+from dd_core.storage import join, list_files, parent, read_bytes
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,12 @@ class UnlabeledSet:
         return join(self.root, image.file_name)
 
 
-def _parent(url: str) -> str:
-    return url.rstrip("/").rsplit("/", 1)[0] if "/" in url.rstrip("/") else "."
-
-
-def _from_listing(text: str, source: str, root: str) -> list[UnlabeledImage]:
-    names = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    for i, name in enumerate(names):
-        check_file_name(name, source, f"line {i + 1}")
+def _from_listing(text: str, source: str) -> list[UnlabeledImage]:
+    lines = [(n + 1, line.strip()) for n, line in enumerate(text.splitlines())]
+    names = [name for _, name in lines if name and not name.startswith("#")]
+    for number, name in lines:
+        if name and not name.startswith("#"):
+            check_file_name(name, source, f"line {number}", field="image path")
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ValueError(f"{source}: image {dup!r} is listed more than once")
@@ -59,13 +57,13 @@ def list_unlabeled(images: str, root: str | None = None, options: Mapping[str, A
     the same ids (and the same shards).
     """
     if images.endswith(".json"):
-        coco = load_coco(images, root or join(_parent(images), "images"), options, require_annotations=False)
+        coco = load_coco(images, root or join(parent(images), "images"), options, require_annotations=False)
         out = [UnlabeledImage(img["id"], img["file_name"], img.get("width"), img.get("height"))
                for img in sorted(coco.images, key=lambda im: im["id"])]
         found = UnlabeledSet(coco.images_root, out)
     elif images.endswith(".txt"):
         text = read_bytes(images, options).decode("utf-8")
-        found = UnlabeledSet(root or _parent(images), _from_listing(text, images, root or _parent(images)))
+        found = UnlabeledSet(root or parent(images), _from_listing(text, images))
     else:
         names = list_files(images, suffixes=IMAGE_SUFFIXES, options=options)
         found = UnlabeledSet(images.rstrip("/"), [UnlabeledImage(i + 1, n) for i, n in enumerate(names)])

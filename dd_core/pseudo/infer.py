@@ -21,14 +21,7 @@ from dd_core.data.images import ImageDecodeError, read_image
 from dd_core.data.unlabeled import Shard, UnlabeledImage, read_plan
 from dd_core.evaluate.predict import PredictFn
 from dd_core.storage import join, read_bytes
-from dd_core.storage.parquet import (
-    PREDICTIONS_SCHEMA,
-    ShardError,
-    predictions_table,
-    read_shard,
-    shard_meta,
-    write_shard,
-)
+from dd_core.storage.parquet import PREDICTIONS_SCHEMA, ShardError, predictions_table, read_shard_footer, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +87,23 @@ def _rows(output: Mapping[str, Any], image: UnlabeledImage, label_to_category: M
     }
 
 
-def existing_output(url: str, fp: str, options: Mapping[str, Any] | None) -> Any | None:
-    """The shard's table if it exists, is valid and was made by the same model and transforms."""
+def shard_fingerprint(fp: str, root: str, shard: Shard) -> str:
+    """:func:`fingerprint` narrowed to one shard: the same model and transforms on the same images."""
+    images = [(im.id, im.file_name) for im in shard.images]
+    return hashlib.sha256(json.dumps([fp, root, images]).encode()).hexdigest()[:16]
+
+
+def existing_output(url: str, shard_fp: str, options: Mapping[str, Any] | None) -> tuple[dict, int] | None:
+    """(metadata, rows) of a finished shard made by the same model and transforms on the same
+    images; None when it must be (re)computed. Only the Parquet footer is read."""
     try:
-        table = read_shard(url, options)
+        meta, num_rows = read_shard_footer(url, options)
     except FileNotFoundError:
         return None
     except ShardError as exc:
         log.warning("recomputing %s: %s", url, exc)
         return None
-    return table if shard_meta(table).get("fingerprint") == fp else None
+    return (meta, num_rows) if meta.get("fingerprint") == shard_fp else None
 
 
 def _decode_batch(batch: list[UnlabeledImage], root: str, options: Mapping[str, Any] | None, device: str,
@@ -126,10 +126,11 @@ def label_shard(shard: Shard, root: str, out_dir: str, fp: str, make_labeler: Ca
                 progress: bool = False) -> ShardSummary:
     """Multi-transform inference on every image of ``shard``, written to ``<out_dir>/<shard>.parquet``."""
     url = join(out_dir, f"{shard.name}.parquet")
-    found = existing_output(url, fp, options)
+    shard_fp = shard_fingerprint(fp, root, shard)
+    found = existing_output(url, shard_fp, options)
     if found is not None:
-        meta = shard_meta(found)
-        return ShardSummary(shard.name, url, len(meta["images"]), found.num_rows, len(meta["rejected"]), True)
+        meta, num_rows = found
+        return ShardSummary(shard.name, url, len(meta["images"]), num_rows, len(meta["rejected"]), True)
     labeler = make_labeler()
     labeler.model.to(device).eval()
     rows: dict[str, list] = {name: [] for name in PREDICTIONS_SCHEMA.names}
@@ -146,7 +147,7 @@ def label_shard(shard: Shard, root: str, out_dir: str, fp: str, make_labeler: Ca
                 rows[key].extend(values)
             done.append({"id": image.id, "file_name": image.file_name,
                          "height": int(tensor.shape[-2]), "width": int(tensor.shape[-1])})
-    meta = {"fingerprint": fp, "shard": shard.name, "images": done, "rejected": rejected}
+    meta = {"fingerprint": shard_fp, "shard": shard.name, "images": done, "rejected": rejected}
     table = predictions_table(rows, meta)
     write_shard(url, table, options)
     return ShardSummary(shard.name, url, len(done), table.num_rows, len(rejected), False)

@@ -13,11 +13,13 @@ from dd_core.train.checkpoint import load_checkpoint
 
 
 def _output_paths(out: str) -> tuple[str, str]:
-    """(json URL, predictions folder) for ``--out`` given as a json or as a folder."""
-    if out.endswith(".json"):
-        folder = out.rsplit("/", 1)[0] if "/" in out else "."
-        return out, join(folder, "predictions")
-    return join(out, "annotations.json"), join(out, "predictions")
+    """(json URL, its predictions folder) for ``--out`` given as a json or as a folder.
+
+    ``a/pseudo.json`` keeps its shards in ``a/pseudo.predictions/``, so two outputs in one folder
+    never share (and wrongly reuse) shards.
+    """
+    json_url = out if out.endswith(".json") else join(out, "annotations.json")
+    return json_url, json_url.removesuffix(".json") + ".predictions"
 
 
 def label_images(checkpoint: str, images: str, out: str, root: str | None = None, labeled: str | None = None,

@@ -29,6 +29,13 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
+def parent(url: str) -> str:
+    """The folder (or prefix) holding ``url``: ``s3://b/x/a.json`` -> ``s3://b/x``; ``a.json`` -> ``.``."""
+    base = url.rstrip("/")
+    head, sep, _ = base.rpartition("/")
+    return head if sep and not head.endswith(":/") else "."
+
+
 def join(url: str, *parts: str) -> str:
     """Join URL path segments with ``/`` (also for local paths, which Python accepts on POSIX)."""
     out = url.rstrip("/")
@@ -71,6 +78,7 @@ def write_bytes_atomic(url: str, data: bytes, options: Options = None) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -79,6 +87,12 @@ def write_bytes_atomic(url: str, data: bytes, options: Options = None) -> None:
     else:
         # One PUT: S3 makes the object visible only once it is complete.
         fs.pipe_file(path, data)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(url: str, obj: Any, options: Options = None, indent: int | None = None) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dd_core.storage.fs import read_bytes, write_bytes_atomic
+from dd_core.storage.fs import filesystem, read_bytes, write_bytes_atomic
 
 SCHEMA_VERSION = 1
 
@@ -62,6 +62,29 @@ def check_schema(schema: pa.Schema, url: str) -> None:
     if not schema.remove_metadata().equals(PREDICTIONS_SCHEMA):
         got = ", ".join(f"{f.name}: {f.type}" for f in schema)
         raise ShardError(f"{url}: schema does not match predictions schema v{SCHEMA_VERSION} (got {got})")
+
+
+def read_shard_footer(url: str, options: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], int]:
+    """(metadata, row count) of a shard from its footer alone: a cheap "is this shard done?" check.
+
+    Raises FileNotFoundError when absent and :class:`ShardError` when unreadable, drifted or of
+    another schema version.
+    """
+    fs, path = filesystem(url, options)
+    try:
+        with fs.open(path, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            schema, num_rows = parquet.schema_arrow, parquet.metadata.num_rows
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        raise ShardError(f"{url}: not a readable Parquet file ({exc})") from exc
+    check_schema(schema, url)
+    raw = (schema.metadata or {}).get(_META)
+    meta = json.loads(raw) if raw else {}
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise ShardError(f"{url}: predictions schema version {meta.get('schema_version')}, expected {SCHEMA_VERSION}")
+    return meta, num_rows
 
 
 def read_shard(url: str, options: Mapping[str, Any] | None = None) -> pa.Table:

@@ -67,3 +67,16 @@ def test_shards_form_one_dataset(tmp_path):
     table = ds.dataset(str(tmp_path / "inf"), format="parquet").to_table()
     assert set(table.column("image_id").to_pylist()) <= {1, 2, 3, 4, 5}
     assert sorted(os.listdir(tmp_path / "inf")) == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+
+
+def test_a_shard_of_other_images_is_recomputed_even_with_the_same_model(tmp_path):
+    _, ckpt, unlabeled = _setup(tmp_path, n=4)
+    fp = checkpoint_fingerprint(ckpt, TTA)
+    out = str(tmp_path / "inf")
+    make = lambda: labeler_from_checkpoint(ckpt, TTA)  # noqa: E731
+    first = label_shard(plan_shards(unlabeled.images, 3)[0], unlabeled.root, out, fp, make)
+    # The pile grew and the plan changed: shard-00000 now holds other images.
+    shifted = plan_shards(unlabeled.images[1:], 3)[0]
+    again = label_shard(shifted, unlabeled.root, out, fp, make)
+    assert not first.skipped and not again.skipped
+    assert [im["id"] for im in shard_meta(read_shard(again.url))["images"]] == [2, 3, 4]

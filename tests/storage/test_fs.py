@@ -6,6 +6,7 @@ from dd_core.storage import (
     exists,
     join,
     list_files,
+    parent,
     read_bytes,
     read_json,
     remove,
@@ -68,3 +69,17 @@ def test_local_list_files_returns_paths(tmp_path):
     assert list_files(str(tmp_path), suffixes=(".png",)) == ["x/1.png"]
     assert list_files(f"file://{tmp_path}/") == ["2.txt", "x/1.png"]
     assert list_files(str(tmp_path / "missing")) == []
+
+
+def test_atomic_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
+    write_bytes_atomic(str(tmp_path / "m.json"), b"{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(tmp_path / "m.json").st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_parent_of_urls():
+    assert parent("s3://b/x/a.json") == "s3://b/x"
+    assert parent("/tmp/a/b/") == "/tmp/a"
+    assert parent("a.json") == "."
+    assert parent("file:///tmp/a.json") == "file:///tmp"

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from dd_core.data.synthetic.styles import Style, get_style
+from dd_core.storage import write_bytes_atomic
 
 ANNOTATIONS_FILE = "annotations.json"
 IMAGES_DIR = "images"
@@ -34,19 +33,6 @@ def image_rng(seed: int, task: str, style: str, image_id: int) -> np.random.Gene
     """The generator for one image: independent of every other image and of generation order."""
     key = [seed, zlib.crc32(task.encode()), zlib.crc32(style.encode()), image_id]
     return np.random.default_rng(np.random.SeedSequence(key))
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as json to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _check_args(num_images: int, seed: int, size: int, start_id: int) -> None:
@@ -96,5 +82,5 @@ def build_dataset(out_dir: str | Path, num_images: int, seed: int, style_name: s
         "annotations": annotations,
         "categories": copy.deepcopy(list(categories)),
     }
-    write_json_atomic(out / ANNOTATIONS_FILE, coco)
+    write_bytes_atomic(str(out / ANNOTATIONS_FILE), json.dumps(coco, separators=(",", ":")).encode())
     return coco
