@@ -208,3 +208,28 @@ def tta_options(tta: TTAConfig) -> dict[str, Any]:
     """Keyword arguments for :func:`dd_core.evaluate.checkpoint_eval.tta_predict_fn`."""
     return {"scales": list(tta.scales), "flip": tta.flip, "nms_threshold": tta.nms_threshold,
             "voting_threshold": tta.voting_threshold, "scoring": tta.scoring}
+
+
+def check_run_inputs(config: RunConfig) -> dict[str, int]:
+    """Validate the labeled, validation (and upper-bound) sets and the unlabeled source of a run.
+
+    Called before anything is trained or written, so bad input fails in seconds with an error
+    naming the file, record and field. Returns image counts.
+    """
+    from dd_core.data.coco import check_compatible, load_coco
+    from dd_core.data.unlabeled import list_unlabeled
+
+    options = config.storage.options
+    labeled = load_coco(config.labeled.annotations, config.labeled.images, options)
+    reference = f"the labeled set {labeled.source}"
+    check_compatible(labeled, labeled.categories, config.task, reference)
+    counts = {"labeled": len(labeled.images)}
+    for name in ("val", "upper_bound"):
+        source = getattr(config, name)
+        if source is not None:
+            data = load_coco(source.annotations, source.images, options)
+            check_compatible(data, labeled.categories, config.task, reference)
+            counts[name] = len(data.images)
+    counts["unlabeled"] = len(list_unlabeled(config.unlabeled.images, config.unlabeled.root, options,
+                                             config.unlabeled.limit).images)
+    return counts

@@ -46,11 +46,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from dd_core.config import load_config
+    from dd_core.config import check_run_inputs, load_config
     from flows.run import print_summary, run_distillation, with_run_id
     from flows.server import prefect_api
 
     config = with_run_id(load_config(args.config, args.set))
+    check_run_inputs(config)  # bad input fails here, in seconds, before a flow run exists
     print(f"run {config.run_id}: outputs in {config.storage.root}/runs/{config.run_id}", file=sys.stderr)
     with prefect_api() as ui:
         result = run_distillation(config)
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, IsADirectoryError, FloatingPointError) as exc:
         print(f"omnidistill {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -30,7 +30,7 @@ def _synth(folder: Path, num_images: int, seed: int, start_id: int, style: str =
 def demo_config(out: Path, quick: bool) -> dict[str, Any]:
     """Write the demo's data sets and return its run config (also saved as ``<out>/demo.yaml``)."""
     sizes = QUICK if quick else FULL
-    data = out / "data"
+    data = out / ("data-quick" if quick else "data")  # the unlabeled folder is listed whole: keep them apart
     _synth(data / "labeled", sizes["labeled"], seed=1, start_id=1)
     _synth(data / "unlabeled", sizes["unlabeled"], seed=2, start_id=100_001)
     _synth(data / "val", sizes["val"], seed=3, start_id=200_001)
@@ -59,7 +59,7 @@ def run_demo(out: str | Path = "./demo-runs", quick: bool = False, keep_server: 
     out = Path(out).resolve()
     t0 = time.perf_counter()
     config = with_run_id(parse_config(demo_config(out, quick), str(out / "demo.yaml")))
-    print(f"demo: data in {out / 'data'}, run {config.run_id} in {out / 'runs' / config.run_id}", file=sys.stderr)
+    print(f"demo: data in {out}, run {config.run_id} in {out / 'runs' / config.run_id}", file=sys.stderr)
     with prefect_api(out / "prefect", keep=keep_server) as ui:
         print(f"demo: watch it in the Prefect UI at {ui}", file=sys.stderr)
         result = run_distillation(config)

@@ -12,9 +12,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from dd_core.config import RunConfig, tta_options
-from dd_core.storage.layout import RunLayout, new_run_id
+from dd_core.storage.layout import RunLayout
 from tasks.evaluate import evaluate, validate_inputs
 from tasks.infer import fingerprint_teacher, infer_shard, plan_shards, write_inference_manifest
 from tasks.report import write_report
@@ -53,30 +55,40 @@ def _evaluate_pair(name: str, checkpoint: str, config: RunConfig) -> dict[str, d
                                     config.device, options)}
 
 
-@flow(name="data-distillation", flow_run_name="{config.run_id}")
+def _flow_run_name() -> str:
+    """The run id: given by the CLI, or ``flow-<flow run id>`` for a scheduled deployment."""
+    config = flow_run.get_parameters().get("config")
+    run_id = config.run_id if isinstance(config, RunConfig) else (config or {}).get("run_id")
+    return run_id or f"flow-{flow_run.get_id()}"
+
+
+@flow(name="data-distillation", flow_run_name=_flow_run_name)
 def distill(config: RunConfig) -> dict[str, Any]:
     """The whole method; returns ``{"run_dir", "metrics", "report"}``.
 
     Start it with a ``run_id`` (the CLI and :func:`flows.run.run_distillation` generate one) so the
     flow run is named after it; the same id again resumes that run.
     """
-    if not config.run_id:
-        config = config.model_copy(update={"run_id": new_run_id()})
+    if not config.run_id:  # a scheduled deployment: name the run after the flow run, stable across retries
+        config = config.model_copy(update={"run_id": f"flow-{flow_run.get_id()}"})
     options = config.storage.options
     layout = RunLayout(config.storage.root, config.run_id)
-    counts = validate_inputs(config.labeled, config.val, config.upper_bound, options)
+    counts = validate_inputs(config)
     teacher = train_model("teacher", config.task, config.labeled, config.model, config.teacher, layout.teacher,
                           config.seed, config.device, options)
     metrics = _evaluate_pair("teacher", teacher, config)
     selections, current = [], teacher
     for r in range(1, config.rounds + 1):
         round_layout = layout.for_round(r)
-        selection = label_unlabeled(config, current, round_layout)
+        # A subflow gets its own task runner: give it the one that bounds concurrent shards.
+        runner = ThreadPoolTaskRunner(max_workers=config.shards.workers)
+        selection = label_unlabeled.with_options(task_runner=runner)(config, current, round_layout)
         selections.append(selection)
         init = current if config.student.init == "teacher" else None
         current = train_model("student" if r == 1 else f"student round {r}", config.task, config.labeled,
                               config.model, config.student_stage(), round_layout.student, config.seed, config.device,
-                              options, round_layout.pseudo_annotations, selection["root"], init)
+                              options, round_layout.pseudo_annotations, selection["root"],
+                              config.student.labeled_ratio, init)
     metrics.update(_evaluate_pair("student", current, config))
     if config.upper_bound:
         upper = train_model("upper bound", config.task, config.upper_bound, config.model,

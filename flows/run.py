@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect.task_runners import ThreadPoolTaskRunner
-
 from dd_core.config import RunConfig
 from dd_core.storage.layout import new_run_id
 
@@ -16,12 +14,10 @@ def with_run_id(config: RunConfig) -> RunConfig:
 
 
 def run_distillation(config: RunConfig) -> dict[str, Any]:
-    """Run the whole flow in this process; shard tasks run ``config.shards.workers`` at a time."""
+    """Run the whole flow in this process (shard tasks run ``config.shards.workers`` at a time)."""
     from flows.distill import distill
 
-    config = with_run_id(config)
-    runner = ThreadPoolTaskRunner(max_workers=config.shards.workers)
-    return distill.with_options(task_runner=runner)(config)
+    return distill(with_run_id(config))
 
 
 def print_summary(result: dict[str, Any], ui: str | None) -> None:

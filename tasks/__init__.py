@@ -1,1 +1,24 @@
 """Thin Prefect tasks around dd_core: retries, tags, names and artifacts. No math here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Errors that say the input or the settings are wrong: trying again cannot help.
+NOT_RETRYABLE = (ValueError, FloatingPointError, TypeError, KeyError, IndexError)
+
+
+def retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn``: retry flaky failures (I/O, S3, a lost worker), not bad input."""
+    return not isinstance(state.data, NOT_RETRYABLE)
+
+
+def _options() -> dict[str, Any]:
+    from prefect.cache_policies import NONE
+
+    # No input hashing or result caching: a stage's idempotency lives in its outputs (checkpoints,
+    # shards with fingerprints), which survive across flow runs and machines.
+    return {"cache_policy": NONE, "retry_condition_fn": retry_unless_bad_input}
+
+
+TASK_DEFAULTS = _options()

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import NONE
 
 from dd_core.config import UnlabeledConfig, resolve_device
 from dd_core.data.unlabeled import list_unlabeled, write_plan
 from dd_core.pseudo.infer import checkpoint_fingerprint, label_planned_shard
 from dd_core.pseudo.manifest import write_manifest
+from tasks import TASK_DEFAULTS
 
 
-@task(name="plan shards", retries=2, retry_delay_seconds=[2, 10], cache_policy=NONE)
+@task(name="plan shards", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
 def plan_shards(unlabeled: UnlabeledConfig, shard_size: int, plan_url: str, options: dict[str, Any]) -> dict[str, Any]:
     """List the unlabeled images and write the shard plan; returns its size and the images' root."""
     images = list_unlabeled(unlabeled.images, unlabeled.root, options, unlabeled.limit)
@@ -21,13 +21,13 @@ def plan_shards(unlabeled: UnlabeledConfig, shard_size: int, plan_url: str, opti
     return {"num_shards": num_shards, "num_images": len(images.images), "root": images.root}
 
 
-@task(name="fingerprint teacher", retries=2, retry_delay_seconds=[2, 10], cache_policy=NONE)
+@task(name="fingerprint teacher", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
 def fingerprint_teacher(checkpoint: str, tta: dict[str, Any], options: dict[str, Any]) -> str:
     return checkpoint_fingerprint(checkpoint, tta, options)
 
 
 @task(name="infer shard", task_run_name="infer shard-{index:05d}", tags=["gpu"], retries=3,
-      retry_delay_seconds=[2, 5, 15], retry_jitter_factor=0.5, cache_policy=NONE)
+      retry_delay_seconds=[2, 5, 15], retry_jitter_factor=0.5, **TASK_DEFAULTS)
 def infer_shard(checkpoint: str, plan_url: str, index: int, out_dir: str, tta: dict[str, Any], fingerprint: str,
                 device: str, batch_size: int, options: dict[str, Any]) -> dict[str, Any]:
     """Multi-transform inference + ensembling on one shard -> Parquet (skipped if already done)."""
@@ -35,6 +35,6 @@ def infer_shard(checkpoint: str, plan_url: str, index: int, out_dir: str, tta: d
                                resolve_device(device), batch_size).to_dict()
 
 
-@task(name="write manifest", retries=2, retry_delay_seconds=[2, 10], cache_policy=NONE)
+@task(name="write manifest", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
 def write_inference_manifest(url: str, shards: list[dict[str, Any]], fingerprint: str, options: dict[str, Any]) -> dict:
     return write_manifest(url, shards, fingerprint, options)

@@ -6,15 +6,15 @@ from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NONE
 
 from dd_core.data.coco import load_coco
 from dd_core.report import ap_bar_chart, metrics_table, pseudo_label_grid, render_report
 from dd_core.storage import join, write_bytes_atomic, write_json_atomic
 from dd_core.storage.layout import RunLayout
+from tasks import TASK_DEFAULTS
 
 
-@task(name="write report", retries=2, retry_delay_seconds=[2, 10], cache_policy=NONE)
+@task(name="write report", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
 def write_report(layout: RunLayout, task_type: str, metrics: dict[str, dict[str, float]],
                  selections: list[dict[str, Any]], pseudo_images: str, counts: dict[str, Any],
                  options: dict[str, Any]) -> str:

@@ -6,15 +6,15 @@ from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NONE
 
 from dd_core.data.coco import load_coco
 from dd_core.pseudo.manifest import read_manifest
 from dd_core.pseudo.select import read_predictions, select_pseudo_labels
 from dd_core.storage import write_json_atomic
+from tasks import TASK_DEFAULTS
 
 
-@task(name="select pseudo-labels", retries=2, retry_delay_seconds=[2, 10], cache_policy=NONE)
+@task(name="select pseudo-labels", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
 def select_pseudo(manifest_url: str, labeled_annotations: str, labeled_images: str, task_type: str,
                   thresholds_url: str, pseudo_url: str, options: dict[str, Any]) -> dict[str, Any]:
     """Thresholds chosen to match the labeled set's instances per image; writes both jsons."""
@@ -26,9 +26,11 @@ def select_pseudo(manifest_url: str, labeled_annotations: str, labeled_images: s
     write_json_atomic(thresholds_url, summary, options, indent=1)
     write_json_atomic(pseudo_url, coco, options)
     names = {c["id"]: c["name"] for c in labeled["categories"]}
+    rows = [{"category": names.get(c, c), "threshold": round(t, 4),
+             "labeled per image": round(selection.target_per_image[c], 3),
+             "predicted": selection.predicted_per_category[c], "kept": selection.kept_per_category[c]}
+            for c, t in selection.thresholds.items()]
     create_table_artifact(
-        [{"category": names.get(c, c), "threshold": round(t, 4), "labeled per image": round(selection.target_per_image[c], 3),
-          "predicted": selection.predicted_per_category[c], "kept": selection.kept_per_category[c]}
-         for c, t in selection.thresholds.items()],
+        rows,
         key="pseudo-label-thresholds", description="Per-category score thresholds and what they kept")
     return {**summary, "num_rejected": len(predictions.rejected), "pseudo_annotations": pseudo_url}

@@ -6,12 +6,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from dd_core.data.coco import CocoData
+from dd_core.data.coco import CocoData, check_compatible
 from dd_core.data.dataset import CocoDataset
 from dd_core.data.transforms import Compose, to_float
 from dd_core.evaluate.coco_eval import coco_evaluate
 from dd_core.evaluate.predict import PredictFn, predict
-from dd_core.train.checkpoint import load_checkpoint, model_from_checkpoint
+from dd_core.train.checkpoint import checkpoint_keypoint_names, load_checkpoint, model_from_checkpoint
 
 
 def tta_predict_fn(task: str, scales: Sequence[int], flip: bool, keypoint_names: Sequence[str],
@@ -46,11 +46,8 @@ def evaluate_checkpoint(checkpoint: str, data: CocoData, tta: Mapping[str, Any] 
     state = load_checkpoint(checkpoint, options)
     model = model_from_checkpoint(state)
     task = state["spec"]["task"]
+    check_compatible(data, state["categories"], task, f"the model in {checkpoint}")
     cat_to_label = {int(k): int(v) for k, v in state["cat_to_label"].items()}
-    unknown = {c["id"] for c in data.categories} - set(cat_to_label)
-    if task == "detection" and unknown:
-        raise ValueError(f"{data.source}: categories {sorted(unknown)} are unknown to the model in {checkpoint}")
-    names = next((c.get("keypoints") for c in state["categories"] if c.get("keypoints")), [])
-    predict_fn = tta_predict_fn(task, keypoint_names=names, **tta) if tta else None
+    predict_fn = tta_predict_fn(task, keypoint_names=checkpoint_keypoint_names(state), **tta) if tta else None
     return evaluate_model(model, task, data, cat_to_label, predict_fn, options, device, batch_size, progress,
                           desc="evaluate+tta" if tta else "evaluate")

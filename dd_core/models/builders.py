@@ -96,6 +96,16 @@ class ModelSpec:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def for_restore(self) -> "ModelSpec":
+        """The same architecture without re-reading ``backbone_weights``: a checkpoint is about to
+        overwrite every weight, and the weights file may not exist where the checkpoint is used."""
+        return dataclasses.replace(self, norm=self.resolved_norm, backbone_weights=None)
+
+    @property
+    def resolved_norm(self) -> str:
+        """Frozen BatchNorm over pretrained statistics, trainable BatchNorm from scratch (torchvision's choice)."""
+        return self.norm or ("frozen" if self.backbone_weights else "batch")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
         d = dict(d)
@@ -137,7 +147,7 @@ def load_backbone_weights(body: nn.Module, path: str) -> None:
 
 
 def _backbone(spec: ModelSpec, preset: Preset) -> BackboneWithFPN:
-    norm = spec.norm or ("frozen" if spec.backbone_weights else "batch")
+    norm = spec.resolved_norm
     block = resnet.BasicBlock if preset.block == "basic" else resnet.Bottleneck
     body = resnet.ResNet(block, list(preset.depth), groups=preset.groups,
                          width_per_group=preset.width_per_group, norm_layer=_norm_layer(norm))

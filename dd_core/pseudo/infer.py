@@ -63,12 +63,16 @@ def checkpoint_fingerprint(checkpoint: str, tta: Mapping[str, Any], options: Map
 
 def labeler_from_checkpoint(checkpoint: str, tta: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> Labeler:
     from dd_core.evaluate.checkpoint_eval import tta_predict_fn
-    from dd_core.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from dd_core.train.checkpoint import (
+        checkpoint_keypoint_names,
+        checkpoint_label_to_category,
+        load_checkpoint,
+        model_from_checkpoint,
+    )
 
     state = load_checkpoint(checkpoint, options)
-    names = next((c.get("keypoints") for c in state["categories"] if c.get("keypoints")), [])
-    return Labeler(model_from_checkpoint(state), tta_predict_fn(state["spec"]["task"], keypoint_names=names, **tta),
-                   {int(v): int(k) for k, v in state["cat_to_label"].items()})
+    predict_fn = tta_predict_fn(state["spec"]["task"], keypoint_names=checkpoint_keypoint_names(state), **tta)
+    return Labeler(model_from_checkpoint(state), predict_fn, checkpoint_label_to_category(state))
 
 
 def _rows(output: Mapping[str, Any], image: UnlabeledImage, label_to_category: Mapping[int, int]) -> dict[str, list]:

@@ -77,6 +77,16 @@ def model_from_checkpoint(state: Mapping[str, Any]) -> torch.nn.Module:
 
     if "spec" not in state:
         raise ValueError("checkpoint has no 'spec': it was not written by omnidistill's trainer")
-    model = build_model(ModelSpec.from_dict(state["spec"]))
+    model = build_model(ModelSpec.from_dict(state["spec"]).for_restore())
     model.load_state_dict(state["model"])
     return model.eval()
+
+
+def checkpoint_keypoint_names(state: Mapping[str, Any]) -> list[str]:
+    """The keypoint names of the model in a checkpoint ([] for a box-only model)."""
+    return next((list(c["keypoints"]) for c in state["categories"] if c.get("keypoints")), [])
+
+
+def checkpoint_label_to_category(state: Mapping[str, Any]) -> dict[int, int]:
+    """The model's contiguous labels -> the COCO category ids it was trained on."""
+    return {int(label): int(cat) for cat, label in state["cat_to_label"].items()}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from typing import Any, Mapping
 
 import torch
@@ -33,6 +36,29 @@ def checkpoint_meta(spec: ModelSpec, coco: CocoData) -> dict[str, Any]:
             "cat_to_label": category_to_label(coco)}
 
 
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def training_signature(spec: ModelSpec, cfg: TrainConfig, labeled: CocoData, pseudo: CocoData | None,
+                       labeled_ratio: float, init_state: Mapping[str, torch.Tensor] | None) -> dict[str, Any]:
+    """What a checkpoint must have been trained with to be resumed: model, schedule, data, mix, init."""
+    schedule = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("checkpoint_every", "keep_checkpoints",
+                                                                               "num_workers")}
+    return {"model": spec.to_dict(), "schedule": schedule, "labeled": _digest(labeled.to_dict()),
+            "pseudo": _digest(pseudo.to_dict()) if pseudo else None,
+            "labeled_ratio": labeled_ratio if pseudo else None,
+            "init": _state_digest(init_state) if init_state is not None else None}
+
+
 def train_detector(spec: ModelSpec, labeled: CocoData, cfg: TrainConfig, checkpoint_dir: str | None,
                    pseudo: CocoData | None = None, labeled_ratio: float = 0.6,
                    init_state: Mapping[str, torch.Tensor] | None = None,
@@ -55,6 +81,7 @@ def train_detector(spec: ModelSpec, labeled: CocoData, cfg: TrainConfig, checkpo
         n_l, n_p = len(datasets[0]), len(datasets[1])
         make_batches = lambda s: MixedBatchSampler(n_l, n_p, cfg.batch_size, labeled_ratio, cfg.seed, s)  # noqa: E731
     dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
-    return train(model, dataset, cfg, checkpoint_dir, make_batches=make_batches,
-                 meta=checkpoint_meta(spec, labeled), options=options, device=device, progress=progress,
+    meta = {**checkpoint_meta(spec, labeled),
+            "signature": training_signature(spec, cfg, labeled, pseudo, labeled_ratio, init_state)}
+    return train(model, dataset, cfg, checkpoint_dir, make_batches=make_batches, meta=meta, options=options, device=device, progress=progress,
                  stop_after=stop_after)

@@ -83,6 +83,27 @@ def _check_finite(losses: dict[str, torch.Tensor], iteration: int) -> float:
     return value
 
 
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a} -> {b}")
+    return out
+
+
+def _check_resumable(state: Mapping[str, Any], meta: Mapping[str, Any], checkpoint_dir: str) -> None:
+    """Refuse to resume checkpoints trained with other settings or data (they would be reused silently)."""
+    old, new = state.get("signature"), meta.get("signature")
+    if old is None or new is None or old == new:
+        return
+    raise ValueError(f"{checkpoint_dir}: holds training with other settings or data "
+                     f"({'; '.join(_differences(old, new)[:6])}); start a new run id (or use another folder) "
+                     f"instead of resuming it")
+
+
 def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, checkpoint_dir: str | None = None,
           make_batches: BatchSamplerFactory | None = None, meta: Mapping[str, Any] | None = None,
           options: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
@@ -107,6 +128,7 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, checkpoint
     random.seed(cfg.seed)
     state = load_latest_checkpoint(checkpoint_dir, options) if checkpoint_dir else None
     if state is not None:
+        _check_resumable(state, meta or {}, checkpoint_dir)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -45,3 +45,10 @@ def test_checkpoint_holds_what_evaluation_needs(tiny_coco, tmp_path):
     state = load_latest_checkpoint(str(tmp_path / "m"))
     assert state["spec"]["task"] == "keypoints" and state["cat_to_label"] == {1: 1}
     assert state["categories"][0]["name"] == "person"
+
+
+def test_resuming_with_other_settings_is_refused(tiny_coco, tmp_path):
+    _train(tiny_coco, str(tmp_path / "c"), stop_after=2)
+    with pytest.raises(ValueError, match=r"other settings or data \(schedule.lr: 0.005 -> 0.01\); start a new run id"):
+        _train(tiny_coco, str(tmp_path / "c"), lr=0.01)
+    _train(tiny_coco, str(tmp_path / "c"))  # the same settings resume fine
