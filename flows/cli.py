@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from typing import Callable, Sequence
@@ -136,9 +137,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _setup_logging(command: str) -> None:
+    """Flows log through Prefect (which also picks up dd_core's loggers); other commands to stderr."""
+    if command in ("run", "demo"):
+        os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "dd_core")
+        return
+    logger = logging.getLogger("dd_core")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
+    _setup_logging(args.command)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
