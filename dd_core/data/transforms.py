@@ -8,7 +8,6 @@ random ``min_size`` per image), so the dataset only needs flips and an optional 
 
 from __future__ import annotations
 
-import random
 from typing import Callable, Sequence
 
 import torch
@@ -65,7 +64,9 @@ class RandomHorizontalFlip:
         self.p = p
 
     def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-        if random.random() < self.p:
+        # torch's RNG, not Python's: it is checkpointed with the run, and no library thread
+        # (Prefect's clients use `random`) draws from it behind the trainer's back.
+        if float(torch.rand(())) < self.p:
             return hflip(image, target, self.flip_indices)
         return image, target
 
