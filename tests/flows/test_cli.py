@@ -62,3 +62,18 @@ def test_label_writes_pseudo_labels_for_a_folder(tmp_path, capsys):
                  "--quiet"]) == 0
     calibrated = json.loads(capsys.readouterr().out)
     assert calibrated["instances"] == 4 and calibrated["annotations"].endswith("cal/annotations.json")
+
+
+def test_detection_checkpoint_evaluates_with_box_voting_tta_and_labels(tmp_path, capsys):
+    coco = write_tiny_coco(tmp_path / "val", num_images=3, task="detection")
+    ckpt = save_random_checkpoint(str(tmp_path / "det.pth"), coco, task="detection")
+    assert main(["evaluate", "--checkpoint", ckpt, "--data", str(tmp_path / "val"), "--tta", "--scales", "56", "64",
+                 "--quiet"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert main(["label", "--checkpoint", ckpt, "--images", str(tmp_path / "val" / "images"), "--out",
+                 str(tmp_path / "det"), "--scales", "56", "64", "--labeled", str(tmp_path / "val" / "annotations.json"),
+                 "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    pseudo = COCO(summary["annotations"])
+    assert summary["instances"] == 3 == len(pseudo.getAnnIds())  # the labeled set's 1 box per image
+    assert all("keypoints" not in a for a in pseudo.loadAnns(pseudo.getAnnIds()))

@@ -112,3 +112,29 @@ def test_two_rounds_with_upper_bound_on_local_storage(tmp_path, prefect_harness)
     assert sorted(p.name for p in (run / "upper_bound").iterdir()) == ["model_0000002.pth"]
     report = (run / "report.md").read_text()
     assert "## Pseudo-label selection (round 2)" in report and "upper bound (all labels)" in report
+
+
+def test_detection_flow_selects_per_category_pseudo_labels(tmp_path, prefect_harness):
+    from dd_core.data.synthetic import make_detection_dataset
+
+    for name, n, seed, start in (("labeled", 8, 1, 1), ("unlabeled", 6, 2, 1001), ("val", 3, 3, 2001)):
+        make_detection_dataset(tmp_path / name, n, seed=seed, start_id=start, size=64)
+    d = str(tmp_path)
+    config = parse_config({
+        "task": "detection", "run_id": "det", "storage": {"root": f"{d}/store"},
+        "labeled": {"annotations": f"{d}/labeled/annotations.json", "images": f"{d}/labeled/images"},
+        "unlabeled": {"images": f"{d}/unlabeled/images"},
+        "val": {"annotations": f"{d}/val/annotations.json", "images": f"{d}/val/images"},
+        "model": {"test_size": 64, "min_size": [64], "max_size": 96},
+        "teacher": {"iterations": 1, "batch_size": 2, "warmup_iters": 0},
+        "student": {"iterations": 1, "batch_size": 2, "warmup_iters": 0},
+        "tta": {"scales": [56, 64], "flip": True, "scoring": "AVG"}, "shards": {"size": 4},
+    })
+    result = run_distillation(config)
+    assert set(result["metrics"]["student"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    labeled = json.loads((tmp_path / "labeled" / "annotations.json").read_text())
+    thresholds = json.loads((tmp_path / "store/runs/det/thresholds.json").read_text())
+    assert set(thresholds["thresholds"]) == {str(c["id"]) for c in labeled["categories"]}
+    pseudo = json.loads((tmp_path / "store/runs/det/pseudo/annotations.json").read_text())
+    for cat, kept in thresholds["kept_per_category"].items():
+        assert kept == sum(a["category_id"] == int(cat) for a in pseudo["annotations"])
