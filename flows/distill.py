@@ -18,7 +18,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from dd_core.config import RunConfig, tta_options
 from dd_core.storage.layout import RunLayout
 from tasks.evaluate import evaluate, validate_inputs
-from tasks.infer import fingerprint_teacher, infer_shard, plan_shards, write_inference_manifest
+from tasks.infer import (
+    fingerprint_teacher,
+    infer_shard,
+    plan_shards,
+    write_inference_manifest,
+)
 from tasks.report import write_report
 from tasks.select import select_pseudo
 from tasks.train import train_model
@@ -41,7 +46,7 @@ def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> di
         update_progress_artifact(progress, 100.0 * len(shards) / len(futures))
     write_inference_manifest(layout.manifest, shards, fp, options)
     selection = select_pseudo(layout.manifest, config.labeled.annotations, config.labeled.images, config.task,
-                              layout.thresholds, layout.pseudo_annotations, options)
+                              layout.thresholds, layout.pseudo_annotations, layout.rejected, options)
     get_run_logger().info("shards: %d (%d already done); pseudo-labels kept: %s", len(shards),
                           sum(s["skipped"] for s in shards), selection["kept_per_category"])
     return {**selection, "root": plan["root"], "num_shards": plan["num_shards"],

@@ -52,6 +52,10 @@ class RunLayout:
         return join(self.inference, "_plan.json")
 
     @property
+    def rejected(self) -> str:
+        return join(self.inference, "_rejected.parquet")
+
+    @property
     def thresholds(self) -> str:
         return join(self.round_dir, "thresholds.json")
 

@@ -33,6 +33,13 @@ PREDICTIONS_SCHEMA = pa.schema([
 
 _META = b"omnidistill"
 
+# Unlabeled images that could not be decoded (empty, truncated, not an image, too large).
+REJECTED_SCHEMA = pa.schema([
+    pa.field("image_id", pa.int64(), nullable=False),
+    pa.field("file_name", pa.string(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+])
+
 
 class ShardError(ValueError):
     """A shard that cannot be trusted: unreadable, wrong schema, or made by another model."""
@@ -100,3 +107,9 @@ def read_shard(url: str, options: Mapping[str, Any] | None = None) -> pa.Table:
     if version != SCHEMA_VERSION:
         raise ShardError(f"{url}: predictions schema version {version}, expected {SCHEMA_VERSION}")
     return table
+
+
+def write_rejected(url: str, rejected: list[Mapping[str, Any]], options: Mapping[str, Any] | None = None) -> None:
+    """The rejected-images table (image id, file name, reason), written atomically."""
+    rows = {name: [r[name] for r in rejected] for name in REJECTED_SCHEMA.names}
+    write_shard(url, pa.Table.from_pydict(rows, schema=REJECTED_SCHEMA), options)

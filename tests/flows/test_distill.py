@@ -4,14 +4,18 @@ import json
 
 import numpy as np
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 from pycocotools.coco import COCO
 
 from dd_core.config import parse_config
 from dd_core.data.synthetic import make_keypoints_dataset
-from dd_core.storage import filesystem, join, read_json
+from dd_core.storage import filesystem, join, read_json, write_bytes_atomic
 from dd_core.storage.parquet import PREDICTIONS_SCHEMA
 from flows.run import run_distillation
+
+
+CANARY = "omnidistill-canary-secret-7f3a9c"
 
 
 def _upload(local_dir, url, options):
@@ -25,6 +29,8 @@ def s3_run(tmp_path, s3, prefect_harness):
     for name, n, seed, start in (("labeled", 10, 1, 1), ("unlabeled", 10, 2, 1001), ("val", 4, 3, 2001)):
         make_keypoints_dataset(tmp_path / name, n, seed=seed, start_id=start, size=64)
         _upload(tmp_path / name, join(bucket, "data", name), options)
+    write_bytes_atomic(join(bucket, "data/unlabeled/images/zz-empty.png"), b"", options)  # a broken upload
+    options = {**options, "key": "canary-key-id", "secret": CANARY}  # moto accepts any credentials
     config = parse_config({
         "run_id": "s3-test", "storage": {"root": join(bucket, "store"), "options": options},
         "labeled": {"annotations": join(bucket, "data/labeled/annotations.json"), "images": join(bucket, "data/labeled/images")},
@@ -39,10 +45,25 @@ def s3_run(tmp_path, s3, prefect_harness):
 
 
 def _shard_write_times(fs, inference_path):
-    return {p.rsplit("/", 1)[-1]: fs.info(p)["LastModified"] for p in fs.ls(inference_path) if p.endswith(".parquet")}
+    return {p.rsplit("/", 1)[-1]: fs.info(p)["LastModified"] for p in fs.ls(inference_path) if "/shard-" in p}
 
 
-def test_complete_flow_on_s3_then_rerun_recomputes_only_the_missing_shard(s3_run, tmp_path):
+def _assert_secret_nowhere(fs, run_path, captured):
+    """The storage secret is in no output file, log line, artifact or flow-run parameter."""
+    from prefect.client.orchestration import get_client
+
+    for path in fs.find(run_path):
+        if not path.endswith((".pth", ".png", ".parquet")):
+            assert CANARY not in fs.cat_file(path).decode(), path
+    assert CANARY not in captured
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+        assert runs and all(CANARY not in json.dumps(r.parameters, default=str) for r in runs)
+        assert all(CANARY not in json.dumps(a.model_dump(mode="json")) for a in client.read_artifacts())
+        assert all(CANARY not in log.message for log in client.read_logs())
+
+
+def test_complete_flow_on_s3_then_rerun_recomputes_only_the_missing_shard(s3_run, tmp_path, capfd, caplog):
     config, bucket, options = s3_run
     result = run_distillation(config)
     run = join(bucket, "store/runs/s3-test")
@@ -53,11 +74,14 @@ def test_complete_flow_on_s3_then_rerun_recomputes_only_the_missing_shard(s3_run
     dataset = ds.dataset(inference, format="parquet", filesystem=fs)
     assert dataset.schema.remove_metadata().equals(PREDICTIONS_SCHEMA)
     manifest = read_json(join(run, "inference/_manifest.json"), options)
-    assert len(manifest["shards"]) == 4 and manifest["num_images"] == 10
+    assert len(manifest["shards"]) == 4 and manifest["num_images"] == 10 and manifest["num_rejected"] == 1
     assert manifest["num_rows"] == dataset.count_rows()
     plan = read_json(join(run, "inference/_plan.json"), options)
     planned = [im["file_name"] for shard in plan["shards"] for im in shard]
-    assert sorted(planned) == [f"{i:06d}.png" for i in range(1001, 1011)]  # ids are 1..N in name order
+    assert sorted(planned) == [f"{i:06d}.png" for i in range(1001, 1011)] + ["zz-empty.png"]
+    rejected = pq.read_table(fs.open(f"{inference}/_rejected.parquet")).to_pylist()
+    assert rejected == [{"image_id": 11, "file_name": "zz-empty.png", "reason": rejected[0]["reason"]}]
+    assert "empty file" in rejected[0]["reason"]
 
     # Pseudo-labels load in pycocotools and cover every unlabeled image once.
     local = tmp_path / "pseudo.json"
@@ -71,8 +95,12 @@ def test_complete_flow_on_s3_then_rerun_recomputes_only_the_missing_shard(s3_run
     metrics = read_json(join(run, "metrics.json"), options)
     assert set(metrics) == {"teacher", "teacher_tta", "student", "student_tta"}
     assert all(set(m) == {"AP", "AP50", "AP75", "APm", "APl"} for m in metrics.values())
+    assert "(1 rejected)" in fs.cat_file(filesystem(join(run, "report.md"), options)[1]).decode()
     for name in ("report.md", "ap.png", "pseudo_labels.png", "teacher/model_0000002.pth", "student/model_0000002.pth"):
         assert fs.exists(filesystem(join(run, name), options)[1]), name
+
+    out, err = capfd.readouterr()
+    _assert_secret_nowhere(fs, filesystem(run, options)[1], out + err + caplog.text)
 
     # Remove one shard's output and run the same id again: only that shard is recomputed.
     before = _shard_write_times(fs, inference)
