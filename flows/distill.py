@@ -17,6 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from dd_core.config import RunConfig, tta_options
 from dd_core.storage.layout import RunLayout
+from dd_core.storage.lock import RunLock
 from tasks.evaluate import evaluate, validate_inputs
 from tasks.infer import (
     fingerprint_teacher,
@@ -60,25 +61,9 @@ def _evaluate_pair(name: str, checkpoint: str, config: RunConfig) -> dict[str, d
                                     config.device, options)}
 
 
-def _flow_run_name() -> str:
-    """The run id: given by the CLI, or ``flow-<flow run id>`` for a scheduled deployment."""
-    config = flow_run.get_parameters().get("config")
-    run_id = config.run_id if isinstance(config, RunConfig) else (config or {}).get("run_id")
-    return run_id or f"flow-{flow_run.get_id()}"
-
-
-@flow(name="data-distillation", flow_run_name=_flow_run_name)
-def distill(config: RunConfig) -> dict[str, Any]:
-    """The whole method; returns ``{"run_dir", "metrics", "report"}``.
-
-    Start it with a ``run_id`` (the CLI and :func:`flows.run.run_distillation` generate one) so the
-    flow run is named after it; the same id again resumes that run.
-    """
-    if not config.run_id:  # a scheduled deployment: name the run after the flow run, stable across retries
-        config = config.model_copy(update={"run_id": f"flow-{flow_run.get_id()}"})
+def _distill_stages(config: RunConfig, layout: RunLayout) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """Teacher, then per round: label the unlabeled shards and train a student; then evaluate."""
     options = config.storage.options
-    layout = RunLayout(config.storage.root, config.run_id)
-    counts = validate_inputs(config)
     teacher = train_model("teacher", config.task, config.labeled, config.model, config.teacher, layout.teacher,
                           config.seed, config.device, options)
     metrics = _evaluate_pair("teacher", teacher, config)
@@ -100,7 +85,30 @@ def distill(config: RunConfig) -> dict[str, Any]:
                             config.teacher.model_copy(update={"iterations": config.student_stage().iterations}),
                             layout.upper_bound, config.seed, config.device, options)
         metrics["upper_bound"] = evaluate("upper_bound", upper, config.val, None, config.device, options)
-    counts.update(unlabeled=selections[-1]["num_unlabeled"], rejected=selections[-1]["num_rejected"],
-                  shards=selections[-1]["num_shards"])
-    report = write_report(layout, config.task, metrics, selections, selections[-1]["root"], counts, options)
+    return metrics, selections
+
+
+def _flow_run_name() -> str:
+    """The run id: given by the CLI, or ``flow-<flow run id>`` for a scheduled deployment."""
+    config = flow_run.get_parameters().get("config")
+    run_id = config.run_id if isinstance(config, RunConfig) else (config or {}).get("run_id")
+    return run_id or f"flow-{flow_run.get_id()}"
+
+
+@flow(name="data-distillation", flow_run_name=_flow_run_name)
+def distill(config: RunConfig) -> dict[str, Any]:
+    """The whole method; returns ``{"run_dir", "metrics", "report"}``.
+
+    Start it with a ``run_id`` (the CLI and :func:`flows.run.run_distillation` generate one) so the
+    flow run is named after it; the same id again resumes that run.
+    """
+    if not config.run_id:  # a scheduled deployment: name the run after the flow run, stable across retries
+        config = config.model_copy(update={"run_id": f"flow-{flow_run.get_id()}"})
+    layout = RunLayout(config.storage.root, config.run_id)
+    counts = validate_inputs(config)  # before anything is written under the run
+    with RunLock(layout.lock, config.storage.options, label=f"flow run {flow_run.get_id()}"):
+        metrics, selections = _distill_stages(config, layout)
+        last = selections[-1]
+        counts.update(unlabeled=last["num_unlabeled"], rejected=last["num_rejected"], shards=last["num_shards"])
+        report = write_report(layout, config.task, metrics, selections, last["root"], counts, config.storage.options)
     return {"run_dir": layout.run_dir, "metrics": metrics, "report": report}

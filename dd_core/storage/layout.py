@@ -72,6 +72,10 @@ class RunLayout:
         return join(self.run_dir, "upper_bound")
 
     @property
+    def lock(self) -> str:
+        return join(self.run_dir, "_lock.json")
+
+    @property
     def metrics(self) -> str:
         return join(self.run_dir, "metrics.json")
 

@@ -54,3 +54,29 @@ def test_a_corrupt_or_drifted_shard_is_recomputed_on_the_next_run(data, prefect_
     manifest = read_json(str(inference / "_manifest.json"))
     assert manifest["num_images"] == 4 and len(manifest["shards"]) == 2
     assert (data / "store/runs/faults/teacher").stat().st_mtime_ns == untouched
+
+
+def _tree(folder):
+    return {p.relative_to(folder): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_two_run_ids_share_storage_and_a_live_run_id_is_refused(data, prefect_harness):
+    import os
+    import socket
+    import time
+
+    from dd_core.storage.lock import RunLockedError
+
+    run_distillation(_config(data, run_id="a"))
+    a = data / "store/runs/a"
+    before = _tree(a)
+    run_distillation(_config(data, run_id="b"))
+    assert _tree(a) == before and (data / "store/runs/b/metrics.json").exists()
+    assert not (a / "_lock.json").exists()  # released at the end
+    live = {"owner": "another", "host": socket.gethostname(), "pid": os.getpid(), "label": "flow run 42",
+            "started": time.time(), "heartbeat": time.time()}
+    write_json_atomic(str(a / "_lock.json"), live)
+    with pytest.raises(RunLockedError, match=r"runs/a/_lock.json: this run id is live in another process "
+                                              r"\(flow run 42 on"):
+        run_distillation(_config(data, run_id="a"))
+    assert {k: v for k, v in _tree(a).items() if k.name != "_lock.json"} == before
