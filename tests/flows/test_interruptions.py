@@ -1,0 +1,125 @@
+"""Shards that fail and processes that die: the run still ends with every image labeled once."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import fsspec
+import pytest
+import yaml
+from fsspec.implementations.local import LocalFileSystem
+
+from dd_core.data.synthetic import make_keypoints_dataset
+from dd_core.storage import read_json
+from flows.run import run_distillation
+from tests.flows.test_faults import _config
+
+
+class FlakyFileSystem(LocalFileSystem):
+    """The local disk, except that chosen files fail once with a connection error (a flaky bucket)."""
+
+    protocol = ("flaky",)
+    fail_once: set[str] = set()
+    failures: list[str] = []
+    _lock = threading.Lock()
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return super()._strip_protocol(path.removeprefix("flaky://"))
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        name = os.path.basename(path)
+        with self._lock:
+            if name in self.fail_once:
+                self.fail_once.discard(name)
+                self.failures.append(name)
+                raise ConnectionError(f"flaky://{path}: connection reset by peer")
+        return super().cat_file(path, start, end, **kwargs)
+
+
+@pytest.fixture
+def data(tmp_path):
+    for name, n, seed, start in (("labeled", 4, 1, 1), ("unlabeled", 10, 2, 1001), ("val", 2, 3, 2001)):
+        make_keypoints_dataset(tmp_path / name, n, seed=seed, start_id=start, size=64)
+    return tmp_path
+
+
+def test_three_of_ten_shards_fail_once_and_the_flow_completes_through_retries(data, prefect_harness):
+    fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
+    FlakyFileSystem.fail_once = {"001002.png", "001005.png", "001009.png"}  # in shards 1, 4 and 8
+    FlakyFileSystem.failures = []
+    config = _config(data, run_id="flaky", shards={"size": 1},
+                     unlabeled={"images": f"flaky://{data}/unlabeled/images"})
+    run_distillation(config)
+    assert sorted(FlakyFileSystem.failures) == ["001002.png", "001005.png", "001009.png"]
+    pseudo = read_json(str(data / "store/runs/flaky/pseudo/annotations.json"))
+    assert sorted(im["id"] for im in pseudo["images"]) == list(range(1, 11))  # every image, once
+    manifest = read_json(str(data / "store/runs/flaky/inference/_manifest.json"))
+    assert len(manifest["shards"]) == 10 and manifest["num_rejected"] == 0
+
+
+def _start_run(config_path, run_id, api_url):
+    env = {**os.environ, "PREFECT_API_URL": api_url}
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(config_path), "--set", f"run_id={run_id}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=os.getcwd())
+
+
+def _wait_for(predicate, process, timeout=240.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        assert process.poll() is None, f"the run ended (code {process.returncode}) before the moment to kill it"
+        time.sleep(0.05)
+    raise TimeoutError("the run never reached the moment to kill it")
+
+
+def test_a_run_killed_during_inference_finishes_without_redoing_finished_shards(data, prefect_harness):
+    from prefect.settings import PREFECT_API_URL
+
+    config = _config(data, shards={"size": 1}, tta={"scales": [56, 64, 72, 80], "flip": True})
+    path = data / "run.yaml"
+    path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+    inference = data / "store/runs/killed/inference"
+    process = _start_run(path, "killed", PREFECT_API_URL.value())
+    _wait_for(lambda: len(list(inference.glob("shard-*.parquet"))) >= 2, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = {p.name: p.stat().st_mtime_ns for p in inference.glob("shard-*.parquet")}
+    assert 2 <= len(done) < 10 and not (inference / "_manifest.json").exists()
+
+    run_distillation(config.model_copy(update={"run_id": "killed"}))  # the same run, started again
+    after = {p.name: p.stat().st_mtime_ns for p in inference.glob("shard-*.parquet")}
+    assert len(after) == 10
+    assert {name: after[name] for name in done} == done  # no finished shard was recomputed
+    assert read_json(str(inference / "_manifest.json"))["num_images"] == 10
+
+
+def test_training_killed_midway_resumes_and_reaches_its_iterations(data, prefect_harness, caplog):
+    from prefect.settings import PREFECT_API_URL
+
+    config = _config(data, teacher={"iterations": 40, "batch_size": 2, "warmup_iters": 0, "checkpoint_every": 4})
+    path = data / "run.yaml"
+    path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+    teacher = data / "store/runs/train-killed/teacher"
+    process = _start_run(path, "train-killed", PREFECT_API_URL.value())
+    _wait_for(lambda: any(int(p.stem.split("_")[1]) >= 8 for p in teacher.glob("model_*.pth")), process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    at_kill = max(int(p.stem.split("_")[1]) for p in teacher.glob("model_*.pth"))
+    assert 8 <= at_kill < 40
+    # Prefect's logging set-up replaces the root handlers, caplog's among them: listen on dd_core itself.
+    logger = logging.getLogger("dd_core")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="dd_core.train.loop"):
+            run_distillation(config.model_copy(update={"run_id": "train-killed"}))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert f"resumed from iteration {at_kill} in {teacher}" in caplog.text  # not started over
+    assert (teacher / "model_0000040.pth").exists()
