@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ValueError, FileNotFoundError, IsADirectoryError, FloatingPointError) as exc:
+    except (ValueError, OSError, FloatingPointError) as exc:  # bad input, unreachable storage, diverged
         print(f"omnidistill {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

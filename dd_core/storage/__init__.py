@@ -1,6 +1,7 @@
 """One layer over fsspec for local paths, ``file://`` and ``s3://`` URLs, with atomic writes."""
 
 from dd_core.storage.fs import (
+    StorageError,
     exists,
     filesystem,
     join,
@@ -14,6 +15,7 @@ from dd_core.storage.fs import (
 )
 
 __all__ = [
+    "StorageError",
     "exists",
     "filesystem",
     "join",

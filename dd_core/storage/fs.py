@@ -8,6 +8,7 @@ folder is renamed over the target; on S3 a single PUT is atomic by itself.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -17,6 +18,34 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 Options = Mapping[str, Any] | None
+
+
+class StorageError(OSError):
+    """The storage behind a URL cannot be reached (endpoint down, network gone)."""
+
+
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+    except ImportError:  # s3fs not installed: only local storage
+        return ()
+    return (BotoConnectionError,)
+
+
+_UNREACHABLE = _unreachable_errors()
+
+
+def reachable(func):
+    """Re-raise "cannot connect" errors of remote storage as :class:`StorageError` naming the URL."""
+
+    @functools.wraps(func)
+    def wrapper(url: str, *args: Any, **kwargs: Any):
+        try:
+            return func(url, *args, **kwargs)
+        except _UNREACHABLE as exc:
+            raise StorageError(f"{url}: storage unreachable ({exc})") from exc
+
+    return wrapper
 
 
 def filesystem(url: str, options: Options = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -44,11 +73,13 @@ def join(url: str, *parts: str) -> str:
     return out
 
 
+@reachable
 def exists(url: str, options: Options = None) -> bool:
     fs, path = filesystem(url, options)
     return fs.exists(path)
 
 
+@reachable
 def read_bytes(url: str, options: Options = None) -> bytes:
     """The whole object at ``url``; ``FileNotFoundError`` names the URL when it is missing."""
     fs, path = filesystem(url, options)
@@ -66,6 +97,7 @@ def read_json(url: str, options: Options = None) -> Any:
         raise ValueError(f"{url}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
 
 
+@reachable
 def write_bytes_atomic(url: str, data: bytes, options: Options = None) -> None:
     """Write ``data`` so that readers see either the old object or the whole new one."""
     fs, path = filesystem(url, options)
@@ -99,12 +131,14 @@ def write_json_atomic(url: str, obj: Any, options: Options = None, indent: int |
     write_bytes_atomic(url, json.dumps(obj, indent=indent).encode("utf-8"), options)
 
 
+@reachable
 def remove(url: str, options: Options = None) -> None:
     fs, path = filesystem(url, options)
     if fs.exists(path):
         fs.rm(path, recursive=True)
 
 
+@reachable
 def list_files(url: str, suffixes: tuple[str, ...] | None = None, options: Options = None) -> list[str]:
     """Names of every file below ``url`` (recursively), relative to it, sorted: ``a.png``, ``sub/b.png``."""
     fs, path = filesystem(url, options)

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dd_core.storage.fs import filesystem, read_bytes, write_bytes_atomic
+from dd_core.storage.fs import filesystem, reachable, read_bytes, write_bytes_atomic
 
 SCHEMA_VERSION = 1
 
@@ -71,6 +71,7 @@ def check_schema(schema: pa.Schema, url: str) -> None:
         raise ShardError(f"{url}: schema does not match predictions schema v{SCHEMA_VERSION} (got {got})")
 
 
+@reachable
 def read_shard_footer(url: str, options: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], int]:
     """(metadata, row count) of a shard from its footer alone: a cheap "is this shard done?" check.
 

@@ -123,3 +123,58 @@ def test_training_killed_midway_resumes_and_reaches_its_iterations(data, prefect
         logger.removeHandler(caplog.handler)
     assert f"resumed from iteration {at_kill} in {teacher}" in caplog.text  # not started over
     assert (teacher / "model_0000040.pth").exists()
+
+
+def test_s3_going_away_mid_run_fails_clearly_and_leaves_no_partial_output(tmp_path, prefect_harness):
+    import threading
+
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    from dd_core.storage import StorageError
+    from dd_core.storage.parquet import read_shard, shard_meta
+    from tests.conftest import _free_port
+    from tests.flows.test_distill import _upload
+
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    # Fail fast: one connection attempt of 1 s per call, so the task retries are what is exercised.
+    options = {"endpoint_url": endpoint, "key": "k", "secret": "s", "skip_instance_cache": True,
+               "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}}}
+    fs = s3fs.S3FileSystem(**options)
+    fs.mkdir("outage")
+    for name, n, seed, start in (("labeled", 4, 1, 1), ("unlabeled", 6, 2, 1001), ("val", 2, 3, 2001)):
+        make_keypoints_dataset(tmp_path / name, n, seed=seed, start_id=start, size=64)
+        _upload(tmp_path / name, f"s3://outage/data/{name}", options)
+    b = "s3://outage"
+    config = _config(tmp_path, run_id="outage", shards={"size": 3}, tta={"scales": [56, 64, 72, 80], "flip": True},
+                     storage={"root": f"{b}/store", "options": options},
+                     labeled={"annotations": f"{b}/data/labeled/annotations.json", "images": f"{b}/data/labeled/images"},
+                     unlabeled={"images": f"{b}/data/unlabeled/images"},
+                     val={"annotations": f"{b}/data/val/annotations.json", "images": f"{b}/data/val/images"})
+    inference = "outage/store/runs/outage/inference"
+
+    def stop_after_first_shard():
+        watcher = s3fs.S3FileSystem(**options)
+        while not watcher.glob(f"{inference}/shard-*.parquet"):
+            time.sleep(0.05)
+            watcher.invalidate_cache()
+        server.stop()
+
+    threading.Thread(target=stop_after_first_shard, daemon=True).start()
+    try:
+        with pytest.raises(StorageError, match=r"s3://outage/.*: storage unreachable \(Could not connect"):
+            run_distillation(config)
+    finally:
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)  # the same bucket comes back
+        server.start()
+    try:
+        fs = s3fs.S3FileSystem(**options)
+        shards = fs.glob(f"{inference}/shard-*.parquet")
+        assert shards and len(shards) < 2 and not fs.exists(f"{inference}/_manifest.json")
+        for shard in shards:  # what was written is whole: footer, schema and all its images
+            assert len(shard_meta(read_shard(f"s3://{shard}", options))["images"]) == 3
+    finally:
+        server.stop()
