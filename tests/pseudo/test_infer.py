@@ -1,9 +1,15 @@
 import os
 
 import pyarrow.dataset as ds
+from PIL import Image
 
 from dd_core.data.unlabeled import list_unlabeled, plan_shards, write_plan
-from dd_core.pseudo.infer import checkpoint_fingerprint, label_planned_shard, label_shard, labeler_from_checkpoint
+from dd_core.pseudo.infer import (
+    checkpoint_fingerprint,
+    label_planned_shard,
+    label_shard,
+    labeler_from_checkpoint,
+)
 from dd_core.storage.parquet import read_shard, shard_meta
 from tests.conftest import save_random_checkpoint, write_tiny_coco
 
@@ -48,14 +54,18 @@ def test_undecodable_images_are_rejected_and_the_shard_succeeds(tmp_path):
     (images / "004.png").write_bytes(b"")
     (images / "005.png").write_bytes(b"not an image at all")
     (images / "006.png").write_bytes((images / "001.png").read_bytes()[:100])
+    # A decompression bomb: 20,000 x 20,000 pixels in a few kB (PIL refuses it before decoding).
+    Image.new("1", (20_000, 20_000)).save(images / "007.png", optimize=True)
+    assert (images / "007.png").stat().st_size < 200_000
     unlabeled = list_unlabeled(str(images))
     write_plan(unlabeled, 10, str(tmp_path / "plan.json"))
     summary = label_planned_shard(ckpt, str(tmp_path / "plan.json"), 0, str(tmp_path / "inf"), TTA,
                                   checkpoint_fingerprint(ckpt, TTA))
-    assert summary.num_images == 3 and summary.num_rejected == 3
+    assert summary.num_images == 3 and summary.num_rejected == 4
     rejected = shard_meta(read_shard(summary.url))["rejected"]
-    assert [r["file_name"] for r in rejected] == ["004.png", "005.png", "006.png"]
+    assert [r["file_name"] for r in rejected] == ["004.png", "005.png", "006.png", "007.png"]
     assert "empty file" in rejected[0]["reason"] and "not a readable image" in rejected[1]["reason"]
+    assert "not a readable image" in rejected[2]["reason"] and "too large to decode safely" in rejected[3]["reason"]
 
 
 def test_shards_form_one_dataset(tmp_path):
