@@ -90,6 +90,9 @@ class RunLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        held = self._current()
-        if held and held.get("owner") == self.record["owner"]:
-            remove(self.url, self.options)
+        try:
+            held = self._current()
+            if held and held.get("owner") == self.record["owner"]:
+                remove(self.url, self.options)
+        except OSError:  # storage gone: the lock goes stale and the next start takes it over
+            pass
