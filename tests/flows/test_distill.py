@@ -13,7 +13,7 @@ from dd_core.data.synthetic import make_keypoints_dataset
 from dd_core.storage import filesystem, join, read_json, write_bytes_atomic
 from dd_core.storage.parquet import PREDICTIONS_SCHEMA
 from flows.run import run_distillation
-
+from tests.flows.conftest import local_config, make_sets
 
 CANARY = "omnidistill-canary-secret-7f3a9c"
 
@@ -118,20 +118,13 @@ def test_complete_flow_on_s3_then_rerun_recomputes_only_the_missing_shard(s3_run
 
 
 def test_two_rounds_with_upper_bound_on_local_storage(tmp_path, prefect_harness):
-    for name, n, seed, start in (("labeled", 6, 1, 1), ("unlabeled", 4, 2, 1001), ("val", 3, 3, 2001)):
-        make_keypoints_dataset(tmp_path / name, n, seed=seed, start_id=start, size=64)
+    make_sets(tmp_path, (6, 4, 3))
     d = str(tmp_path)
-    config = parse_config({
-        "run_id": "two-rounds", "storage": {"root": f"file://{d}/store"},
-        "labeled": {"annotations": f"{d}/labeled/annotations.json", "images": f"{d}/labeled/images"},
-        "unlabeled": {"images": f"{d}/unlabeled/images"},
-        "val": {"annotations": f"{d}/val/annotations.json", "images": f"{d}/val/images"},
-        "upper_bound": {"annotations": f"{d}/labeled/annotations.json", "images": f"{d}/labeled/images"},
-        "model": {"test_size": 64, "min_size": [64], "max_size": 96},
-        "teacher": {"iterations": 1, "batch_size": 2, "warmup_iters": 0},
-        "student": {"schedule_factor": 2, "batch_size": 2, "warmup_iters": 0, "init": "teacher"},
-        "tta": {"scales": [64], "flip": False}, "shards": {"size": 4}, "rounds": 2,
-    })
+    config = local_config(
+        f"file://{d}", run_id="two-rounds",  # every URL a file:// one
+        upper_bound={"annotations": f"{d}/labeled/annotations.json", "images": f"{d}/labeled/images"},
+        student={"schedule_factor": 2, "batch_size": 2, "warmup_iters": 0, "init": "teacher"},
+        tta={"scales": [64], "flip": False}, shards={"size": 4}, rounds=2)
     result = run_distillation(config)
     run = tmp_path / "store" / "runs" / "two-rounds"
     assert set(result["metrics"]) == {"teacher", "teacher_tta", "student", "student_tta", "upper_bound"}
@@ -143,21 +136,9 @@ def test_two_rounds_with_upper_bound_on_local_storage(tmp_path, prefect_harness)
 
 
 def test_detection_flow_selects_per_category_pseudo_labels(tmp_path, prefect_harness):
-    from dd_core.data.synthetic import make_detection_dataset
-
-    for name, n, seed, start in (("labeled", 8, 1, 1), ("unlabeled", 6, 2, 1001), ("val", 3, 3, 2001)):
-        make_detection_dataset(tmp_path / name, n, seed=seed, start_id=start, size=64)
-    d = str(tmp_path)
-    config = parse_config({
-        "task": "detection", "run_id": "det", "storage": {"root": f"{d}/store"},
-        "labeled": {"annotations": f"{d}/labeled/annotations.json", "images": f"{d}/labeled/images"},
-        "unlabeled": {"images": f"{d}/unlabeled/images"},
-        "val": {"annotations": f"{d}/val/annotations.json", "images": f"{d}/val/images"},
-        "model": {"test_size": 64, "min_size": [64], "max_size": 96},
-        "teacher": {"iterations": 1, "batch_size": 2, "warmup_iters": 0},
-        "student": {"iterations": 1, "batch_size": 2, "warmup_iters": 0},
-        "tta": {"scales": [56, 64], "flip": True, "scoring": "AVG"}, "shards": {"size": 4},
-    })
+    make_sets(tmp_path, (8, 6, 3), task="detection")
+    config = local_config(tmp_path, task="detection", run_id="det", shards={"size": 4},
+                          tta={"scales": [56, 64], "flip": True, "scoring": "AVG"})
     result = run_distillation(config)
     assert set(result["metrics"]["student"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     labeled = json.loads((tmp_path / "labeled" / "annotations.json").read_text())

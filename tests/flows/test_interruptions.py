@@ -14,10 +14,9 @@ import pytest
 import yaml
 from fsspec.implementations.local import LocalFileSystem
 
-from dd_core.data.synthetic import make_keypoints_dataset
 from dd_core.storage import read_json
 from flows.run import run_distillation
-from tests.flows.test_faults import _config
+from tests.flows.conftest import local_config, make_sets
 
 
 class FlakyFileSystem(LocalFileSystem):
@@ -44,16 +43,14 @@ class FlakyFileSystem(LocalFileSystem):
 
 @pytest.fixture
 def data(tmp_path):
-    for name, n, seed, start in (("labeled", 4, 1, 1), ("unlabeled", 10, 2, 1001), ("val", 2, 3, 2001)):
-        make_keypoints_dataset(tmp_path / name, n, seed=seed, start_id=start, size=64)
-    return tmp_path
+    return make_sets(tmp_path, (4, 10, 2))
 
 
 def test_three_of_ten_shards_fail_once_and_the_flow_completes_through_retries(data, prefect_harness):
     fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
     FlakyFileSystem.fail_once = {"001002.png", "001005.png", "001009.png"}  # in shards 1, 4 and 8
     FlakyFileSystem.failures = []
-    config = _config(data, run_id="flaky", shards={"size": 1},
+    config = local_config(data, run_id="flaky", shards={"size": 1},
                      unlabeled={"images": f"flaky://{data}/unlabeled/images"})
     run_distillation(config)
     assert sorted(FlakyFileSystem.failures) == ["001002.png", "001005.png", "001009.png"]
@@ -82,7 +79,7 @@ def _wait_for(predicate, process, timeout=240.0):
 def test_a_run_killed_during_inference_finishes_without_redoing_finished_shards(data, prefect_harness):
     from prefect.settings import PREFECT_API_URL
 
-    config = _config(data, shards={"size": 1}, tta={"scales": [56, 64, 72, 80], "flip": True})
+    config = local_config(data, shards={"size": 1}, tta={"scales": [56, 64, 72, 80], "flip": True})
     path = data / "run.yaml"
     path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
     inference = data / "store/runs/killed/inference"
@@ -103,7 +100,7 @@ def test_a_run_killed_during_inference_finishes_without_redoing_finished_shards(
 def test_training_killed_midway_resumes_and_reaches_its_iterations(data, prefect_harness, caplog):
     from prefect.settings import PREFECT_API_URL
 
-    config = _config(data, teacher={"iterations": 40, "batch_size": 2, "warmup_iters": 0, "checkpoint_every": 4})
+    config = local_config(data, teacher={"iterations": 40, "batch_size": 2, "warmup_iters": 0, "checkpoint_every": 4})
     path = data / "run.yaml"
     path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
     teacher = data / "store/runs/train-killed/teacher"
@@ -145,11 +142,11 @@ def test_s3_going_away_mid_run_fails_clearly_and_leaves_no_partial_output(tmp_pa
                "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}}}
     fs = s3fs.S3FileSystem(**options)
     fs.mkdir("outage")
-    for name, n, seed, start in (("labeled", 4, 1, 1), ("unlabeled", 6, 2, 1001), ("val", 2, 3, 2001)):
-        make_keypoints_dataset(tmp_path / name, n, seed=seed, start_id=start, size=64)
+    make_sets(tmp_path, (4, 6, 2))
+    for name in ("labeled", "unlabeled", "val"):
         _upload(tmp_path / name, f"s3://outage/data/{name}", options)
     b = "s3://outage"
-    config = _config(tmp_path, run_id="outage", shards={"size": 3}, tta={"scales": [56, 64, 72, 80], "flip": True},
+    config = local_config(tmp_path, run_id="outage", shards={"size": 3}, tta={"scales": [56, 64, 72, 80], "flip": True},
                      storage={"root": f"{b}/store", "options": options},
                      labeled={"annotations": f"{b}/data/labeled/annotations.json", "images": f"{b}/data/labeled/images"},
                      unlabeled={"images": f"{b}/data/unlabeled/images"},
