@@ -128,6 +128,8 @@ def test_s3_going_away_mid_run_fails_clearly_and_leaves_no_partial_output(tmp_pa
     import s3fs
     from moto.server import ThreadedMotoServer
 
+    from prefect.client.orchestration import get_client
+
     from dd_core.storage import StorageError
     from dd_core.storage.parquet import read_shard, shard_meta
     from tests.conftest import _free_port
@@ -173,5 +175,8 @@ def test_s3_going_away_mid_run_fails_clearly_and_leaves_no_partial_output(tmp_pa
         assert shards and len(shards) < 2 and not fs.exists(f"{inference}/_manifest.json")
         for shard in shards:  # what was written is whole: footer, schema and all its images
             assert len(shard_meta(read_shard(f"s3://{shard}", options))["images"]) == 3
+        with get_client(sync_client=True) as client:  # the failing stage was retried before giving up
+            runs = [r for r in client.read_task_runs() if r.name == "infer shard-00001"]
+            assert runs and max(r.run_count for r in runs) == 4  # 1 attempt + 3 retries
     finally:
         server.stop()
