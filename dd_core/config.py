@@ -204,10 +204,16 @@ def model_overrides(model: ModelConfig) -> dict[str, Any]:
     return out
 
 
-def tta_options(tta: TTAConfig) -> dict[str, Any]:
-    """Keyword arguments for :func:`dd_core.evaluate.checkpoint_eval.tta_predict_fn`."""
-    return {"scales": list(tta.scales), "flip": tta.flip, "nms_threshold": tta.nms_threshold,
-            "voting_threshold": tta.voting_threshold, "scoring": tta.scoring}
+def tta_options(tta: TTAConfig, task: str) -> dict[str, Any]:
+    """Keyword arguments for :func:`dd_core.evaluate.checkpoint_eval.tta_predict_fn`.
+
+    Only what the task uses: box merging settings do not change keypoint shards (whose
+    fingerprint these options are part of), so they are left out for keypoints.
+    """
+    options: dict[str, Any] = {"scales": list(tta.scales), "flip": tta.flip}
+    if task == "detection":
+        options.update(nms_threshold=tta.nms_threshold, voting_threshold=tta.voting_threshold, scoring=tta.scoring)
+    return options
 
 
 def check_run_inputs(config: RunConfig) -> dict[str, int]:

@@ -34,7 +34,7 @@ from tasks.train import train_model
 def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> dict[str, Any]:
     """Steps 2-3 for one teacher: plan shards, label each shard (retried, idempotent), select pseudo-labels."""
     options = config.storage.options
-    tta = tta_options(config.tta)
+    tta = tta_options(config.tta, config.task)
     plan = plan_shards(config.unlabeled, config.shards.size, layout.plan, options)
     fp = fingerprint_teacher(checkpoint, tta, options)
     futures = [infer_shard.submit(checkpoint, layout.plan, i, layout.inference, tta, fp,
@@ -57,7 +57,7 @@ def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> di
 def _evaluate_pair(name: str, checkpoint: str, config: RunConfig) -> dict[str, dict[str, float]]:
     options = config.storage.options
     return {name: evaluate(name, checkpoint, config.val, None, config.device, options),
-            f"{name}_tta": evaluate(f"{name}_tta", checkpoint, config.val, tta_options(config.tta),
+            f"{name}_tta": evaluate(f"{name}_tta", checkpoint, config.val, tta_options(config.tta, config.task),
                                     config.device, options)}
 
 

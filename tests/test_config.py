@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from dd_core.config import ConfigError, apply_overrides, load_config, parse_config, train_config
+from dd_core.config import ConfigError, apply_overrides, load_config, parse_config, train_config, tta_options
 
 BASE = {"labeled": {"annotations": "l.json", "images": "l"}, "unlabeled": {"images": "u"},
         "val": {"annotations": "v.json", "images": "v"}}
@@ -75,3 +75,10 @@ def test_student_schedule_factor_lengthens_the_teacher_schedule():
     c = parse_config(_config(teacher={"iterations": 300}, student={"schedule_factor": 2.5}))
     assert c.student_stage().iterations == 750 and c.student.iterations == 4000
     assert parse_config(_config()).student_stage().iterations == 4000
+
+
+def test_tta_options_carry_box_merging_only_for_detection():
+    c = parse_config(_config(tta={"scales": [64, 96], "scoring": "AVG"}))
+    assert tta_options(c.tta, "keypoints") == {"scales": [64, 96], "flip": True}
+    assert tta_options(c.tta, "detection") == {"scales": [64, 96], "flip": True, "nms_threshold": 0.5,
+                                              "voting_threshold": 0.8, "scoring": "AVG"}
