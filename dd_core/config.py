@@ -220,10 +220,11 @@ def check_run_inputs(config: RunConfig) -> dict[str, int]:
     """Validate the labeled, validation (and upper-bound) sets and the unlabeled source of a run.
 
     Called before anything is trained or written, so bad input fails in seconds with an error
-    naming the file, record and field. Returns image counts.
+    naming the file, record and field. Returns image counts of the labeled sets. The unlabeled
+    source is only checked to exist: listing it (120k images on COCO) is the shard planner's job.
     """
     from dd_core.data.coco import check_compatible, load_coco
-    from dd_core.data.unlabeled import list_unlabeled
+    from dd_core.storage import exists
 
     options = config.storage.options
     labeled = load_coco(config.labeled.annotations, config.labeled.images, options)
@@ -236,6 +237,6 @@ def check_run_inputs(config: RunConfig) -> dict[str, int]:
             data = load_coco(source.annotations, source.images, options)
             check_compatible(data, labeled.categories, config.task, reference)
             counts[name] = len(data.images)
-    counts["unlabeled"] = len(list_unlabeled(config.unlabeled.images, config.unlabeled.root, options,
-                                             config.unlabeled.limit).images)
+    if not exists(config.unlabeled.images, options):
+        raise FileNotFoundError(f"{config.unlabeled.images}: unlabeled images not found (unlabeled.images)")
     return counts

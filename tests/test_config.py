@@ -82,3 +82,14 @@ def test_tta_options_carry_box_merging_only_for_detection():
     assert tta_options(c.tta, "keypoints") == {"scales": [64, 96], "flip": True}
     assert tta_options(c.tta, "detection") == {"scales": [64, 96], "flip": True, "nms_threshold": 0.5,
                                               "voting_threshold": 0.8, "scoring": "AVG"}
+
+
+def test_run_inputs_are_checked_before_a_run(tmp_path):
+    from dd_core.config import check_run_inputs
+    from tests.flows.conftest import local_config, make_sets
+
+    make_sets(tmp_path, (2, 1, 1))
+    assert check_run_inputs(local_config(tmp_path)) == {"labeled": 2, "val": 1}
+    missing = local_config(tmp_path, unlabeled={"images": f"{tmp_path}/nowhere"})
+    with pytest.raises(FileNotFoundError, match=r"nowhere: unlabeled images not found \(unlabeled.images\)"):
+        check_run_inputs(missing)
