@@ -37,6 +37,17 @@ def _wait_healthy(api_url: str, process: subprocess.Popen, timeout: float) -> No
     raise TimeoutError(f"prefect server at {api_url} was not ready after {timeout:.0f} s")
 
 
+def _drain_to_server() -> None:
+    """Send queued logs and events while the server is still up, not at exit after it stopped
+    (which prints "Error logging to API" after a successful run)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=10)
+
+
 @contextlib.contextmanager
 def local_prefect_server(home: str | Path, keep: bool = False, timeout: float = 120.0) -> Iterator[str]:
     """Start ``prefect server start`` on a free loopback port; yields the UI address."""
@@ -56,6 +67,7 @@ def local_prefect_server(home: str | Path, keep: bool = False, timeout: float = 
         _wait_healthy(api_url, process, timeout)
         os.environ["PREFECT_API_URL"] = api_url
         yield f"http://127.0.0.1:{port}"
+        _drain_to_server()
     finally:
         for key, value in previous.items():
             if value is None:
