@@ -86,8 +86,23 @@ class TTAConfig(_Strict):
 
 class ShardsConfig(_Strict):
     size: int = Field(default=64, gt=0)
-    workers: int = Field(default=1, gt=0)   # shard tasks run at once in this process (one per GPU)
+    workers: int = Field(default=1, gt=0)   # shard tasks run at once (threads, or local Dask workers)
     batch_size: int = Field(default=4, gt=0)  # images per multi-transform inference call
+    # Where shard tasks run: "threads" in the flow's process; "dask" on a Dask cluster (a local one
+    # with `workers` workers, or `dask_address`); "deployment": groups of `per_flow_run` shards
+    # submitted as flow runs of `deployment` (e.g. on the gpu work pool, one worker per GPU).
+    runner: Literal["threads", "dask", "deployment"] = "threads"
+    dask_address: str | None = None          # tcp://scheduler:8786; None starts a local cluster
+    gpus_per_shard: float = Field(default=0, ge=0)  # Dask resource "GPU" each shard task needs
+    deployment: str = "label-shards/gpu"     # flow-name/deployment-name for runner "deployment"
+    per_flow_run: int = Field(default=8, gt=0)  # shards per flow run for runner "deployment"
+
+
+class DistributedConfig(_Strict):
+    """Training across processes with torch.distributed (DDP), launched by torchrun."""
+
+    nproc_per_node: int = Field(default=1, gt=0)  # > 1: the training task launches torchrun
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on CPU
 
 
 class RunConfig(_Strict):
@@ -106,6 +121,7 @@ class RunConfig(_Strict):
     tta: TTAConfig = Field(default_factory=TTAConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     rounds: int = Field(default=1, gt=0)
     upper_bound: LabeledConfig | None = None  # optionally also train on this fully-labeled set
 
