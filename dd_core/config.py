@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 if TYPE_CHECKING:
     from dd_core.train import TrainConfig
@@ -93,9 +93,21 @@ class ShardsConfig(_Strict):
     # submitted as flow runs of `deployment` (e.g. on the gpu work pool, one worker per GPU).
     runner: Literal["threads", "dask", "deployment"] = "threads"
     dask_address: str | None = None          # tcp://scheduler:8786; None starts a local cluster
-    gpus_per_shard: float = Field(default=0, ge=0)  # Dask resource "GPU" each shard task needs
-    deployment: str = "label-shards/gpu"     # flow-name/deployment-name for runner "deployment"
+    # Dask resource "GPU" each shard task needs: start each Dask worker with `--resources GPU=1` (one
+    # worker per GPU) so it runs one shard at a time; a local cluster gives each worker GPU=1.
+    gpus_per_shard: float = Field(default=0, ge=0)
+    # flow-name/deployment-name for runner "deployment". Its workers read storage credentials from
+    # their environment: `storage.options` are never sent to them as flow-run parameters.
+    deployment: str = "label-shards/gpu"
     per_flow_run: int = Field(default=8, gt=0)  # shards per flow run for runner "deployment"
+
+    @model_validator(mode="after")
+    def _dask_only(self) -> ShardsConfig:
+        for name in ("dask_address", "gpus_per_shard"):
+            if getattr(self, name) and self.runner != "dask":
+                raise ValueError(f"{name}={getattr(self, name)!r} is a Dask setting: it needs runner 'dask', "
+                                 f"got runner {self.runner!r}")
+        return self
 
 
 class DistributedConfig(_Strict):

@@ -11,15 +11,17 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from dd_core.config import RunConfig, tta_options
 from dd_core.storage.layout import RunLayout
 from dd_core.storage.lock import RunLock
+from flows.runners import shard_groups, shard_resources, shard_task_runner
 from tasks.evaluate import evaluate, validate_inputs
+from tasks.fanout import label_shard_group
 from tasks.infer import (
+    collect_shards,
     fingerprint_teacher,
     infer_shard,
     plan_shards,
@@ -30,6 +32,41 @@ from tasks.select import select_pseudo
 from tasks.train import train_model
 
 
+def _wait_with_progress(futures: list[PrefectFuture], shards_per_future: list[int]) -> list[Any]:
+    """Results in completion order, with a progress artifact counting labeled shards."""
+    progress = create_progress_artifact(0.0, key="inference-progress", description="Unlabeled shards labeled")
+    weight = {future.task_run_id: n for future, n in zip(futures, shards_per_future)}
+    total, done, results = sum(shards_per_future), 0, []
+    for future in as_completed(futures):
+        results.append(future.result())
+        done += weight[future.task_run_id]
+        update_progress_artifact(progress, 100.0 * done / total)
+    return results
+
+
+def _label_on_task_runner(config: RunConfig, checkpoint: str, layout: RunLayout, num_shards: int,
+                          tta: dict[str, Any], fp: str) -> list[dict[str, Any]]:
+    """One ``infer_shard`` task per shard on this flow's task runner (threads or Dask)."""
+    with shard_resources(config.shards):
+        futures = [infer_shard.submit(checkpoint, layout.plan, i, layout.inference, tta, fp, config.device,
+                                      config.shards.batch_size, config.storage.options) for i in range(num_shards)]
+    shards = _wait_with_progress(futures, [1] * num_shards)
+    get_run_logger().info("shards: %d (%d already done)", len(shards), sum(s["skipped"] for s in shards))
+    return shards
+
+
+def _label_by_deployment(config: RunConfig, checkpoint: str, layout: RunLayout, num_shards: int,
+                         tta: dict[str, Any], fp: str) -> list[dict[str, Any]]:
+    """Groups of shards as flow runs of ``shards.deployment``; their output is read back from storage."""
+    groups = shard_groups(num_shards, config.shards.per_flow_run)
+    futures = [label_shard_group.submit(config.shards.deployment, checkpoint, layout.plan, group, layout.inference,
+                                        tta, fp, config.device, config.shards.batch_size) for group in groups]
+    runs = _wait_with_progress(futures, [len(group) for group in groups])
+    get_run_logger().info("shards: %d, labeled by %d flow run(s) of %s", num_shards, len(runs),
+                          config.shards.deployment)
+    return collect_shards(layout.plan, layout.inference, fp, config.storage.options)
+
+
 @flow(name="label-unlabeled")
 def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> dict[str, Any]:
     """Steps 2-3 for one teacher: plan shards, label each shard (retried, idempotent), select pseudo-labels."""
@@ -37,19 +74,12 @@ def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> di
     tta = tta_options(config.tta, config.task)
     plan = plan_shards(config.unlabeled, config.shards.size, layout.plan, options)
     fp = fingerprint_teacher(checkpoint, tta, options)
-    futures = [infer_shard.submit(checkpoint, layout.plan, i, layout.inference, tta, fp,
-                                  config.device, config.shards.batch_size, options)
-               for i in range(plan["num_shards"])]
-    progress = create_progress_artifact(0.0, key="inference-progress", description="Unlabeled shards labeled")
-    shards = []
-    for future in as_completed(futures):
-        shards.append(future.result())
-        update_progress_artifact(progress, 100.0 * len(shards) / len(futures))
+    label = _label_by_deployment if config.shards.runner == "deployment" else _label_on_task_runner
+    shards = label(config, checkpoint, layout, plan["num_shards"], tta, fp)
     write_inference_manifest(layout.manifest, shards, fp, options)
     selection = select_pseudo(layout.manifest, config.labeled.annotations, config.labeled.images, config.task,
                               layout.thresholds, layout.pseudo_annotations, layout.rejected, options)
-    get_run_logger().info("shards: %d (%d already done); pseudo-labels kept: %s", len(shards),
-                          sum(s["skipped"] for s in shards), selection["kept_per_category"])
+    get_run_logger().info("pseudo-labels kept: %s", selection["kept_per_category"])
     return {**selection, "root": plan["root"], "num_shards": plan["num_shards"],
             "num_unlabeled": plan["num_images"]}
 
@@ -65,25 +95,26 @@ def _distill_stages(config: RunConfig, layout: RunLayout) -> tuple[dict[str, dic
     """Teacher, then per round: label the unlabeled shards and train a student; then evaluate."""
     options = config.storage.options
     teacher = train_model("teacher", config.task, config.labeled, config.model, config.teacher, layout.teacher,
-                          config.seed, config.device, options)
+                          config.seed, config.device, options, distributed=config.distributed)
     metrics = _evaluate_pair("teacher", teacher, config)
     selections, current = [], teacher
     for r in range(1, config.rounds + 1):
         round_layout = layout.for_round(r)
-        # A subflow gets its own task runner: give it the one that bounds concurrent shards.
-        runner = ThreadPoolTaskRunner(max_workers=config.shards.workers)
+        # A subflow gets its own task runner: threads, Dask, or threads waiting on flow runs of a deployment.
+        runner = shard_task_runner(config.shards)
         selection = label_unlabeled.with_options(task_runner=runner)(config, current, round_layout)
         selections.append(selection)
         init = current if config.student.init == "teacher" else None
         current = train_model("student" if r == 1 else f"student round {r}", config.task, config.labeled,
                               config.model, config.student_stage(), round_layout.student, config.seed, config.device,
                               options, round_layout.pseudo_annotations, selection["root"],
-                              config.student.labeled_ratio, init)
+                              config.student.labeled_ratio, init, distributed=config.distributed)
     metrics.update(_evaluate_pair("student", current, config))
     if config.upper_bound:
         upper = train_model("upper bound", config.task, config.upper_bound, config.model,
                             config.teacher.model_copy(update={"iterations": config.student_stage().iterations}),
-                            layout.upper_bound, config.seed, config.device, options)
+                            layout.upper_bound, config.seed, config.device, options,
+                            distributed=config.distributed)
         metrics["upper_bound"] = evaluate("upper_bound", upper, config.val, None, config.device, options)
     return metrics, selections
 

@@ -14,7 +14,7 @@ def with_run_id(config: RunConfig) -> RunConfig:
 
 
 def run_distillation(config: RunConfig) -> dict[str, Any]:
-    """Run the whole flow in this process (shard tasks run ``config.shards.workers`` at a time)."""
+    """Run the whole flow in this process; shard tasks run where ``config.shards.runner`` says (flows/runners.py)."""
     from flows.distill import distill
 
     return distill(with_run_id(config))

@@ -8,7 +8,7 @@ from prefect import task
 
 from dd_core.config import UnlabeledConfig, resolve_device
 from dd_core.data.unlabeled import list_unlabeled, write_plan
-from dd_core.pseudo.infer import checkpoint_fingerprint, label_planned_shard
+from dd_core.pseudo.infer import checkpoint_fingerprint, finished_shards, label_planned_shard
 from dd_core.pseudo.manifest import write_manifest
 from tasks import TASK_DEFAULTS
 
@@ -33,6 +33,12 @@ def infer_shard(checkpoint: str, plan_url: str, index: int, out_dir: str, tta: d
     """Multi-transform inference + ensembling on one shard -> Parquet (skipped if already done)."""
     return label_planned_shard(checkpoint, plan_url, index, out_dir, tta, fingerprint, options,
                                resolve_device(device), batch_size).to_dict()
+
+
+@task(name="collect shards", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
+def collect_shards(plan_url: str, out_dir: str, fingerprint: str, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Summaries of every planned shard labeled elsewhere (flow runs on other workers); fails on a missing one."""
+    return [s.to_dict() for s in finished_shards(plan_url, out_dir, fingerprint, options)]
 
 
 @task(name="write manifest", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)

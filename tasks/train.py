@@ -7,6 +7,7 @@ from typing import Any
 from prefect import task
 
 from dd_core.config import (
+    DistributedConfig,
     LabeledConfig,
     ModelConfig,
     TrainStageConfig,
@@ -14,9 +15,8 @@ from dd_core.config import (
     resolve_device,
     train_config,
 )
-from dd_core.data.coco import load_coco
-from dd_core.train.checkpoint import load_checkpoint
-from dd_core.train.detector import spec_for, train_detector
+from dd_core.train.job import TrainJob, run_job
+from dd_core.train.launch import launch_distributed
 from tasks import TASK_DEFAULTS
 
 
@@ -25,12 +25,16 @@ from tasks import TASK_DEFAULTS
 def train_model(role: str, task_type: str, labeled: LabeledConfig, model: ModelConfig, stage: TrainStageConfig,
                 out_dir: str, seed: int, device: str, options: dict[str, Any],
                 pseudo_annotations: str | None = None, pseudo_images: str | None = None,
-                labeled_ratio: float = 1.0, init_checkpoint: str | None = None) -> str:
-    """Train a teacher (labeled only) or a student (labeled + pseudo-labels); returns the final checkpoint URL."""
-    coco = load_coco(labeled.annotations, labeled.images, options)
-    pseudo = load_coco(pseudo_annotations, pseudo_images, options) if pseudo_annotations else None
-    init = load_checkpoint(init_checkpoint, options)["model"] if init_checkpoint else None
-    result = train_detector(spec_for(task_type, coco, **model_overrides(model)), coco, train_config(stage, seed),
-                            out_dir, pseudo=pseudo, labeled_ratio=labeled_ratio, init_state=init, options=options,
-                            device=resolve_device(device))
-    return result.checkpoint
+                labeled_ratio: float = 1.0, init_checkpoint: str | None = None,
+                distributed: DistributedConfig | None = None) -> str:
+    """Train a teacher (labeled only) or a student (labeled + pseudo-labels); returns the final checkpoint URL.
+
+    With ``distributed.nproc_per_node > 1`` the training runs in that many processes started by torchrun.
+    """
+    job = TrainJob(task=task_type, labeled_annotations=labeled.annotations, labeled_images=labeled.images,
+                   checkpoint_dir=out_dir, train=train_config(stage, seed), model=model_overrides(model),
+                   device=resolve_device(device), options=options, pseudo_annotations=pseudo_annotations,
+                   pseudo_images=pseudo_images, labeled_ratio=labeled_ratio, init_checkpoint=init_checkpoint)
+    if distributed is not None and distributed.nproc_per_node > 1:
+        return launch_distributed(job, distributed.nproc_per_node, distributed.backend).checkpoint
+    return run_job(job).checkpoint

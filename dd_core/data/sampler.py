@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -81,3 +81,33 @@ class MixedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         return itertools.islice(self._all_batches(), self.start_batch, None)
+
+
+class RankBatchSampler(Sampler[list[int]]):
+    """Rank ``rank``'s slice of every global batch, when ``world_size`` processes train together.
+
+    Each step's global minibatch of ``batch_size`` images is drawn exactly as one process would
+    draw it (for :class:`MixedBatchSampler` the labeled/pseudo-labeled coin of every slot is flipped
+    once, globally), and rank ``r`` takes slots ``r * n .. (r + 1) * n - 1`` with
+    ``n = batch_size / world_size``. Concatenating the ranks' slices gives the single-process batch,
+    so every rank sees the configured labeled ratio in expectation, and the sequence stays a pure
+    function of the seed and the step whatever the number of ranks: a run resumes exactly on any.
+    """
+
+    def __init__(self, global_batches: Iterable[list[int]], batch_size: int, rank: int, world_size: int):
+        if world_size <= 0 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size): got rank {rank} of world_size {world_size}")
+        if batch_size % world_size:
+            raise ValueError(f"the global batch of {batch_size} images cannot be split evenly over {world_size} "
+                             f"ranks: make batch_size a multiple of the number of processes")
+        self.global_batches, self.batch_size = global_batches, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.per_rank = batch_size // world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        lo, hi = self.rank * self.per_rank, (self.rank + 1) * self.per_rank
+        for step, batch in enumerate(self.global_batches):
+            if len(batch) != self.batch_size:
+                raise ValueError(f"global batch {step} has {len(batch)} images, expected batch_size "
+                                 f"{self.batch_size}: every rank must get {self.per_rank}")
+            yield list(batch[lo:hi])

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -157,6 +158,25 @@ def label_shard(shard: Shard, root: str, out_dir: str, fp: str, make_labeler: Ca
     return ShardSummary(shard.name, url, len(done), table.num_rows, len(rejected), False)
 
 
+_teachers: dict[str, Labeler] = {}
+_teachers_lock = threading.Lock()
+
+
+def cached_labeler(fp: str, make_labeler: Callable[[], Labeler]) -> Labeler:
+    """The teacher of fingerprint ``fp``, loaded once per process and shared by its shard tasks.
+
+    A worker labels shard after shard with one teacher: loading it per shard costs a checkpoint
+    read each time and, on a GPU, left several copies allocated at once (peak memory grew with
+    the number of shards). Only the latest teacher is kept. Its forward passes do not change it,
+    so threads may share it.
+    """
+    with _teachers_lock:
+        if fp not in _teachers:
+            _teachers.clear()
+            _teachers[fp] = make_labeler()
+        return _teachers[fp]
+
+
 def label_planned_shard(checkpoint: str, plan_url: str, index: int, out_dir: str, tta: Mapping[str, Any], fp: str,
                         options: Mapping[str, Any] | None = None, device: str = "cpu", batch_size: int = 4,
                         progress: bool = False) -> ShardSummary:
@@ -164,5 +184,31 @@ def label_planned_shard(checkpoint: str, plan_url: str, index: int, out_dir: str
     root, shards = read_plan(plan_url, options)
     if not 0 <= index < len(shards):
         raise IndexError(f"{plan_url}: no shard {index} (the plan has {len(shards)})")
-    return label_shard(shards[index], root, out_dir, fp, lambda: labeler_from_checkpoint(checkpoint, tta, options),
+    return label_shard(shards[index], root, out_dir, fp,
+                       lambda: cached_labeler(fp, lambda: labeler_from_checkpoint(checkpoint, tta, options)),
                        options, device, batch_size, progress)
+
+
+def finished_shards(plan_url: str, out_dir: str, fp: str, options: Mapping[str, Any] | None = None,
+                    indices: Sequence[int] | None = None) -> list[ShardSummary]:
+    """Summaries of planned shards labeled elsewhere (other workers, other machines), from their
+    Parquet footers alone; raises :class:`ShardError` naming every shard missing or made by
+    another model or transform set."""
+    root, shards = read_plan(plan_url, options)
+    wanted = range(len(shards)) if indices is None else indices
+    summaries, missing = [], []
+    for index in wanted:
+        if not 0 <= index < len(shards):
+            raise IndexError(f"{plan_url}: no shard {index} (the plan has {len(shards)})")
+        shard = shards[index]
+        url = join(out_dir, f"{shard.name}.parquet")
+        found = existing_output(url, shard_fingerprint(fp, root, shard), options)
+        if found is None:
+            missing.append(url)
+            continue
+        meta, num_rows = found
+        summaries.append(ShardSummary(shard.name, url, len(meta["images"]), num_rows, len(meta["rejected"]), True))
+    if missing:
+        raise ShardError(f"{len(missing)} shard(s) missing or labeled by another teacher/transform set "
+                         f"(fingerprint {fp}): {', '.join(missing)}")
+    return summaries

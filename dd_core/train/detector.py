@@ -16,7 +16,8 @@ from dd_core.data.keypoints import flip_indices
 from dd_core.data.sampler import MixedBatchSampler
 from dd_core.data.transforms import Compose, RandomHorizontalFlip, to_float
 from dd_core.models import ModelSpec, build_model
-from dd_core.train.loop import TrainConfig, TrainResult, train
+from dd_core.train.distributed import DistributedContext
+from dd_core.train.loop import StepHook, TrainConfig, TrainResult, train
 
 
 def spec_for(task: str, coco: CocoData, preset: str = "slim", **overrides: Any) -> ModelSpec:
@@ -63,11 +64,13 @@ def train_detector(spec: ModelSpec, labeled: CocoData, cfg: TrainConfig, checkpo
                    pseudo: CocoData | None = None, labeled_ratio: float = 0.6,
                    init_state: Mapping[str, torch.Tensor] | None = None,
                    options: Mapping[str, Any] | None = None, device: str = "cpu", progress: bool = True,
-                   stop_after: int | None = None) -> TrainResult:
+                   stop_after: int | None = None, world: DistributedContext | None = None,
+                   on_step: StepHook | None = None) -> TrainResult:
     """Train a teacher (``pseudo=None``) or a student that mixes ``pseudo`` in at ``1 - labeled_ratio``.
 
     A student is retrained from the initial weights unless ``init_state`` (the teacher's) is given,
-    as the paper found retraining better than fine-tuning.
+    as the paper found retraining better than fine-tuning. ``world`` trains as one rank of several
+    (see :func:`dd_core.train.loop.train`).
     """
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
@@ -83,5 +86,5 @@ def train_detector(spec: ModelSpec, labeled: CocoData, cfg: TrainConfig, checkpo
     dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
     meta = {**checkpoint_meta(spec, labeled),
             "signature": training_signature(spec, cfg, labeled, pseudo, labeled_ratio, init_state)}
-    return train(model, dataset, cfg, checkpoint_dir, make_batches=make_batches, meta=meta, options=options, device=device, progress=progress,
-                 stop_after=stop_after)
+    return train(model, dataset, cfg, checkpoint_dir, make_batches=make_batches, meta=meta, options=options,
+                 device=device, progress=progress, stop_after=stop_after, world=world, on_step=on_step)

@@ -1,9 +1,10 @@
 import itertools
+import math
 
 import numpy as np
 import pytest
 
-from dd_core.data.sampler import GroupedBatchSampler, MixedBatchSampler
+from dd_core.data.sampler import GroupedBatchSampler, MixedBatchSampler, RankBatchSampler
 
 
 def _take(sampler, n):
@@ -55,3 +56,46 @@ def test_mixed_resume_and_labeled_only_case():
         MixedBatchSampler(5, 5, 4, 1.5)
     with pytest.raises(ValueError, match="labeled set is empty"):
         MixedBatchSampler(0, 5, 4, 0.6)
+
+
+def _binomial_interval(n: int, p: float, alpha: float = 1e-6) -> tuple[int, int]:
+    """The exact central interval holding a Binomial(n, p) count with probability >= 1 - alpha."""
+    logs = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p)
+            + (n - k) * math.log1p(-p) for k in range(n + 1)]
+    cdf = list(itertools.accumulate(math.exp(v) for v in logs))
+    lo = next(k for k in range(n + 1) if cdf[k] >= alpha / 2)
+    hi = next(k for k in range(n + 1) if cdf[k] >= 1 - alpha / 2)
+    return lo, hi
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_rank_slices_concatenate_to_the_single_process_batch(world_size):
+    mixed = lambda s=0: MixedBatchSampler(7, 30, 8, 0.6, seed=4, start_batch=s)  # noqa: E731
+    grouped = lambda s=0: GroupedBatchSampler(list(np.linspace(0.5, 2, 30)), 8, seed=4, start_batch=s)  # noqa: E731
+    for make in (mixed, grouped):
+        for start in (0, 5):  # a resumed run, on any number of ranks, continues the same global batches
+            single = _take(make(start), 20)
+            slices = [_take(RankBatchSampler(make(start), 8, r, world_size), 20) for r in range(world_size)]
+            assert all(len(b) == 8 // world_size for s in slices for b in s)
+            assert [sum((s[i] for s in slices), []) for i in range(20)] == single
+        assert _take(make(5), 15) == _take(make(), 20)[5:]
+
+
+def test_labeled_share_holds_across_ranks_and_on_each_rank():
+    steps, world_size, ratio = 2000, 4, 0.6
+    slices = [_take(RankBatchSampler(MixedBatchSampler(50, 200, 8, ratio, seed=0), 8, r, world_size), steps)
+              for r in range(world_size)]
+    per_rank = [sum(i < 50 for b in s for i in b) for s in slices]
+    lo, hi = _binomial_interval(steps * 2, ratio)
+    assert all(lo <= n <= hi for n in per_rank), (per_rank, lo, hi)
+    lo, hi = _binomial_interval(steps * 8, ratio)
+    assert lo <= sum(per_rank) <= hi, (sum(per_rank), lo, hi)
+
+
+def test_rank_batch_sampler_rejects_uneven_split_and_bad_rank():
+    with pytest.raises(ValueError, match="global batch of 6 images cannot be split evenly over 4 ranks"):
+        RankBatchSampler(MixedBatchSampler(5, 5, 6), 6, 0, 4)
+    with pytest.raises(ValueError, match="rank must be in"):
+        RankBatchSampler(MixedBatchSampler(5, 5, 4), 4, 2, 2)
+    with pytest.raises(ValueError, match="global batch 0 has 4 images, expected batch_size 2"):
+        _take(RankBatchSampler(MixedBatchSampler(5, 5, 4), 2, 0, 2), 1)

@@ -1,16 +1,19 @@
 import os
+from dataclasses import replace
 
 import pyarrow.dataset as ds
+import pytest
 from PIL import Image
 
 from dd_core.data.unlabeled import list_unlabeled, plan_shards, write_plan
 from dd_core.pseudo.infer import (
     checkpoint_fingerprint,
+    finished_shards,
     label_planned_shard,
     label_shard,
     labeler_from_checkpoint,
 )
-from dd_core.storage.parquet import read_shard, shard_meta
+from dd_core.storage.parquet import ShardError, read_shard, shard_meta
 from tests.conftest import save_random_checkpoint, write_tiny_coco
 
 TTA = {"scales": [56, 64], "flip": True}
@@ -90,3 +93,44 @@ def test_a_shard_of_other_images_is_recomputed_even_with_the_same_model(tmp_path
     again = label_shard(shifted, unlabeled.root, out, fp, make)
     assert not first.skipped and not again.skipped
     assert [im["id"] for im in shard_meta(read_shard(again.url))["images"]] == [2, 3, 4]
+
+
+def test_finished_shards_reads_summaries_from_footers_and_names_every_missing_shard(tmp_path):
+    _, ckpt, unlabeled = _setup(tmp_path, n=2)
+    fp = checkpoint_fingerprint(ckpt, TTA)
+    plan, out = str(tmp_path / "inf" / "_plan.json"), str(tmp_path / "inf")
+    write_plan(unlabeled, 1, plan)
+    labeled = [label_planned_shard(ckpt, plan, i, out, TTA, fp) for i in range(2)]
+    assert finished_shards(plan, out, fp) == [replace(s, skipped=True) for s in labeled]
+    assert [s.name for s in finished_shards(plan, out, fp, indices=[1])] == ["shard-00001"]
+    with pytest.raises(ShardError, match="shard-00000.parquet, .*shard-00001.parquet"):
+        finished_shards(plan, out, "another-model")
+    with pytest.raises(IndexError, match="no shard 2"):
+        finished_shards(plan, out, fp, indices=[2])
+    os.remove(labeled[1].url)
+    with pytest.raises(ShardError, match=r"1 shard\(s\) missing .*shard-00001\.parquet"):
+        finished_shards(plan, out, fp)
+
+
+def test_cached_labeler_loads_a_teacher_once_per_fingerprint_and_keeps_only_the_latest() -> None:
+    import torch
+
+    from dd_core.pseudo import infer
+
+    made: list[str] = []
+
+    def maker(name: str):
+        def make() -> infer.Labeler:
+            made.append(name)
+            return infer.Labeler(torch.nn.Identity(), lambda model, images: [], {1: 1})
+        return make
+
+    infer._teachers.clear()
+    first = infer.cached_labeler("fp-a", maker("a"))
+    assert infer.cached_labeler("fp-a", maker("a-again")) is first
+    second = infer.cached_labeler("fp-b", maker("b"))
+    assert second is not first
+    assert list(infer._teachers) == ["fp-b"]
+    infer.cached_labeler("fp-a", maker("a-reloaded"))
+    assert made == ["a", "b", "a-reloaded"]
+    infer._teachers.clear()
