@@ -17,7 +17,8 @@ then gives exactly ``model(images)``'s keypoints.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,7 @@ from torchvision.models.detection.roi_heads import heatmaps_to_keypoints
 
 from dd_core.tta.boxes import check_inference_ready, detect_in_frame
 from dd_core.tta.transforms import (
+    ScaleBatch,
     Size,
     TestTransform,
     base_scale,
@@ -55,17 +57,18 @@ def keypoint_logits(model: nn.Module, features: dict[str, Tensor], boxes: list[T
 
 def average_keypoint_logits(
     model: nn.Module, images: Sequence[Tensor], base_boxes: list[Tensor], base_frames: list[Size],
-    transforms: Sequence[TestTransform], flip_indices: Sequence[int],
+    transforms: Sequence[TestTransform], flip_indices: Sequence[int], batches: Iterable[ScaleBatch] | None = None,
 ) -> Tensor:
     """Mean over ``transforms`` of the heatmap logits of fixed RoIs, in the RoIs' own coordinates.
 
     ``base_boxes[i]`` are image ``i``'s RoIs in its base frame (of size ``base_frames[i]``); each
     transform sees them mapped into its own frame. Rows follow ``torch.cat(base_boxes)``. The
-    running sum holds one scale's features at a time.
+    running sum holds one scale's features at a time. ``batches`` are the backbone's
+    :func:`scale_batches` of ``images`` under ``transforms`` when the caller already started them.
     """
     num_rois = sum(len(b) for b in base_boxes)
     total: Tensor | None = None
-    for batch in scale_batches(model, images, transforms):
+    for batch in batches if batches is not None else scale_batches(model, images, transforms):
         frame_boxes = [boxes_to_frame(base_boxes[i], t, base_frames[i], frame) for t, i, frame in batch.entries()]
         logits = keypoint_logits(model, batch.features, frame_boxes, batch.images.image_sizes)
         for transform, chunk in zip(batch.transforms, logits.split(num_rois)):
@@ -91,7 +94,7 @@ def decode_keypoints(
 
 def _keypoints_on_base_boxes(
     model: nn.Module, images: Sequence[Tensor], base_boxes: list[Tensor], base_frames: list[Size],
-    transforms: Sequence[TestTransform], flip_indices: Sequence[int],
+    transforms: Sequence[TestTransform], flip_indices: Sequence[int], batches: Iterable[ScaleBatch] | None = None,
 ) -> list[dict[str, Tensor]]:
     """Ensembled keypoints for RoIs given in the base frame; no RoIs at all skips every head call."""
     check_inference_ready(model, transforms)
@@ -100,7 +103,7 @@ def _keypoints_on_base_boxes(
     if sum(len(b) for b in base_boxes) == 0:
         k = len(flip_indices)
         return [{"keypoints": torch.zeros((0, k, 3)), "keypoints_scores": torch.zeros((0, k))} for _ in images]
-    logits = average_keypoint_logits(model, images, base_boxes, base_frames, transforms, flip_indices)
+    logits = average_keypoint_logits(model, images, base_boxes, base_frames, transforms, flip_indices, batches)
     if logits.shape[1] != len(flip_indices):
         raise ValueError(f"flip_indices has {len(flip_indices)} entries but the model predicts {logits.shape[1]} keypoints")
     return decode_keypoints(logits, base_boxes, base_frames, sizes)
@@ -145,9 +148,21 @@ def multi_transform_keypoints(
     ``dd_core.data.keypoints.COCO_PERSON_FLIP_INDICES``.
     """
     check_inference_ready(model, transforms)
-    detections, frames = base_detections(model, images)
+    base = base_transform(model)
+    # The base scale's backbone pass first: when the identity transform is in the set, its
+    # features also give the boxes, and the backbone never runs twice on the same input.
+    transforms = sorted(transforms, key=lambda t: t.scale != base.scale)
+    batches = scale_batches(model, images, transforms)
+    first = next(batches)
+    if base in first.transforms:
+        base_images, base_features = first.part(base)
+        detections = detect_in_frame(model, base_images, base_features)
+        frames = [tuple(s) for s in base_images.image_sizes]
+    else:
+        detections, frames = base_detections(model, images)
     base_boxes = [d["boxes"] for d in detections]
-    keypoints = _keypoints_on_base_boxes(model, images, base_boxes, frames, transforms, flip_indices)
+    keypoints = _keypoints_on_base_boxes(model, images, base_boxes, frames, transforms, flip_indices,
+                                         itertools.chain([first], batches))
     sizes = [image_size(image) for image in images]
     return [
         {**det, "boxes": resize_boxes(det["boxes"], frame, size), **kp, "num_transforms": len(transforms)}

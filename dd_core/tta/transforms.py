@@ -207,6 +207,14 @@ class ScaleBatch:
     images: ImageList
     features: dict[str, Tensor]
 
+    def part(self, transform: TestTransform) -> tuple[ImageList, dict[str, Tensor]]:
+        """The images under one of this batch's transforms and their features (views, no copy)."""
+        n = len(self.images.image_sizes) // len(self.transforms)
+        j = self.transforms.index(transform)
+        rows = slice(j * n, (j + 1) * n)
+        return (ImageList(self.images.tensors[rows], self.images.image_sizes[rows]),
+                {k: v[rows] for k, v in self.features.items()})
+
     def entries(self) -> list[tuple[TestTransform, int, Size]]:
         """``(transform, image index, frame size)`` of each batch entry, in batch order."""
         n = len(self.images.image_sizes) // len(self.transforms)

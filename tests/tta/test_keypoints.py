@@ -124,3 +124,30 @@ def test_refuses_training_mode_and_bad_flip_indices(model: torch.nn.Module, imag
             multi_transform_keypoints(model, images, [base_transform(model)], FLIP)
     finally:
         model.eval()
+
+
+@pytest.mark.parametrize("scales,expected_calls", [([96, 128, 160], 3), ([96, 160], 3)])
+def test_backbone_runs_once_per_scale_plus_base_only_when_needed(
+    model: torch.nn.Module, images: list[torch.Tensor], scales: list[int], expected_calls: int
+) -> None:
+    # The base scale (128) in the set: its backbone pass also gives the boxes (3 scales, 3 calls).
+    # Not in the set: one extra pass at 128 for the boxes (2 scales + 1).
+    calls = []
+    hook = model.backbone.register_forward_hook(lambda module, args, out: calls.append(args[0].shape))
+    try:
+        got = multi_transform_keypoints(model, images, transform_set(scales, flip=True), FLIP)
+    finally:
+        hook.remove()
+    assert len(calls) == expected_calls
+    assert all(out["num_transforms"] == 2 * len(scales) for out in got)
+
+
+def test_reusing_the_base_pass_gives_the_boxes_of_a_separate_pass(
+    model: torch.nn.Module, images: list[torch.Tensor]
+) -> None:
+    with torch.inference_mode():
+        expected = model(images)
+    got = multi_transform_keypoints(model, images, transform_set([96, 128, 160], flip=True), FLIP)
+    for ours, theirs in zip(got, expected):
+        for key in ("boxes", "labels", "scores"):
+            torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-4)
