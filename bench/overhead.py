@@ -43,4 +43,5 @@ def overhead(out: Path, teacher: int = 60, student: int = 120) -> dict:
             "student_iterations": student, "plain_s": round(plain_s, 1), "flow_s": round(flow_s, 1),
             "overhead_s": round(extra, 1), "overhead_share": round(extra / flow_s, 4),
             "overhead_share_of_full_demo": round(extra / DEMO_WALL_S, 4),
-            "local_server_start_s": round(server_s, 1), "same_metrics": same}
+            "local_server_start_s": round(server_s, 1), "same_metrics": same,
+            "plain_stage_s": plain["seconds"]}
