@@ -124,6 +124,7 @@ def tta(checkpoint: str | None, preset: str, scales: list[int], images: int, bat
     return {"benchmark": "multi-transform keypoint inference", "preset": preset,
             "checkpoint": checkpoint or f"random weights, {detections} boxes per image", "scales": scales,
             "transforms": rows[0]["transforms"], "images": len(pics), "batch": batch, "image_size": size,
+            "boxes_per_image": round(sum(r["boxes"] for r in rows) / len(pics), 2),
             **{k: round(v, 3) for k, v in total.items()},
             "images_per_s_ours": round(len(pics) / total["ours_s"], 2),
             "ours_over_backbone_only": round(total["ours_s"] / total["backbone_only_s"], 3),
@@ -136,6 +137,7 @@ def post_inference(checkpoint: str, scales: list[int], images: int, batch: int, 
     After inference: moving outputs to rows, writing the Parquet shard, reading it back,
     calibrating thresholds on the labeled set, selecting and writing the pseudo-label json.
     """
+    from bench.tta_speed import sync
     from dd_core.data.unlabeled import list_unlabeled, plan_shards
     from dd_core.pseudo.infer import label_shard, labeler_from_checkpoint
     from dd_core.pseudo.select import read_predictions, select_pseudo_labels
@@ -155,10 +157,10 @@ def post_inference(checkpoint: str, scales: list[int], images: int, batch: int, 
             inner = labeler.predict_fn
 
             def timed(model, imgs):
-                _sync_device(device)
+                sync(device)
                 t0 = time.perf_counter()
                 out = inner(model, imgs)
-                _sync_device(device)
+                sync(device)
                 timings["inference"] += time.perf_counter() - t0
                 return out
             labeler.predict_fn = timed
@@ -188,11 +190,6 @@ def post_inference(checkpoint: str, scales: list[int], images: int, batch: int, 
             "rows_and_parquet_s": round(rows_s, 3), "read_calibrate_select_json_s": round(select_s, 3),
             "after_share_of_inference": round(after / timings["inference"], 4),
             "pseudo_labels": len(coco["annotations"])}
-
-
-def _sync_device(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def calibrate(predictions: int, categories: int, repeats: int = 3) -> dict:
@@ -241,7 +238,8 @@ def memory(counts: list[int], pool: int, shard_size: int, checkpoint: str, scale
     """Peak memory of a worker labeling ``counts`` images (a pool of distinct files, listed repeatedly)."""
     root = root.resolve()  # links point to absolute paths
     root.mkdir(parents=True, exist_ok=True)
-    make_keypoints_dataset(root / "pool-data", pool, seed=5) if not (root / "pool-data").exists() else None
+    if not (root / "pool-data").exists():
+        make_keypoints_dataset(root / "pool-data", pool, seed=5)
     (root / "pool").mkdir(exist_ok=True)
     files = sorted(p.name for p in (root / "pool-data" / "images").iterdir())
     for n in counts:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from bench.tta_speed import sync
 from dd_core.data.coco import load_coco
 from dd_core.data.dataset import CocoDataset, collate
 from dd_core.data.sampler import GroupedBatchSampler
@@ -30,11 +31,6 @@ from dd_core.train.detector import spec_for, training_transforms
 
 WARMUP_STEPS = 5
 LR = 0.0025  # torchvision's 0.02 for 16 images per step, scaled to 2
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _steady_rate(stamps: list[float]) -> float:
@@ -73,7 +69,7 @@ def reference_loop(coco, batch: int, steps: int, device: torch.device, workers: 
         else:
             losses.backward()
             optimizer.step()
-        _sync(device)
+        sync(device)
         stamps.append(time.perf_counter())
         if step + 1 >= steps:
             break
@@ -89,7 +85,7 @@ def our_loop(coco, batch: int, steps: int, device: torch.device, workers: int) -
     stamps: list[float] = []
 
     def stamp(iteration, model, targets) -> None:
-        _sync(device)
+        sync(device)
         stamps.append(time.perf_counter())
 
     train(model, CocoDataset(coco, training_transforms(coco)), cfg, None, device=device, progress=False,

@@ -34,7 +34,8 @@ from dd_core.tta.transforms import (
 )
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the GPU, so wall-clock timers measure its work (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -42,12 +43,12 @@ def _sync(device: torch.device) -> None:
 def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs, after one untimed warm-up."""
     fn()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -59,10 +60,10 @@ def backbone_only(model: nn.Module, images: Sequence[Tensor], transforms: Sequen
     total = 0.0
     for t in transforms:
         image_list, _ = resize_transform(model, t.scale)([apply_to_image(t, im) for im in images])
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         model.backbone(image_list.tensors)
-        _sync(device)
+        sync(device)
         total += time.perf_counter() - t0
     return total
 
@@ -102,6 +103,7 @@ def compare(model: nn.Module, images: list[Tensor], scales: Sequence[int], repea
     lower = median_seconds(lambda: backbone_only(model, images, transforms, device), repeats, device)
     ours = median_seconds(lambda: multi_transform_keypoints(model, images, transforms, flips), repeats, device)
     naive = median_seconds(lambda: naive_keypoints(model, images, transforms, flips), repeats, device)
-    return {"transforms": len(transforms), "backbone_only_s": round(lower, 4), "ours_s": round(ours, 4),
+    boxes = sum(len(out["boxes"]) for out in multi_transform_keypoints(model, images, transforms, flips))
+    return {"transforms": len(transforms), "boxes": boxes, "backbone_only_s": round(lower, 4), "ours_s": round(ours, 4),
             "naive_s": round(naive, 4), "ours_over_backbone_only": round(ours / lower, 3),
             "naive_over_ours": round(naive / ours, 3)}
