@@ -12,7 +12,8 @@ Experiments (slim preset, 128-px synthetic images; ``--scale tiny`` is a smoke r
 * ``omni-same`` (Table 1b): labeled = the whole pool, unlabeled = as many new images of the same style.
 * ``omni-dissimilar`` (Table 1c): the same, with unlabeled images of another style (``sports``).
 * ``schedule`` (Table 2): the ``semi`` student trained 1x and 3x the teacher's iterations (2x is ``semi``).
-* ``detection`` (Table 4a): ``semi`` for boxes on multi-class shapes, per-category thresholds.
+* ``detection`` (Table 4a): ``semi`` for boxes on multi-class shapes, per-category thresholds (no upper
+  bound, as in the paper's table).
 * Table 3 (test-time augmentation) is read off every run: each model is also evaluated with TTA.
 
 Each run goes through :func:`bench.pipeline.plain_distill` (the flow's dd_core calls, no Prefect)
@@ -139,8 +140,18 @@ def _run_dir(out: Path, run_id: str) -> Path:
     return out / "runs" / "runs" / run_id  # storage root <out>/runs, then the run layout's runs/<id>
 
 
-def _share(out: Path, src_run: str, dst_run: str, parts: tuple[str, ...]) -> None:
-    """Copy a finished run's teacher (and its pseudo-labels) into another run: trained once, used twice."""
+def _share(out: Path, src_run: str, dst_run: str, parts: tuple[str, ...], teacher_its: int) -> None:
+    """Copy a finished run's teacher (and its pseudo-labels) into another run: trained once, used twice.
+
+    Waits for the teacher's last checkpoint when another process is still training it (experiments
+    sharing a teacher may run side by side).
+    """
+    final = _run_dir(out, src_run) / "teacher" / f"model_{teacher_its:07d}.pth"
+    while (_run_dir(out, src_run) / "teacher").exists() and not final.exists():
+        print(f"waiting for {src_run}'s teacher to finish ({final.name})", flush=True)
+        time.sleep(60)
+    if "inference" in parts and not (_run_dir(out, src_run) / "pseudo").exists():
+        parts = ("teacher",)  # its pseudo-labels are not selected yet: label again rather than copy half
     for part in parts:
         src, dst = _run_dir(out, src_run) / part, _run_dir(out, dst_run) / part
         if src.exists() and not dst.exists():
@@ -153,7 +164,7 @@ def plans(out: Path, experiment: str, seed: int, scale: Scale, device: str) -> l
     sets = datasets(out, task, scale)
     semi = lambda name, factor: run_config(  # noqa: E731
         out, name, seed, task, sets["labeled"], sets["unlabeled"], sets["val"], scale.teacher, factor, scale, device,
-        upper_bound=sets["pool"] if factor == 2 else None)
+        upper_bound=sets["pool"] if factor == 2 and task == "keypoints" else None)  # Table 4a has none
     if experiment in ("semi", "detection"):
         return [(experiment, semi(experiment, 2), [])]
     if experiment == "schedule":  # 2x is the semi run itself; 1x and 3x borrow its teacher and pseudo-labels
@@ -184,7 +195,7 @@ def run(out: Path, experiments: list[str], seeds: list[int], scale_name: str, de
                     continue
                 for src in borrow:  # a teacher, its inference and pseudo-labels: trained and labeled once
                     parts = ("teacher",) if experiment == "omni-dissimilar" else ("teacher", "inference", "pseudo")
-                    _share(out, f"{src}-s{seed}", config["run_id"], parts)
+                    _share(out, f"{src}-s{seed}", config["run_id"], parts, config["teacher"]["iterations"])
                 print(f"{name} seed {seed}: running", flush=True)
                 t0 = time.perf_counter()
                 result = plain_distill(parse_config(config, name))

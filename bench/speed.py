@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-size", type=int, default=100)
     p.add_argument("--out", type=Path, default=Path("bench-runs/speed"))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="overhead: the quick demo's data (a smoke run)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     scales = args.scales or (SLIM_SCALES if args.preset == "slim" else PAPER_SCALES)
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.benchmark == "overhead":
         from bench.overhead import overhead
 
-        row = overhead(args.out / "overhead")
+        row = overhead(args.out / "overhead", quick=args.quick)
     else:
         from bench.train_speed import compare_training
 

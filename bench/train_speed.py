@@ -105,7 +105,8 @@ def compare_training(preset: str, size: int, batch: int, steps: int, device: tor
         cold = (reference_loop(coco, batch, steps, device, workers), our_loop(coco, batch, steps, device, workers))
         ref = reference_loop(coco, batch, steps, device, workers)
         ours = our_loop(coco, batch, steps, device, workers)
-    return {"first_runs_it_per_s": {"reference": round(cold[0], 2), "ours": round(cold[1], 2)},"benchmark": "training iterations per second", "model": "Keypoint R-CNN R-50-FPN", "image_size": size,
+    return {"benchmark": "training iterations per second", "model": "Keypoint R-CNN R-50-FPN", "image_size": size,
+            "first_runs_it_per_s": {"reference": round(cold[0], 2), "ours": round(cold[1], 2)},
             "batch": batch, "steps": steps, "amp": device.type == "cuda", "loader_workers": workers,
             "reference_it_per_s": round(ref, 2), "ours_it_per_s": round(ours, 2),
             "ours_over_reference": round(ours / ref, 3)}

@@ -83,5 +83,7 @@ def pseudo_label_grid(coco: Mapping[str, Any], images_root: str, options: Mappin
         for ann in by_image.get(info["id"], []):
             cat = cats[ann["category_id"]]
             _draw_instance(ax, ann, cat.get("keypoints") or [], cat.get("skeleton") or [], cat["name"])
-    fig.suptitle("pseudo-labels on unlabeled images (left: red, right: blue)", fontsize=8)
+    has_keypoints = any(c.get("keypoints") for c in coco["categories"])
+    legend = " (left: red, right: blue)" if has_keypoints else ""  # the limb colours of _draw_instance
+    fig.suptitle(f"pseudo-labels on unlabeled images{legend}", fontsize=8)
     return _png(fig)
