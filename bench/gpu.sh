@@ -6,7 +6,7 @@
 # Results: bench-runs/accuracy/results.jsonl and bench-runs/speed-gpu.jsonl.
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONPATH=$PWD BENCH_LOADER_WORKERS=2 OMP_NUM_THREADS=2
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} BENCH_LOADER_WORKERS=2 OMP_NUM_THREADS=2
 py=${PYTHON:-python3}
 case "${1:-}" in
 accuracy)
@@ -35,15 +35,19 @@ for task in ('keypoints', 'detection'):
     $py bench/accuracy.py summarize --out $out
     ;;
 speed)
+    # The runs not yet recorded first, so a call cut short still brings them back.
     out=bench-runs/speed-gpu.jsonl
-    ck=${CHECKPOINT:-$(ls bench-runs/accuracy/runs/semi-s0/teacher/model_*.pth 2>/dev/null | tail -1)}
-    [ -n "${SKIP_TTA:-}" ] || $py bench/speed.py tta --preset r50-fpn --device cuda --size 640 --images 8 --batch 2 --repeats 2 | tee -a $out
+    mkdir -p bench-runs
+    ck=${CHECKPOINT:-$(ls bench-runs/accuracy/runs/runs/semi-s0/teacher/model_*.pth 2>/dev/null | tail -1)}
     $py bench/speed.py gpu-train --preset r50-fpn --device cuda --steps 40 --batch 2 | tee -a $out
     if [ -n "$ck" ]; then
-        $py bench/speed.py tta --checkpoint "$ck" --device cuda --images 64 --batch 8 | tee -a $out
+        $py bench/speed.py memory --checkpoint "$ck" --device cuda --images 1000 10000 --scales 128 \
+            --out bench-runs/speed | tee -a $out
         $py bench/speed.py post --checkpoint "$ck" --device cuda --images 512 | tee -a $out
-        $py bench/speed.py memory --checkpoint "$ck" --device cuda --images 1000 10000 --out bench-runs/speed | tee -a $out
+        $py bench/speed.py tta --checkpoint "$ck" --device cuda --images 64 --batch 8 | tee -a $out
     fi
+    [ -n "${SKIP_TTA:-}" ] || $py bench/speed.py tta --preset r50-fpn --device cuda --size 640 --images 8 --batch 2 \
+        --repeats 2 | tee -a $out
     ;;
 *)
     echo "usage: bench/gpu.sh accuracy SECONDS | speed" >&2; exit 2;;

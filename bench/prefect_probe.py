@@ -1,11 +1,14 @@
-"""Two probes behind the Prefect-overhead row of BENCHMARKS.md (suspects of the flow's extra time).
+"""Probes behind the Prefect-overhead row of BENCHMARKS.md (suspects of the flow's extra time).
 
     python bench/prefect_probe.py thread               # slim forward passes: main thread vs a pool thread
     python bench/prefect_probe.py idle-server [--seconds 60] [--quiet-services]
+    python bench/prefect_probe.py task-start [--tasks 10]   # a task run's wait to start, with and without a tag
 
 ``thread``: Prefect's ThreadPoolTaskRunner runs submitted tasks in worker threads; is torch slower there?
 ``idle-server``: CPU share of one core used by an idle local ``prefect server start`` (flows/server.py),
 optionally with the services a single local run does not need switched off.
+``task-start``: seconds from a submitted task run's creation to its start, for empty tasks with no
+tag and with a tag that has no concurrency limit (as ``infer shard``'s ``gpu`` tag), one at a time.
 """
 
 from __future__ import annotations
@@ -77,15 +80,51 @@ def idle_server_probe(seconds: float, quiet_services: bool) -> dict[str, float]:
             "quiet_services": quiet_services}
 
 
+def task_start_probe(tasks: int) -> dict[str, float]:
+    """Median seconds between consecutive empty task runs on one thread, untagged and tagged.
+
+    Each task's body returns the clock when it started; on one worker thread, the gap from one
+    body to the next is what Prefect spends per task run (state changes, slot checks, events).
+    """
+    import statistics
+
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.server import local_prefect_server
+
+    @task(name="untagged")
+    def untagged(i: int) -> float:
+        return time.perf_counter()
+
+    @task(name="tagged", tags=["probe-gpu"])
+    def tagged(i: int) -> float:
+        return time.perf_counter()
+
+    @flow(name="task-start-probe", task_runner=ThreadPoolTaskRunner(max_workers=1))
+    def probe() -> dict[str, list[float]]:
+        return {fn.name: [f.result() for f in [fn.submit(i) for i in range(tasks)]] for fn in (untagged, tagged)}
+
+    with tempfile.TemporaryDirectory() as home, local_prefect_server(home):
+        starts = probe()
+    row: dict[str, float] = {"tasks_each": tasks}
+    for name, clock in starts.items():
+        row[f"{name}_seconds_per_task_median"] = round(statistics.median(b - a for a, b in zip(clock, clock[1:])), 3)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("probe", choices=["thread", "idle-server"])
+    p.add_argument("probe", choices=["thread", "idle-server", "task-start"])
+    p.add_argument("--tasks", type=int, default=10)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--quiet-services", action="store_true")
     args = p.parse_args(argv)
     if args.probe == "thread":
         for row in thread_probe():
             print(row, flush=True)
+    elif args.probe == "task-start":
+        print(task_start_probe(args.tasks), flush=True)
     else:
         print(idle_server_probe(args.seconds, args.quiet_services), flush=True)
     return 0

@@ -153,6 +153,8 @@ def post_inference(checkpoint: str, scales: list[int], images: int, batch: int, 
         def make_labeler():
             t0 = time.perf_counter()
             labeler = labeler_from_checkpoint(checkpoint, tta_opts)
+            labeler.model.to(device)  # on a GPU this starts CUDA: loading, not output
+            sync(device)
             timings["load"] = time.perf_counter() - t0
             inner = labeler.predict_fn
 
