@@ -76,27 +76,6 @@ def labeler_from_checkpoint(checkpoint: str, tta: Mapping[str, Any], options: Ma
     return Labeler(model_from_checkpoint(state), predict_fn, checkpoint_label_to_category(state))
 
 
-def outputs_to_host(outputs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """A batch's per-image outputs on the host, copied once per key for the whole batch.
-
-    Copying each image's tensors on their own costs one device-to-host transfer (and wait) per
-    image and key; tensors of one key share their trailing shape, so they travel concatenated.
-    Values that are not tensors are kept as they are.
-    """
-    host: list[dict[str, Any]] = [dict(output) for output in outputs]
-    if not host:
-        return host
-    for key, value in outputs[0].items():
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            parts = [output[key] for output in outputs]
-            for output, part in zip(host, torch.cat(parts).cpu().split([len(p) for p in parts])):
-                output[key] = part
-        elif isinstance(value, torch.Tensor):
-            for output in host:
-                output[key] = output[key].cpu()
-    return host
-
-
 def _rows(output: Mapping[str, Any], image: UnlabeledImage, label_to_category: Mapping[int, int]) -> dict[str, list]:
     n = len(output["boxes"])
     kps = output.get("keypoints")
@@ -167,7 +146,8 @@ def label_shard(shard: Shard, root: str, out_dir: str, fp: str, make_labeler: Ca
         images, kept = _decode_batch(batch, root, options, device, rejected)
         if not images:
             continue
-        for output, image, tensor in zip(outputs_to_host(labeler.predict_fn(labeler.model, images)), kept, images):
+        for output, image, tensor in zip(labeler.predict_fn(labeler.model, images), kept, images):
+            output = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in output.items()}
             for key, values in _rows(output, image, labeler.label_to_category).items():
                 rows[key].extend(values)
             done.append({"id": image.id, "file_name": image.file_name,

@@ -12,7 +12,6 @@ from dd_core.pseudo.infer import (
     label_planned_shard,
     label_shard,
     labeler_from_checkpoint,
-    outputs_to_host,
 )
 from dd_core.storage.parquet import ShardError, read_shard, shard_meta
 from tests.conftest import save_random_checkpoint, write_tiny_coco
@@ -135,23 +134,3 @@ def test_cached_labeler_loads_a_teacher_once_per_fingerprint_and_keeps_only_the_
     infer.cached_labeler("fp-a", maker("a-reloaded"))
     assert made == ["a", "b", "a-reloaded"]
     infer._teachers.clear()
-
-
-def test_outputs_to_host_keeps_each_image_s_rows_and_non_tensors() -> None:
-    import torch
-
-    outputs = [
-        {"boxes": torch.arange(8.0).reshape(2, 4), "keypoints": torch.ones(2, 17, 3), "num_transforms": 18,
-         "flag": torch.tensor(True)},
-        {"boxes": torch.zeros(0, 4), "keypoints": torch.zeros(0, 17, 3), "num_transforms": 18,
-         "flag": torch.tensor(False)},
-        {"boxes": torch.full((1, 4), 9.0), "keypoints": torch.full((1, 17, 3), 2.0), "num_transforms": 18,
-         "flag": torch.tensor(True)},
-    ]
-    host = outputs_to_host(outputs)
-    assert [h["boxes"].shape for h in host] == [(2, 4), (0, 4), (1, 4)]
-    assert [h["keypoints"].shape for h in host] == [(2, 17, 3), (0, 17, 3), (1, 17, 3)]
-    for h, o in zip(host, outputs):
-        assert torch.equal(h["boxes"], o["boxes"]) and torch.equal(h["keypoints"], o["keypoints"])
-        assert h["num_transforms"] == 18 and h["flag"].item() == o["flag"].item()
-    assert outputs_to_host([]) == []
