@@ -2,13 +2,15 @@
 
     python bench/prefect_probe.py thread               # slim forward passes: main thread vs a pool thread
     python bench/prefect_probe.py idle-server [--seconds 60] [--quiet-services]
-    python bench/prefect_probe.py task-start [--tasks 10]   # a task run's wait to start, with and without a tag
+    python bench/prefect_probe.py task-start [--tasks 10] [--task-seconds 6]   # gap between tasks, tag or none
 
 ``thread``: Prefect's ThreadPoolTaskRunner runs submitted tasks in worker threads; is torch slower there?
 ``idle-server``: CPU share of one core used by an idle local ``prefect server start`` (flows/server.py),
 optionally with the services a single local run does not need switched off.
-``task-start``: seconds from a submitted task run's creation to its start, for empty tasks with no
-tag and with a tag that has no concurrency limit (as ``infer shard``'s ``gpu`` tag), one at a time.
+``task-start``: seconds from one task's end to the next one's start on one worker thread, for tasks
+with no tag and with a tag that has no concurrency limit (as ``infer shard``'s ``gpu`` tag). A tagged
+task asks the server for a slot first; the client remembers "no limit" for 5 s only, so tasks
+longer than that ask every time.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import torch
@@ -80,11 +83,11 @@ def idle_server_probe(seconds: float, quiet_services: bool) -> dict[str, float]:
             "quiet_services": quiet_services}
 
 
-def task_start_probe(tasks: int) -> dict[str, float]:
-    """Median seconds between consecutive empty task runs on one thread, untagged and tagged.
+def task_start_probe(tasks: int, task_seconds: float) -> dict[str, Any]:
+    """Seconds between consecutive task runs on one thread (each sleeping ``task_seconds``), untagged and tagged.
 
-    Each task's body returns the clock when it started; on one worker thread, the gap from one
-    body to the next is what Prefect spends per task run (state changes, slot checks, events).
+    Each task's body returns its start and end; on one worker thread, the gap from one body's end
+    to the next one's start is what Prefect spends per task run (state changes, slot checks, events).
     """
     import statistics
 
@@ -93,23 +96,25 @@ def task_start_probe(tasks: int) -> dict[str, float]:
 
     from flows.server import local_prefect_server
 
-    @task(name="untagged")
-    def untagged(i: int) -> float:
-        return time.perf_counter()
+    def body(i: int) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        time.sleep(task_seconds)
+        return t0, time.perf_counter()
 
-    @task(name="tagged", tags=["probe-gpu"])
-    def tagged(i: int) -> float:
-        return time.perf_counter()
+    untagged = task(name="untagged")(body)
+    tagged = task(name="tagged", tags=["probe-gpu"])(body)
 
     @flow(name="task-start-probe", task_runner=ThreadPoolTaskRunner(max_workers=1))
-    def probe() -> dict[str, list[float]]:
+    def probe() -> dict[str, list[tuple[float, float]]]:
         return {fn.name: [f.result() for f in [fn.submit(i) for i in range(tasks)]] for fn in (untagged, tagged)}
 
     with tempfile.TemporaryDirectory() as home, local_prefect_server(home):
-        starts = probe()
-    row: dict[str, float] = {"tasks_each": tasks}
-    for name, clock in starts.items():
-        row[f"{name}_seconds_per_task_median"] = round(statistics.median(b - a for a, b in zip(clock, clock[1:])), 3)
+        spans = probe()
+    row: dict[str, Any] = {"tasks_each": tasks, "task_seconds": task_seconds}
+    for name, clock in spans.items():
+        gaps = [b[0] - a[1] for a, b in zip(clock, clock[1:])]
+        row[f"{name}_gap_s_median"] = round(statistics.median(gaps), 3)
+        row[f"{name}_gaps_s"] = [round(g, 3) for g in gaps]
     return row
 
 
@@ -117,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("probe", choices=["thread", "idle-server", "task-start"])
     p.add_argument("--tasks", type=int, default=10)
+    p.add_argument("--task-seconds", type=float, default=6.0)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--quiet-services", action="store_true")
     args = p.parse_args(argv)
@@ -124,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in thread_probe():
             print(row, flush=True)
     elif args.probe == "task-start":
-        print(task_start_probe(args.tasks), flush=True)
+        print(task_start_probe(args.tasks, args.task_seconds), flush=True)
     else:
         print(idle_server_probe(args.seconds, args.quiet_services), flush=True)
     return 0
