@@ -65,9 +65,15 @@ def local_prefect_server(home: str | Path, keep: bool = False, timeout: float = 
     previous = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
     try:
         _wait_healthy(api_url, process, timeout)
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        # The variable for child processes (Dask workers, torchrun); the settings for this one:
+        # Prefect reads the environment once, at import, and would otherwise go on talking to its
+        # own ephemeral server (the user's ~/.prefect database), not to the UI printed for them.
         os.environ["PREFECT_API_URL"] = api_url
-        yield f"http://127.0.0.1:{port}"
-        _drain_to_server()
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield f"http://127.0.0.1:{port}"
+            _drain_to_server()
     finally:
         for key, value in previous.items():
             if value is None:
