@@ -46,7 +46,9 @@ def stage_of(task_run_name: str) -> str:
                           ("infer shard", "label unlabeled"), ("plan shards", "label unlabeled"),
                           ("fingerprint teacher", "label unlabeled"), ("write manifest", "label unlabeled"),
                           ("select pseudo", "select"), ("train student", "student"),
-                          ("evaluate student", "evaluate student"), ("write report", "report")):
+                          ("evaluate student", "evaluate student"), ("write report", "report"),
+                          # the parent's record of the subflow: its wall time, tasks and the gaps between them
+                          ("label-unlabeled", "label unlabeled (subflow wall)")):
         if task_run_name.startswith(prefix):
             return stage
     return "other"

@@ -70,6 +70,9 @@ def local_prefect_server(home: str | Path, keep: bool = False, timeout: float = 
         # The variable for child processes (Dask workers, torchrun); the settings for this one:
         # Prefect reads the environment once, at import, and would otherwise go on talking to its
         # own ephemeral server (the user's ~/.prefect database), not to the UI printed for them.
+        # Log and event workers started before keep their server: flush and stop them, so that
+        # the next ones (task runs are recorded from events) start with this server's address.
+        _drain_to_server()
         os.environ["PREFECT_API_URL"] = api_url
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             yield f"http://127.0.0.1:{port}"
