@@ -5,9 +5,9 @@ transforms) with training shortened, since the overhead is per task and per flow
 iteration: the seconds it adds are then compared with the full demo's wall time too.
 
 Besides the two wall times it reports where the flow's time went, stage by stage, from the task
-runs the Prefect API recorded (next to the plain loop's own stage clock), and the CPU seconds used
-by this process and by the local Prefect server during each half: on 2 cores every CPU second the
-server or the client's background threads take is a second torch's threads wait for.
+runs the Prefect API recorded (next to the plain loop's own stage clock), the CPU seconds this
+process used in each half and those the local Prefect server used during the flow: on 2 cores every
+CPU second the server or the client's background threads take is a second torch's threads wait for.
 """
 
 from __future__ import annotations
@@ -29,10 +29,13 @@ def _cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-def _children_cpu_seconds() -> float:
-    """CPU seconds of this process's live children (the local Prefect server and its workers)."""
+def children_cpu_seconds(exclude: frozenset[int] = frozenset()) -> float:
+    """CPU seconds of this process's live children (the local Prefect server and its workers), but
+    those whose pid is in ``exclude``."""
     total = 0.0
     for child in psutil.Process().children(recursive=True):
+        if child.pid in exclude:
+            continue
         try:
             total += _cpu_seconds(child)
         except psutil.Error:
@@ -89,10 +92,10 @@ def overhead(out: Path, teacher: int = 60, student: int = 120, quick: bool = Fal
     t0 = time.perf_counter()
     with prefect_api(out / "prefect"):
         server_s = time.perf_counter() - t0
-        server_cpu0, cpu0, t0 = _children_cpu_seconds(), _cpu_seconds(me), time.perf_counter()
+        server_cpu0, cpu0, t0 = children_cpu_seconds(), _cpu_seconds(me), time.perf_counter()
         state = distill(flow_cfg, return_state=True)
         flow_s, flow_cpu = time.perf_counter() - t0, _cpu_seconds(me) - cpu0
-        server_cpu = _children_cpu_seconds() - server_cpu0
+        server_cpu = children_cpu_seconds() - server_cpu0
         flow = state.result()
         tasks = flow_task_seconds(state.state_details.flow_run_id)
     same = plain["metrics"] == flow["metrics"]

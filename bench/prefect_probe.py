@@ -2,7 +2,7 @@
 
     python bench/prefect_probe.py thread               # slim forward passes: main thread vs a pool thread
     python bench/prefect_probe.py idle-server [--seconds 60] [--quiet-services]
-    python bench/prefect_probe.py task-start [--tasks 10] [--task-seconds 6]   # gap between tasks, tag or none
+    python bench/prefect_probe.py task-start [--tasks 10] [--task-seconds 6] [--home DIR]   # gap between tasks
 
 ``thread``: Prefect's ThreadPoolTaskRunner runs submitted tasks in worker threads; is torch slower there?
 ``idle-server``: CPU share of one core used by an idle local ``prefect server start`` (flows/server.py),
@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.overhead import children_cpu_seconds  # noqa: E402
 from dd_core.models import ModelSpec, build_model  # noqa: E402
 
 QUIET_SERVICES = ("LATE_RUNS", "PAUSE_EXPIRATIONS", "CLEANUP_RECONCILER", "SCHEDULER", "FOREMAN", "REPOSSESSOR",
@@ -61,33 +62,22 @@ def idle_server_probe(seconds: float, quiet_services: bool) -> dict[str, float]:
     if quiet_services:
         for name in QUIET_SERVICES:
             os.environ[f"PREFECT_SERVER_SERVICES_{name}_ENABLED"] = "false"
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
-
-    def cpu() -> float:
-        total = 0.0
-        for p in psutil.Process().children(recursive=True):
-            if p.pid not in before:
-                try:
-                    t = p.cpu_times()
-                    total += t.user + t.system
-                except psutil.Error:
-                    pass
-        return total
-
+    before = frozenset(p.pid for p in psutil.Process().children(recursive=True))
     with tempfile.TemporaryDirectory() as home, local_prefect_server(home):
         time.sleep(10)  # past its start-up
-        c0, t0 = cpu(), time.perf_counter()
+        c0, t0 = children_cpu_seconds(exclude=before), time.perf_counter()
         time.sleep(seconds)
-        used, wall = cpu() - c0, time.perf_counter() - t0
+        used, wall = children_cpu_seconds(exclude=before) - c0, time.perf_counter() - t0
     return {"server_cpu_s": round(used, 2), "wall_s": round(wall, 1), "share_of_one_core": round(used / wall, 4),
             "quiet_services": quiet_services}
 
 
-def task_start_probe(tasks: int, task_seconds: float) -> dict[str, Any]:
+def task_start_probe(tasks: int, task_seconds: float, home: Path | None = None) -> dict[str, Any]:
     """Seconds between consecutive task runs on one thread (each sleeping ``task_seconds``), untagged and tagged.
 
     Each task's body returns its start and end; on one worker thread, the gap from one body's end
     to the next one's start is what Prefect spends per task run (state changes, slot checks, events).
+    ``home`` keeps the server's folder (its ``server.log``) instead of a temporary one.
     """
     import statistics
 
@@ -108,7 +98,7 @@ def task_start_probe(tasks: int, task_seconds: float) -> dict[str, Any]:
     def probe() -> dict[str, list[tuple[float, float]]]:
         return {fn.name: [f.result() for f in [fn.submit(i) for i in range(tasks)]] for fn in (untagged, tagged)}
 
-    with tempfile.TemporaryDirectory() as home, local_prefect_server(home):
+    with tempfile.TemporaryDirectory() as tmp, local_prefect_server(home or tmp):
         spans = probe()
     row: dict[str, Any] = {"tasks_each": tasks, "task_seconds": task_seconds}
     for name, clock in spans.items():
@@ -123,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("probe", choices=["thread", "idle-server", "task-start"])
     p.add_argument("--tasks", type=int, default=10)
     p.add_argument("--task-seconds", type=float, default=6.0)
+    p.add_argument("--home", type=Path, help="task-start: keep the local server's folder (and server.log) here")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--quiet-services", action="store_true")
     args = p.parse_args(argv)
@@ -130,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in thread_probe():
             print(row, flush=True)
     elif args.probe == "task-start":
-        print(task_start_probe(args.tasks, args.task_seconds), flush=True)
+        print(task_start_probe(args.tasks, args.task_seconds, args.home), flush=True)
     else:
         print(idle_server_probe(args.seconds, args.quiet_services), flush=True)
     return 0
