@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -76,20 +77,88 @@ def labeler_from_checkpoint(checkpoint: str, tta: Mapping[str, Any], options: Ma
     return Labeler(model_from_checkpoint(state), predict_fn, checkpoint_label_to_category(state))
 
 
-def _rows(output: Mapping[str, Any], image: UnlabeledImage, label_to_category: Mapping[int, int]) -> dict[str, list]:
-    n = len(output["boxes"])
-    kps = output.get("keypoints")
-    kps_scores = output.get("keypoints_scores")
-    return {
-        "image_id": [image.id] * n,
-        "file_name": [image.file_name] * n,
-        "category_id": [int(label_to_category[int(label)]) for label in output["labels"].tolist()],
-        "box": output["boxes"].tolist(),
-        "score": output["scores"].tolist(),
-        "keypoints": kps[..., :2].flatten(1).tolist() if kps is not None else [[] for _ in range(n)],
-        "keypoint_scores": kps_scores.tolist() if kps_scores is not None else [[] for _ in range(n)],
-        "num_transforms": [int(output.get("num_transforms", 1))] * n,
-    }
+def outputs_to_host(outputs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A batch's per-image outputs on the host, copied once per key for the whole batch.
+
+    Copying each image's tensors on their own costs one device-to-host transfer (and wait) per
+    image and key; tensors of one key share their trailing shape, so they travel concatenated.
+    Values that are not tensors are kept as they are.
+    """
+    host: list[dict[str, Any]] = [dict(output) for output in outputs]
+    if not host:
+        return host
+    for key, value in outputs[0].items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            parts = [output[key] for output in outputs]
+            for output, part in zip(host, torch.cat(parts).cpu().split([len(p) for p in parts])):
+                output[key] = part
+        elif isinstance(value, torch.Tensor):
+            for output in host:
+                output[key] = output[key].cpu()
+    return host
+
+
+class ShardColumns:
+    """A shard's predictions gathered as NumPy columns, one block per image, for one Arrow table.
+
+    Python lists would hold one object per value: 57 per keypoint prediction.
+    """
+
+    def __init__(self, label_to_category: Mapping[int, int]) -> None:
+        self.label_to_category = dict(label_to_category)
+        size = max(self.label_to_category, default=-1) + 1
+        self._lookup = np.full(size, -1, dtype=np.int64)
+        for label, category in self.label_to_category.items():
+            self._lookup[label] = category
+        self._blocks: dict[str, list[np.ndarray]] = {name: [] for name in PREDICTIONS_SCHEMA.names}
+
+    def add(self, output: Mapping[str, Any], image: UnlabeledImage) -> None:
+        """Append the ensembled predictions on ``image`` (tensors or arrays, on the host)."""
+        boxes = np.asarray(output["boxes"], dtype=np.float32).reshape(-1, 4)
+        n = len(boxes)
+        labels = np.asarray(output["labels"], dtype=np.int64).reshape(n)
+        known = (labels >= 0) & (labels < len(self._lookup))
+        categories = np.where(known, self._lookup[np.where(known, labels, 0)], -1)
+        if (categories < 0).any():
+            label = int(labels[categories < 0][0])
+            raise KeyError(f"{image.file_name}: the model predicted label {label}, which maps to no category "
+                           f"(known labels: {sorted(self.label_to_category)})")
+        kps, kps_scores = output.get("keypoints"), output.get("keypoints_scores")
+        b = self._blocks
+        b["image_id"].append(np.full(n, image.id, dtype=np.int64))
+        b["file_name"].append(np.full(n, image.file_name, dtype=object))
+        b["category_id"].append(categories.astype(np.int32))
+        b["box"].append(boxes)
+        b["score"].append(np.asarray(output["scores"], dtype=np.float32).reshape(n))
+        b["keypoints"].append(_per_row(None if kps is None else np.asarray(kps)[..., :2], n))
+        b["keypoint_scores"].append(_per_row(kps_scores, n))
+        b["num_transforms"].append(np.full(n, int(output.get("num_transforms", 1)), dtype=np.int16))
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every column of :data:`PREDICTIONS_SCHEMA`, all images so far, in order."""
+        out = {}
+        for name, blocks in self._blocks.items():
+            if name in ("keypoints", "keypoint_scores"):
+                widths = {blk.shape[1] for blk in blocks if len(blk)}
+                if len(widths) > 1:
+                    raise ValueError(f"column {name}: images with {sorted(widths)} values per prediction")
+                width = widths.pop() if widths else 0
+                blocks = [blk if len(blk) else np.zeros((0, width), np.float32) for blk in blocks]
+            out[name] = np.concatenate(blocks) if blocks else _EMPTY[name]
+        return out
+
+
+def _per_row(values: Any, n: int) -> np.ndarray:
+    """``values`` as float32 rows x width (keypoints: x0, y0, x1, y1, ...; None: width 0)."""
+    if values is None or n == 0:
+        return np.zeros((n, 0), np.float32)
+    return np.asarray(values, dtype=np.float32).reshape(n, -1)
+
+
+_EMPTY = {"image_id": np.zeros(0, np.int64), "file_name": np.zeros(0, object), "category_id": np.zeros(0, np.int32),
+          "box": np.zeros((0, 4), np.float32), "score": np.zeros(0, np.float32),
+          "keypoints": np.zeros((0, 0), np.float32), "keypoint_scores": np.zeros((0, 0), np.float32),
+          "num_transforms": np.zeros(0, np.int16)}
 
 
 def shard_fingerprint(fp: str, root: str, shard: Shard) -> str:
@@ -138,7 +207,7 @@ def label_shard(shard: Shard, root: str, out_dir: str, fp: str, make_labeler: Ca
         return ShardSummary(shard.name, url, len(meta["images"]), num_rows, len(meta["rejected"]), True)
     labeler = make_labeler()
     labeler.model.to(device).eval()
-    rows: dict[str, list] = {name: [] for name in PREDICTIONS_SCHEMA.names}
+    columns = ShardColumns(labeler.label_to_category)
     done: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     batches = [shard.images[i:i + batch_size] for i in range(0, len(shard.images), batch_size)]
@@ -146,14 +215,12 @@ def label_shard(shard: Shard, root: str, out_dir: str, fp: str, make_labeler: Ca
         images, kept = _decode_batch(batch, root, options, device, rejected)
         if not images:
             continue
-        for output, image, tensor in zip(labeler.predict_fn(labeler.model, images), kept, images):
-            output = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in output.items()}
-            for key, values in _rows(output, image, labeler.label_to_category).items():
-                rows[key].extend(values)
+        for output, image, tensor in zip(outputs_to_host(labeler.predict_fn(labeler.model, images)), kept, images):
+            columns.add(output, image)
             done.append({"id": image.id, "file_name": image.file_name,
                          "height": int(tensor.shape[-2]), "width": int(tensor.shape[-1])})
     meta = {"fingerprint": shard_fp, "shard": shard.name, "images": done, "rejected": rejected}
-    table = predictions_table(rows, meta)
+    table = predictions_table(columns.columns(), meta)
     write_shard(url, table, options)
     return ShardSummary(shard.name, url, len(done), table.num_rows, len(rejected), False)
 

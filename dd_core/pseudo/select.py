@@ -20,7 +20,7 @@ from dd_core.calibrate import (
     labeled_keypoints_per_instance,
     per_category_thresholds,
 )
-from dd_core.storage.parquet import read_shard, shard_meta
+from dd_core.storage.parquet import arrow_array, column_values, list_rows, read_shard, shard_meta
 
 
 @dataclass
@@ -85,7 +85,7 @@ def _columns(predictions: Predictions) -> tuple[np.ndarray, np.ndarray]:
     t = predictions.table
     if t is None or not t.num_rows:
         return np.zeros(0, np.float32), np.zeros(0, np.int32)
-    return t.column("score").to_numpy(), t.column("category_id").to_numpy()
+    return column_values(t, "score"), column_values(t, "category_id")
 
 
 def _kept(scores: np.ndarray, cats: np.ndarray, thresholds: Mapping[int, float]) -> np.ndarray:
@@ -96,10 +96,9 @@ def _kept(scores: np.ndarray, cats: np.ndarray, thresholds: Mapping[int, float])
 
 
 def _keypoint_columns(predictions: Predictions, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    take = pa.array(idx, type=pa.int64())
-    kps = np.asarray(predictions.table.column("keypoints").take(take).to_pylist(), dtype=np.float32)
-    scores = np.asarray(predictions.table.column("keypoint_scores").take(take).to_pylist(), dtype=np.float32)
-    return kps, scores
+    take = arrow_array(idx, pa.int64())
+    return (list_rows(predictions.table.column("keypoints").take(take)),
+            list_rows(predictions.table.column("keypoint_scores").take(take)))
 
 
 def calibrate_selection(predictions: Predictions, labeled: Mapping[str, Any], task: str) -> Selection:
@@ -131,7 +130,7 @@ def apply_selection(predictions: Predictions, categories: list[dict[str, Any]], 
         if keypoint_threshold is not None:
             kps, kp_scores = _keypoint_columns(predictions, idx)
             vis = kp_scores >= keypoint_threshold
-        image_ids = t.column("image_id").to_numpy()
+        image_ids = column_values(t, "image_id")
         boxes = t.column("box").to_pylist()
         anns = [_annotation(n + 1, int(image_ids[i]), int(cats[i]), boxes[i], float(scores[i]),
                             None if kps is None else kps[n], None if vis is None else vis[n])

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -45,18 +46,70 @@ class ShardError(ValueError):
     """A shard that cannot be trusted: unreadable, wrong schema, or made by another model."""
 
 
-def predictions_table(rows: Mapping[str, list[Any]], meta: Mapping[str, Any]) -> pa.Table:
-    """A table in :data:`PREDICTIONS_SCHEMA` with ``meta`` (images, fingerprint, ...) attached."""
-    table = pa.Table.from_pydict(dict(rows), schema=PREDICTIONS_SCHEMA)
+def predictions_table(rows: Mapping[str, Sequence[Any] | np.ndarray], meta: Mapping[str, Any]) -> pa.Table:
+    """A table in :data:`PREDICTIONS_SCHEMA` with ``meta`` (images, fingerprint, ...) attached.
+
+    A column is a Python list or a NumPy array; a list column (box, keypoints, keypoint_scores)
+    may be a 2-D array of rows x width. Arrays go straight into Arrow buffers: no Python object
+    per value, and no ``pa.array``, whose first call imports pandas where it is installed
+    (0.5 s, 6% of labeling 512 images with the slim teacher on an H200).
+    """
+    arrays = [_column(rows[field.name], field) for field in PREDICTIONS_SCHEMA]
+    table = pa.Table.from_arrays(arrays, schema=PREDICTIONS_SCHEMA)
     info = {"schema_version": SCHEMA_VERSION, **dict(meta)}
     return table.replace_schema_metadata({_META: json.dumps(info).encode()})
 
 
+_NUMPY = {pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64, pa.float32(): np.float32}
+
+
+def _column(values: Sequence[Any] | np.ndarray, field: pa.Field) -> pa.Array:
+    if not isinstance(values, np.ndarray):
+        return pa.array(values, type=field.type)
+    kind = field.type
+    if not pa.types.is_list(kind) and not pa.types.is_fixed_size_list(kind):
+        if values.ndim != 1:
+            raise ValueError(f"column {field.name}: expected one value per row, got an array of shape {values.shape}")
+        return arrow_array(values, kind)
+    if values.ndim != 2:
+        raise ValueError(f"column {field.name}: expected rows x width, got an array of shape {values.shape}")
+    rows, width = values.shape
+    flat = arrow_array(values.reshape(-1), kind.value_type)
+    if pa.types.is_fixed_size_list(kind):
+        if width != kind.list_size:
+            raise ValueError(f"column {field.name}: rows of {width} values, expected {kind.list_size}")
+        return pa.FixedSizeListArray.from_arrays(flat, width)
+    return pa.ListArray.from_arrays(arrow_array(np.arange(rows + 1, dtype=np.int32) * width, pa.int32()), flat)
+
+
+def arrow_array(values: np.ndarray, kind: pa.DataType) -> pa.Array:
+    """A 1-D array as an Arrow array of ``kind`` (numbers or strings), built from its buffers
+    (``pa.array`` would import pandas on its first call where pandas is installed)."""
+    if pa.types.is_string(kind):
+        data = [str(v).encode() for v in values]
+        offsets = np.zeros(len(data) + 1, np.int32)
+        np.cumsum([len(d) for d in data], out=offsets[1:])
+        return pa.Array.from_buffers(kind, len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+    array = np.ascontiguousarray(values, dtype=_NUMPY[kind])
+    return pa.Array.from_buffers(kind, len(array), [None, pa.py_buffer(array)])
+
+
 def write_shard(url: str, table: pa.Table, options: Mapping[str, Any] | None = None) -> None:
-    """Write a shard atomically (one PUT on S3, temp + rename locally)."""
+    """Write a shard atomically (one PUT on S3, temp + rename locally).
+
+    Only columns that repeat (ids, names, categories) are dictionary-encoded: coordinates and
+    scores rarely do, and trying costs as much as the rest of the write.
+    """
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
+    repeating = [f.name for f in table.schema if not _is_float(f.type)]
+    pq.write_table(table, buffer, compression="zstd", use_dictionary=repeating)
     write_bytes_atomic(url, buffer.getvalue(), options)
+
+
+def _is_float(kind: pa.DataType) -> bool:
+    while pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind):
+        kind = kind.value_type
+    return pa.types.is_floating(kind)
 
 
 def shard_meta(table: pa.Table) -> dict[str, Any]:
@@ -98,7 +151,7 @@ def read_shard_footer(url: str, options: Mapping[str, Any] | None = None) -> tup
 def read_shard(url: str, options: Mapping[str, Any] | None = None) -> pa.Table:
     """Read one shard, checking its footer, schema and version."""
     try:
-        table = pq.read_table(io.BytesIO(read_bytes(url, options)))
+        table = pq.ParquetFile(io.BytesIO(read_bytes(url, options))).read()  # read_table imports pandas
     except FileNotFoundError:
         raise
     except (pa.ArrowException, OSError) as exc:
@@ -114,3 +167,30 @@ def write_rejected(url: str, rejected: list[Mapping[str, Any]], options: Mapping
     """The rejected-images table (image id, file name, reason), written atomically."""
     rows = {name: [r[name] for r in rejected] for name in REJECTED_SCHEMA.names}
     write_shard(url, pa.Table.from_pydict(rows, schema=REJECTED_SCHEMA), options)
+
+
+def list_rows(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A list column whose rows all have one width (keypoints, keypoint scores) as rows x width."""
+    lists = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not len(lists):
+        return np.zeros((0, 0), np.float32)
+    widths = np.diff(numpy_view(lists.offsets))
+    if (widths != widths[0]).any():
+        raise ValueError(f"list rows of different widths ({sorted(set(widths.tolist()))}) do not form a matrix")
+    return numpy_view(lists.flatten()).reshape(len(lists), int(widths[0]))
+
+
+def column_values(table: pa.Table, name: str) -> np.ndarray:
+    """One numeric column as a NumPy array."""
+    return numpy_view(table.column(name).combine_chunks())
+
+
+def numpy_view(array: pa.Array) -> np.ndarray:
+    """A read-only NumPy view of a numeric Arrow array without nulls, from its data buffer
+    (``to_numpy`` imports pandas on its first call where pandas is installed, even for a view)."""
+    if array.null_count or array.type not in _NUMPY:
+        raise TypeError(f"no NumPy view of an array of {array.type} with {array.null_count} nulls")
+    dtype = np.dtype(_NUMPY[array.type])
+    if not len(array):
+        return np.zeros(0, dtype)
+    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)

@@ -3,17 +3,20 @@ from dataclasses import replace
 
 import pyarrow.dataset as ds
 import pytest
+import torch
 from PIL import Image
 
-from dd_core.data.unlabeled import list_unlabeled, plan_shards, write_plan
+from dd_core.data.unlabeled import UnlabeledImage, list_unlabeled, plan_shards, write_plan
 from dd_core.pseudo.infer import (
+    ShardColumns,
     checkpoint_fingerprint,
     finished_shards,
     label_planned_shard,
     label_shard,
     labeler_from_checkpoint,
+    outputs_to_host,
 )
-from dd_core.storage.parquet import ShardError, read_shard, shard_meta
+from dd_core.storage.parquet import ShardError, predictions_table, read_shard, shard_meta
 from tests.conftest import save_random_checkpoint, write_tiny_coco
 
 TTA = {"scales": [56, 64], "flip": True}
@@ -134,3 +137,53 @@ def test_cached_labeler_loads_a_teacher_once_per_fingerprint_and_keeps_only_the_
     infer.cached_labeler("fp-a", maker("a-reloaded"))
     assert made == ["a", "b", "a-reloaded"]
     infer._teachers.clear()
+
+
+def test_shard_columns_map_labels_flatten_keypoints_and_keep_image_order():
+    columns = ShardColumns({1: 7, 2: 3})
+    kps = torch.tensor([[[1.0, 2.0, 1.0], [3.0, 4.0, 1.0]], [[5.0, 6.0, 1.0], [7.0, 8.0, 1.0]]])
+    columns.add({"boxes": torch.tensor([[0.0, 0.0, 4.0, 4.0], [1.0, 1.0, 2.0, 2.0]]), "labels": torch.tensor([2, 1]),
+                 "scores": torch.tensor([0.5, 0.25]), "keypoints": kps,
+                 "keypoints_scores": torch.tensor([[0.1, 0.2], [0.3, 0.4]]), "num_transforms": 18},
+                UnlabeledImage(9, "a.png"))
+    columns.add({"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0),
+                 "keypoints": torch.zeros(0, 2, 3), "keypoints_scores": torch.zeros(0, 2)}, UnlabeledImage(10, "b.png"))
+    columns.add({"boxes": torch.tensor([[2.0, 2.0, 3.0, 3.0]]), "labels": torch.tensor([1]),
+                 "scores": torch.tensor([1.0]),
+                 "keypoints": kps[:1], "keypoints_scores": torch.tensor([[0.5, 0.5]]), "num_transforms": 18},
+                UnlabeledImage(11, "c.png"))
+    rows = predictions_table(columns.columns(), {}).to_pydict()
+    assert rows["image_id"] == [9, 9, 11] and rows["file_name"] == ["a.png", "a.png", "c.png"]
+    assert rows["category_id"] == [3, 7, 7] and rows["box"][1] == [1.0, 1.0, 2.0, 2.0]
+    assert rows["keypoints"] == [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0], [1.0, 2.0, 3.0, 4.0]]
+    assert rows["keypoint_scores"][1] == pytest.approx([0.3, 0.4]) and rows["num_transforms"] == [18, 18, 18]
+
+
+def test_shard_columns_of_boxes_have_empty_keypoints_and_unknown_labels_name_the_image():
+    columns = ShardColumns({1: 5})
+    columns.add({"boxes": torch.ones(2, 4), "labels": torch.tensor([1, 1]), "scores": torch.ones(2)},
+                UnlabeledImage(1, "a.png"))
+    rows = predictions_table(columns.columns(), {}).to_pydict()
+    assert rows["keypoints"] == [[], []] and rows["keypoint_scores"] == [[], []] and rows["num_transforms"] == [1, 1]
+    assert predictions_table(ShardColumns({1: 5}).columns(), {}).num_rows == 0
+    with pytest.raises(KeyError, match="b.png: the model predicted label 4, which maps to no category"):
+        columns.add({"boxes": torch.ones(1, 4), "labels": torch.tensor([4]), "scores": torch.ones(1)},
+                    UnlabeledImage(2, "b.png"))
+
+
+def test_outputs_to_host_keeps_each_image_s_rows_and_non_tensors() -> None:
+    outputs = [
+        {"boxes": torch.arange(8.0).reshape(2, 4), "keypoints": torch.ones(2, 17, 3), "num_transforms": 18,
+         "flag": torch.tensor(True)},
+        {"boxes": torch.zeros(0, 4), "keypoints": torch.zeros(0, 17, 3), "num_transforms": 18,
+         "flag": torch.tensor(False)},
+        {"boxes": torch.full((1, 4), 9.0), "keypoints": torch.full((1, 17, 3), 2.0), "num_transforms": 18,
+         "flag": torch.tensor(True)},
+    ]
+    host = outputs_to_host(outputs)
+    assert [h["boxes"].shape for h in host] == [(2, 4), (0, 4), (1, 4)]
+    assert [h["keypoints"].shape for h in host] == [(2, 17, 3), (0, 17, 3), (1, 17, 3)]
+    for h, o in zip(host, outputs):
+        assert torch.equal(h["boxes"], o["boxes"]) and torch.equal(h["keypoints"], o["keypoints"])
+        assert h["num_transforms"] == 18 and h["flag"].item() == o["flag"].item()
+    assert outputs_to_host([]) == []
