@@ -164,9 +164,12 @@ def read_shard(url: str, options: Mapping[str, Any] | None = None) -> pa.Table:
 
 
 def write_rejected(url: str, rejected: list[Mapping[str, Any]], options: Mapping[str, Any] | None = None) -> None:
-    """The rejected-images table (image id, file name, reason), written atomically."""
-    rows = {name: [r[name] for r in rejected] for name in REJECTED_SCHEMA.names}
-    write_shard(url, pa.Table.from_pydict(rows, schema=REJECTED_SCHEMA), options)
+    """The rejected-images table (image id, file name, reason), written atomically.
+
+    Built from buffers like :func:`predictions_table` (``from_pydict`` would import pandas).
+    """
+    arrays = [arrow_array(np.array([r[f.name] for r in rejected], dtype=object), f.type) for f in REJECTED_SCHEMA]
+    write_shard(url, pa.Table.from_arrays(arrays, schema=REJECTED_SCHEMA), options)
 
 
 def list_rows(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -11,6 +11,7 @@ import pytest
 
 from dd_core.storage.parquet import (
     PREDICTIONS_SCHEMA,
+    REJECTED_SCHEMA,
     ShardError,
     arrow_array,
     column_values,
@@ -19,6 +20,7 @@ from dd_core.storage.parquet import (
     predictions_table,
     read_shard,
     shard_meta,
+    write_rejected,
     write_shard,
 )
 
@@ -33,6 +35,14 @@ def test_roundtrip_keeps_rows_schema_and_meta(tmp_path):
     table = read_shard(url)
     assert table.num_rows == 3 and table.column("category_id").to_pylist() == [1, 1, 3]
     assert shard_meta(table) == {"schema_version": 1, "fingerprint": "abc", "images": [{"id": 1}]}
+
+
+@pytest.mark.parametrize("rejected", [[], [{"image_id": 7, "file_name": "été/7.png", "reason": "empty file"},
+                                             {"image_id": 9, "file_name": "9.jpg", "reason": "not an image"}]])
+def test_rejected_table_roundtrips_in_its_schema(tmp_path, rejected):
+    write_rejected(str(tmp_path / "_rejected.parquet"), rejected)
+    table = pq.read_table(tmp_path / "_rejected.parquet")
+    assert table.schema.equals(REJECTED_SCHEMA) and table.to_pylist() == rejected
 
 
 def test_shards_read_as_one_dataset_with_the_declared_schema(tmp_path):
@@ -123,7 +133,7 @@ import torch
 from dd_core.data.unlabeled import UnlabeledImage
 from dd_core.pseudo.infer import ShardColumns
 from dd_core.pseudo.select import read_predictions, select_pseudo_labels
-from dd_core.storage.parquet import predictions_table, write_shard
+from dd_core.storage.parquet import predictions_table, write_rejected, write_shard
 columns = ShardColumns({{1: 1}})
 for i in range(3):
     columns.add({{"boxes": torch.rand(4, 4) * 50, "labels": torch.ones(4, dtype=torch.int64), "scores": torch.rand(4),
@@ -136,6 +146,7 @@ labeled = {{"images": images, "categories": [{{"id": 1, "name": "person"}}],
                             "keypoints": [1, 1, 2] * 17, "num_keypoints": 17}}]}}
 coco, _ = select_pseudo_labels(read_predictions([{str(tmp_path / 's.parquet')!r}]), labeled, "keypoints")
 assert coco["annotations"], coco
+write_rejected({str(tmp_path / 'r.parquet')!r}, [{{"image_id": 7, "file_name": "7.png", "reason": "empty file"}}])
 """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(Path(__file__).parents[2])])}
     subprocess.run([sys.executable, "-c", script], check=True, env=env)
