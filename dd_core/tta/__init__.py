@@ -10,6 +10,8 @@ from dd_core.tta.keypoints import (
     keypoint_logits,
     multi_transform_keypoints,
     multi_transform_keypoints_on_boxes,
+    predictor_stages,
+    upsample_heatmaps,
 )
 from dd_core.tta.transforms import (
     TestTransform,
@@ -45,8 +47,10 @@ __all__ = [
     "multi_transform_boxes",
     "multi_transform_keypoints",
     "multi_transform_keypoints_on_boxes",
+    "predictor_stages",
     "resize_boxes",
     "resize_keypoints",
     "resize_transform",
     "transform_set",
+    "upsample_heatmaps",
 ]

@@ -8,7 +8,9 @@ average is decoded (argmax) into keypoints once.
 
 torchvision never returns heatmaps, so the keypoint head is run by hand on each transform's
 features: ``keypoint_roi_pool`` -> ``keypoint_head`` -> ``keypoint_predictor``. Heatmaps are the
-predictor's raw logits, averaged as Detectron's keypoint TTA does (``HM_AVG``).
+predictor's raw logits, averaged as Detectron's keypoint TTA does (``HM_AVG``); the predictor's
+final upsampling is linear and mirror-symmetric, so it runs once, on the average
+(:func:`predictor_stages`).
 
 Keypoints are decoded in the *base frame* (the image resized to the model's test scale), where
 torchvision decodes its own, then rescaled to the original image: a single identity transform
@@ -18,10 +20,12 @@ then gives exactly ``model(images)``'s keypoints.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
 from torchvision.models.detection.roi_heads import heatmaps_to_keypoints
 
 from dd_core.tta.boxes import check_inference_ready, detect_in_frame
@@ -48,11 +52,42 @@ def check_flip_indices(flip_indices: Sequence[int]) -> None:
         raise ValueError(f"flip_indices must be a self-inverse permutation of 0..{k - 1}, got {list(flip_indices)}")
 
 
-def keypoint_logits(model: nn.Module, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[Size]) -> Tensor:
+def keypoint_logits(
+    model: nn.Module, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[Size]
+) -> Tensor:
     """The keypoint head's heatmap logits ``(R, K, M, M)`` for ``boxes`` given in the features' frame."""
+    per_transform, shared = predictor_stages(model.roi_heads.keypoint_predictor)
+    return shared(_head_logits(model, features, boxes, image_sizes, per_transform))
+
+
+def _head_logits(model: nn.Module, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[Size],
+                 predictor: Callable[[Tensor], Tensor]) -> Tensor:
     heads = model.roi_heads
-    pooled = heads.keypoint_roi_pool(features, boxes, image_sizes)
-    return heads.keypoint_predictor(heads.keypoint_head(pooled))
+    return predictor(heads.keypoint_head(heads.keypoint_roi_pool(features, boxes, image_sizes)))
+
+
+def upsample_heatmaps(logits: Tensor, factor: int) -> Tensor:
+    """torchvision's ``KeypointRCNNPredictor`` upsampling: bilinear, ``factor`` times, corners unaligned.
+
+    Linear, and mirror-symmetric at an integer factor: it commutes with a mean over transforms and
+    with :func:`hflip_heatmaps`.
+    """
+    return F.interpolate(logits, scale_factor=float(factor), mode="bilinear", align_corners=False,
+                         recompute_scale_factor=False)
+
+
+def predictor_stages(predictor: nn.Module) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """``predictor`` as (the part each transform runs, the part run once on the average).
+
+    torchvision's predictor is a transposed convolution then :func:`upsample_heatmaps`; averaging
+    before the upsampling gives the same mean (up to rounding) from a quarter of the pixels, and
+    upsamples one set of maps instead of one per transform (a tenth of the slim model's
+    18-transform inference on 2 CPU cores, BENCHMARKS.md). Any other predictor runs whole on
+    every transform.
+    """
+    if type(predictor) is KeypointRCNNPredictor:  # a subclass may predict otherwise
+        return predictor.kps_score_lowres, lambda x: upsample_heatmaps(x, predictor.up_scale)
+    return predictor, lambda x: x
 
 
 def average_keypoint_logits(
@@ -67,15 +102,16 @@ def average_keypoint_logits(
     :func:`scale_batches` of ``images`` under ``transforms`` when the caller already started them.
     """
     num_rois = sum(len(b) for b in base_boxes)
+    per_transform, shared = predictor_stages(model.roi_heads.keypoint_predictor)
     total: Tensor | None = None
     for batch in batches if batches is not None else scale_batches(model, images, transforms):
         frame_boxes = [boxes_to_frame(base_boxes[i], t, base_frames[i], frame) for t, i, frame in batch.entries()]
-        logits = keypoint_logits(model, batch.features, frame_boxes, batch.images.image_sizes)
+        logits = _head_logits(model, batch.features, frame_boxes, batch.images.image_sizes, per_transform)
         for transform, chunk in zip(batch.transforms, logits.split(num_rois)):
             chunk = hflip_heatmaps(chunk, flip_indices) if transform.hflip else chunk
             total = chunk if total is None else total + chunk
     assert total is not None  # at least one transform (checked by the callers)
-    return total / len(transforms)
+    return shared(total / len(transforms))
 
 
 def decode_keypoints(

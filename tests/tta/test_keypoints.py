@@ -9,14 +9,20 @@ from dd_core.data.keypoints import COCO_PERSON_FLIP_INDICES as FLIP
 from dd_core.models import ModelSpec, build_model
 from dd_core.tta import (
     TestTransform,
+    average_keypoint_logits,
     base_transform,
     hflip_boxes,
+    hflip_heatmaps,
     hflip_image,
     hflip_keypoints,
+    keypoint_logits,
     multi_transform_keypoints,
     multi_transform_keypoints_on_boxes,
+    predictor_stages,
     transform_set,
+    upsample_heatmaps,
 )
+from dd_core.tta.transforms import boxes_to_frame, scale_batches
 
 KEYS = ("boxes", "labels", "scores", "keypoints", "keypoints_scores")
 
@@ -151,3 +157,52 @@ def test_reusing_the_base_pass_gives_the_boxes_of_a_separate_pass(
     for ours, theirs in zip(got, expected):
         for key in ("boxes", "labels", "scores"):
             torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-4)
+
+
+def test_upsampling_commutes_with_the_heatmap_flip() -> None:
+    torch.manual_seed(2)
+    low = torch.randn(3, 17, 28, 28)
+    up = upsample_heatmaps(low, 2)
+    assert up.shape == (3, 17, 56, 56)
+    flipped_first = upsample_heatmaps(hflip_heatmaps(low, FLIP), 2)
+    torch.testing.assert_close(flipped_first, hflip_heatmaps(up, FLIP), rtol=0, atol=1e-6)
+
+
+def test_predictor_stages_are_torchvisions_predictor(model: torch.nn.Module) -> None:
+    predictor = model.roi_heads.keypoint_predictor
+    per_transform, shared = predictor_stages(predictor)
+    x = torch.randn(4, predictor.kps_score_lowres.in_channels, 14, 14)
+    with torch.inference_mode():
+        assert per_transform(x).shape[-1] == 28
+        assert torch.equal(shared(per_transform(x)), predictor(x))
+
+
+def test_another_predictor_runs_whole_on_every_transform(model: torch.nn.Module) -> None:
+    class Sharper(type(model.roi_heads.keypoint_predictor)):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    sharper = Sharper(4, 17)
+    per_transform, shared = predictor_stages(sharper)
+    x = torch.randn(1, 17, 5, 5)
+    assert per_transform is sharper and torch.equal(shared(x), x)
+
+
+def test_averaging_before_the_upsampling_is_averaging_the_final_heatmaps(
+    model: torch.nn.Module, images: list[torch.Tensor], boxes: torch.Tensor
+) -> None:
+    """The mean of each transform's full-size heatmaps (un-flipped), as Detectron averages them."""
+    image, frame = images[0], tuple(images[0].shape[-2:])  # at the base scale: its frame is the original
+    transforms = transform_set([96, 128, 160], flip=True)
+    with torch.inference_mode():
+        maps = []
+        for batch in scale_batches(model, [image], transforms):
+            rois = [boxes_to_frame(boxes, t, frame, f) for t, _, f in batch.entries()]
+            logits = keypoint_logits(model, batch.features, rois, batch.images.image_sizes)
+            for t, m in zip(batch.transforms, logits.split(len(boxes))):
+                maps.append(hflip_heatmaps(m, FLIP) if t.hflip else m)
+        expected = torch.stack(maps).mean(0)
+        got = average_keypoint_logits(model, [image], [boxes], [frame], transforms, FLIP)
+    assert got.shape == expected.shape == (len(boxes), 17, 56, 56)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got.flatten(2).argmax(-1), expected.flatten(2).argmax(-1))
