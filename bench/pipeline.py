@@ -15,7 +15,7 @@ from dd_core.config import RunConfig, check_run_inputs, model_overrides, resolve
 from dd_core.data.coco import load_coco
 from dd_core.data.unlabeled import list_unlabeled, write_plan
 from dd_core.evaluate.checkpoint_eval import evaluate_checkpoint
-from dd_core.pseudo.infer import checkpoint_fingerprint, label_planned_shard
+from dd_core.pseudo.infer import checkpoint_fingerprint, label_planned_shard, release_labelers
 from dd_core.pseudo.manifest import write_manifest
 from dd_core.pseudo.select import read_predictions, select_pseudo_labels
 from dd_core.report import ap_bar_chart, pseudo_label_grid
@@ -63,6 +63,7 @@ def plain_distill(config: RunConfig, progress: bool = False, evaluate_teacher: b
     fp = checkpoint_fingerprint(teacher, tta, options)
     shards = [label_planned_shard(teacher, layout.plan, i, layout.inference, tta, fp, options, device,
                                   config.shards.batch_size).to_dict() for i in range(num_shards)]
+    release_labelers()  # as the flow does, before the student trains
     write_manifest(layout.manifest, shards, fp, options)
     lap("label unlabeled")
     predictions = read_predictions([s["url"] for s in shards], options)

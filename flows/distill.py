@@ -15,6 +15,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 
 from dd_core.config import RunConfig, tta_options
+from dd_core.pseudo.infer import release_labelers
 from dd_core.storage.layout import RunLayout
 from dd_core.storage.lock import RunLock
 from flows.runners import shard_groups, shard_resources, shard_task_runner
@@ -76,6 +77,7 @@ def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> di
     fp = fingerprint_teacher(checkpoint, tta, options)
     label = _label_by_deployment if config.shards.runner == "deployment" else _label_on_task_runner
     shards = label(config, checkpoint, layout, plan["num_shards"], tta, fp)
+    release_labelers()  # shard tasks in this process cached the teacher; the student trains next
     write_inference_manifest(layout.manifest, shards, fp, options)
     selection = select_pseudo(layout.manifest, config.labeled.annotations, config.labeled.images, config.task,
                               layout.thresholds, layout.pseudo_annotations, layout.rejected, options)

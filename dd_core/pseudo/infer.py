@@ -244,6 +244,18 @@ def cached_labeler(fp: str, make_labeler: Callable[[], Labeler]) -> Labeler:
         return _teachers[fp]
 
 
+def release_labelers() -> int:
+    """Forget the teachers :func:`cached_labeler` holds in this process; returns how many.
+
+    For when labeling is over: the student trains next, in the same process on a single machine,
+    and a cached teacher would keep its weights (and on a GPU, their memory) alive all along.
+    """
+    with _teachers_lock:
+        count = len(_teachers)
+        _teachers.clear()
+        return count
+
+
 def label_planned_shard(checkpoint: str, plan_url: str, index: int, out_dir: str, tta: Mapping[str, Any], fp: str,
                         options: Mapping[str, Any] | None = None, device: str = "cpu", batch_size: int = 4,
                         progress: bool = False) -> ShardSummary:

@@ -10,6 +10,7 @@ from pycocotools.coco import COCO
 
 from dd_core.config import parse_config
 from dd_core.data.synthetic import make_keypoints_dataset
+from dd_core.pseudo import infer
 from dd_core.storage import filesystem, join, read_json, write_bytes_atomic
 from dd_core.storage.parquet import PREDICTIONS_SCHEMA
 from flows.run import run_distillation
@@ -68,6 +69,7 @@ def test_complete_flow_on_s3_then_rerun_recomputes_only_the_missing_shard(s3_run
     result = run_distillation(config)
     run = join(bucket, "store/runs/s3-test")
     assert result["run_dir"] == run
+    assert not infer._teachers  # the shard tasks ran in this process; their teacher was let go
 
     # Parquet shards: one dataset with the declared schema; every unlabeled image in exactly one shard.
     fs, inference = filesystem(join(run, "inference"), options)

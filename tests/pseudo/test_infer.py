@@ -136,6 +136,9 @@ def test_cached_labeler_loads_a_teacher_once_per_fingerprint_and_keeps_only_the_
     assert list(infer._teachers) == ["fp-b"]
     infer.cached_labeler("fp-a", maker("a-reloaded"))
     assert made == ["a", "b", "a-reloaded"]
+    assert infer.release_labelers() == 1 and infer.release_labelers() == 0
+    infer.cached_labeler("fp-a", maker("a-after-release"))
+    assert made[-1] == "a-after-release"
     infer._teachers.clear()
 
 
