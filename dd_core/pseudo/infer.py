@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from dd_core.data.images import ImageDecodeError, read_image
 from dd_core.data.unlabeled import Shard, UnlabeledImage, read_plan
 from dd_core.evaluate.predict import PredictFn
+from dd_core.models import for_inference
 from dd_core.storage import join, read_bytes
 from dd_core.storage.parquet import PREDICTIONS_SCHEMA, ShardError, predictions_table, read_shard_footer, write_shard
 
@@ -206,7 +207,7 @@ def label_shard(shard: Shard, root: str, out_dir: str, fp: str, make_labeler: Ca
         meta, num_rows = found
         return ShardSummary(shard.name, url, len(meta["images"]), num_rows, len(meta["rejected"]), True)
     labeler = make_labeler()
-    labeler.model.to(device).eval()
+    for_inference(labeler.model, device)
     columns = ShardColumns(labeler.label_to_category)
     done: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
