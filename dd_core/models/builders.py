@@ -211,7 +211,8 @@ def for_inference(model: nn.Module, device: str | torch.device) -> nn.Module:
     layout at every call, and every activation after the first convolution follows. Outputs are
     those of the default layout up to rounding; the slim keypoint teacher's 18-transform inference
     takes about 14% less time (BENCHMARKS.md). On a GPU the layout is left as it is. In place;
-    returns ``model``.
+    returns ``model``. Not for a model that trains next: torchvision's keypoint loss ``view``s the
+    heatmaps, which fails on channels-last ones.
     """
     device = torch.device(device)
     model.to(device).eval()
