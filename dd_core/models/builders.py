@@ -210,7 +210,7 @@ def for_inference(model: nn.Module, device: str | torch.device) -> nn.Module:
     On a CPU that is channels-last (NHWC): oneDNN's convolutions then run without converting the
     layout at every call, and every activation after the first convolution follows. Outputs are
     those of the default layout up to rounding; the slim keypoint teacher's 18-transform inference
-    takes about 14% less time (BENCHMARKS.md). On a GPU the layout is left as it is. In place;
+    takes 10-13% less time on 2 cores (BENCHMARKS.md). On a GPU the layout is left as it is. In place;
     returns ``model``. Not for a model that trains next: torchvision's keypoint loss ``view``s the
     heatmaps, which fails on channels-last ones.
     """
