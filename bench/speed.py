@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dd_core.data.coco import load_coco  # noqa: E402
 from dd_core.data.dataset import CocoDataset, collate  # noqa: E402
 from dd_core.data.synthetic import make_keypoints_dataset  # noqa: E402
-from dd_core.models import ModelSpec, build_model, for_inference  # noqa: E402
+from dd_core.models import ModelSpec, build_model  # noqa: E402
 from dd_core.train.detector import spec_for, training_transforms  # noqa: E402
 
 # The paper's 9 scales (400..1200 around a test scale of 800), relative to the slim preset's 128.
@@ -100,7 +100,7 @@ def _model_for_speed(checkpoint: str | None, preset: str, detections: int, devic
         # Random weights score boxes at random: keep a fixed number so the keypoint head's work is known.
         model.roi_heads.score_thresh = 0.0
         model.roi_heads.detections_per_img = detections
-    return for_inference(model, device)  # as labeling and evaluation prepare it
+    return model.to(device).eval()
 
 
 def _images(folder: Path, n: int, size: int, device: torch.device) -> list[torch.Tensor]:

@@ -9,7 +9,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dd_core.data.dataset import CocoDataset, collate
-from dd_core.models import for_inference
 
 PredictFn = Callable[[torch.nn.Module, list[torch.Tensor]], list[dict[str, torch.Tensor]]]
 
@@ -43,7 +42,7 @@ def predict(model: torch.nn.Module, dataset: CocoDataset, batch_size: int = 8, p
     """COCO results of ``model`` on every image of ``dataset`` (``predict_fn`` adds TTA)."""
     predict_fn = predict_fn or _default_predict
     device = torch.device(device)
-    for_inference(model, device)
+    model.to(device).eval()
     label_to_category = {v: k for k, v in dataset.cat_to_label.items()}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
     results: list[dict[str, Any]] = []

@@ -202,20 +202,3 @@ def build_model(spec: ModelSpec) -> nn.Module:
     else:
         model = FasterRCNN(backbone, **common)
     return model
-
-
-def for_inference(model: nn.Module, device: str | torch.device) -> nn.Module:
-    """``model`` on ``device`` in eval mode, its convolution weights in the layout fastest there.
-
-    On a CPU that is channels-last (NHWC): oneDNN's convolutions then run without converting the
-    layout at every call, and every activation after the first convolution follows. Outputs are
-    those of the default layout up to rounding; the slim keypoint teacher's 18-transform inference
-    takes 10-13% less time on 2 cores (BENCHMARKS.md). On a GPU the layout is left as it is. In place;
-    returns ``model``. Not for a model that trains next: torchvision's keypoint loss ``view``s the
-    heatmaps, which fails on channels-last ones.
-    """
-    device = torch.device(device)
-    model.to(device).eval()
-    if device.type == "cpu":
-        model.to(memory_format=torch.channels_last)
-    return model

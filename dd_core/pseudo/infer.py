@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from dd_core.data.images import ImageDecodeError, read_image
 from dd_core.data.unlabeled import Shard, UnlabeledImage, read_plan
 from dd_core.evaluate.predict import PredictFn
-from dd_core.models import for_inference
 from dd_core.storage import join, read_bytes
 from dd_core.storage.parquet import PREDICTIONS_SCHEMA, ShardError, predictions_table, read_shard_footer, write_shard
 
@@ -207,7 +206,7 @@ def label_shard(shard: Shard, root: str, out_dir: str, fp: str, make_labeler: Ca
         meta, num_rows = found
         return ShardSummary(shard.name, url, len(meta["images"]), num_rows, len(meta["rejected"]), True)
     labeler = make_labeler()
-    for_inference(labeler.model, device)
+    labeler.model.to(device).eval()
     columns = ShardColumns(labeler.label_to_category)
     done: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
