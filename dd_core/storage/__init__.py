@@ -11,6 +11,7 @@ from dd_core.storage.fs import (
     read_json,
     remove,
     write_bytes_atomic,
+    write_bytes_exclusive,
     write_json_atomic,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "read_json",
     "remove",
     "write_bytes_atomic",
+    "write_bytes_exclusive",
     "write_json_atomic",
 ]

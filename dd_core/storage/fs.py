@@ -4,6 +4,13 @@ A URL is a local path, ``file://...`` or ``s3://bucket/key``. ``options`` are pa
 (``endpoint_url``, ``key``, ``secret``, ...) and are never logged. Writes are atomic so that a
 retried or resumed stage never leaves (or reads) half a file: locally a temporary file in the same
 folder is renamed over the target; on S3 a single PUT is atomic by itself.
+
+Paths are taken literally. Run ids and image names end up in URLs, and fsspec reads some
+characters as instructions: ``*``, ``?`` and ``[`` are glob patterns to ``rm`` and ``expand_path``
+(on S3, removing run ``*``'s checkpoint removed every run's), and ``a::b`` chains filesystems in
+``url_to_fs``. So the protocol is read from the ``scheme://`` prefix alone, and only calls that
+name one object (``cat_file``, ``pipe_file``, ``rm_file``) or list one literal prefix (``find``)
+are made.
 """
 
 from __future__ import annotations
@@ -48,10 +55,42 @@ def reachable(func):
     return wrapper
 
 
+def _split_url(url: str) -> tuple[str, str]:
+    """(protocol, the rest) of ``url``: ``s3://b/k`` -> ``("s3", "b/k")``; a plain path is ``"file"``.
+
+    Unlike ``fsspec.core.split_protocol`` a local path starting with ``data:`` stays a path.
+    """
+    protocol, sep, rest = url.partition("://")
+    if sep and len(protocol) > 1:  # a one-letter "protocol" is a Windows drive
+        return protocol, rest
+    return "file", url
+
+
 def filesystem(url: str, options: Options = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem for ``url`` and the path inside it."""
-    fs, path = fsspec.core.url_to_fs(url, **dict(options or {}))
-    return fs, path
+    """The fsspec filesystem for ``url`` and the path inside it, taken literally.
+
+    The filesystem is picked from the protocol prefix alone: ``fsspec.core.url_to_fs`` would read
+    ``runs/x::y/...`` as a chain of two filesystems (and ``run_id=x::y`` sent every output to one
+    file). Local paths are made absolute, as fsspec's own local paths are.
+    """
+    protocol, rest = _split_url(url)
+    try:
+        fs = fsspec.filesystem(protocol, **dict(options or {}))
+    except ValueError as exc:  # fsspec: "Protocol not known"
+        raise ValueError(f"{url}: unknown storage protocol {protocol!r}") from exc
+    if _is_local(fs):
+        return fs, _local_path(rest)
+    if protocol in ("s3", "s3a") and "?versionId=" in rest:
+        raise ValueError(f"{url}: s3fs would read '?versionId=' as an object version, not as part of the key")
+    return fs, rest.rstrip("/")
+
+
+def _local_path(path: str) -> str:
+    """``path`` made absolute (and ``~`` expanded, as fsspec did), otherwise unchanged."""
+    path = os.path.expanduser(path) if path.startswith("~") else path
+    if not os.path.isabs(path):
+        path = os.path.join(os.getcwd(), path)
+    return path.rstrip("/") or "/"
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -132,18 +171,81 @@ def write_json_atomic(url: str, obj: Any, options: Options = None, indent: int |
 
 
 @reachable
-def remove(url: str, options: Options = None) -> None:
+def write_bytes_exclusive(url: str, data: bytes, options: Options = None) -> None:
+    """Create ``url`` holding ``data`` only if nothing is there yet, else ``FileExistsError``.
+
+    Of many writers racing for one URL exactly one succeeds, and readers never see half of it:
+    locally a complete temporary file is hard-linked to the name (``link`` fails if the name
+    exists); on S3 the PUT carries ``If-None-Match: *`` (the loser gets 412 PreconditionFailed,
+    which s3fs raises as ``FileExistsError``). S3 answers 409 ConditionalRequestConflict while
+    another conditional write of the key is in flight; that is reported as ``FileExistsError``
+    too, since the key is being created by someone else (who may still fail: look again).
+    """
     fs, path = filesystem(url, options)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    try:
+        if _is_local(fs):
+            _link_new_file(path, data)
+        else:
+            fs.pipe_file(path, data, mode="create")
+    except FileExistsError as exc:
+        raise FileExistsError(f"{url}: already exists") from exc
+    except OSError as exc:
+        if _error_code(exc) == "ConditionalRequestConflict":
+            raise FileExistsError(f"{url}: being created by another writer") from exc
+        raise
+
+
+def _link_new_file(path: str, data: bytes) -> None:
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind an error that s3fs translated (``exc.__cause__`` is botocore's)."""
+    response = getattr(exc.__cause__, "response", None)
+    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+
+
+@reachable
+def remove(url: str, options: Options = None) -> None:
+    """Delete the one file at ``url``; nothing happens when it is absent.
+
+    Never a pattern and never a folder: s3fs's ``rm(path, recursive=True)`` expands globs, so removing
+    run ``exp[12]``'s checkpoint removed ``exp1``'s and ``exp2``'s. A local folder raises
+    ``IsADirectoryError``; on S3 only the object with exactly this key is deleted.
+    """
+    fs, path = filesystem(url, options)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError as exc:
+        raise IsADirectoryError(f"{url}: is a folder; remove() deletes single files") from exc
 
 
 @reachable
 def list_files(url: str, suffixes: tuple[str, ...] | None = None, options: Options = None) -> list[str]:
-    """Names of every file below ``url`` (recursively), relative to it, sorted: ``a.png``, ``sub/b.png``."""
+    """Names of every file below ``url`` (recursively), relative to it, sorted: ``a.png``, ``sub/b.png``.
+
+    The prefix is literal (``runs/exp[12]`` lists that folder, not ``exp1`` and ``exp2``), and only
+    names below ``url/`` count: S3 lists by key prefix, which would also match ``runs/exp10``.
+    """
     fs, path = filesystem(url, options)
-    base = fs._strip_protocol(path).rstrip("/") + "/"
-    names = [p[len(base):] for p in fs.find(path) if p.startswith(base)]
+    # Compared without leading "/": some filesystems (fsspec's memory://) answer with one that the
+    # path inside the URL lacks.
+    base = path.strip("/")
+    base = f"{base}/" if base else ""
+    names = [p.lstrip("/")[len(base):] for p in fs.find(path) if p.lstrip("/").startswith(base)]
     if suffixes:
         names = [n for n in names if n.lower().endswith(suffixes)]
     return sorted(names)

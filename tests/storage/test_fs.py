@@ -1,9 +1,12 @@
 import os
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from dd_core.storage import (
     exists,
+    filesystem,
     join,
     list_files,
     parent,
@@ -83,3 +86,185 @@ def test_parent_of_urls():
     assert parent("/tmp/a/b/") == "/tmp/a"
     assert parent("a.json") == "."
     assert parent("file:///tmp/a.json") == "file:///tmp"
+
+
+# --- Paths built from user input are taken literally: no glob, no "::" chaining -------------------
+
+RUNS = ("victim", "exp1", "exp2", "exp10")
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    """(root URL, options) on the local disk or on the moto S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "store"), None
+    return request.getfixturevalue("s3")
+
+
+def _everything(root: str, options) -> dict[str, bytes]:
+    """Every file below ``root`` and its bytes, read straight from the disk or the bucket (not through ours)."""
+    if not root.startswith("s3://"):
+        return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+                for d, _, files in os.walk(root) for f in files}
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**options, skip_instance_cache=True)
+    base = root.removeprefix("s3://")
+    return {name[len(base) + 1:]: fs.cat_file(name) for name in fs.find(base)}
+
+
+def _runs(root: str, options, extra: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """Runs with a checkpoint and a lock each; every file's bytes are its own."""
+    files = {}
+    for run in RUNS + extra:
+        for name in ("teacher/model_0000001.pth", "_lock.json"):
+            rel = f"runs/{run}/{name}"
+            files[rel] = f"{rel} {os.urandom(4).hex()}".encode()
+            write_bytes_atomic(join(root, rel), files[rel], options)
+    assert _everything(root, options) == files
+    return files
+
+
+@pytest.mark.parametrize("target", [
+    "runs/*/teacher/model_0000001.pth",      # a run id "*" deleted another run's checkpoints
+    "runs/exp[12]/teacher/model_0000001.pth",  # pruning run "exp[12]" deleted exp1's and exp2's
+    "runs/*/_lock.json",                     # removing run "*"'s lock removed every run's lock
+    "runs/exp?/_lock.json",
+    "runs/x::y/_lock.json",
+    "runs/**/_lock.json",
+])
+def test_remove_deletes_only_the_one_file_it_names(store, target):
+    root, options = store
+    run = target.split("/")[1]
+    files = _runs(root, options, extra=(run,))
+    remove(join(root, target), options)
+    assert not exists(join(root, target), options)
+    del files[target]
+    assert _everything(root, options) == files  # every other file is there, byte for byte
+    remove(join(root, target), options)  # absent now: nothing happens
+    assert _everything(root, options) == files
+
+
+@pytest.mark.parametrize("target", ["runs/*/_lock.json", "runs/exp[12]/teacher/model_0000001.pth", "runs/*"])
+def test_removing_a_pattern_that_names_no_file_touches_nothing(store, target):
+    root, options = store
+    files = _runs(root, options)
+    remove(join(root, target), options)
+    assert _everything(root, options) == files
+
+
+def test_list_files_takes_the_prefix_literally_and_skips_sibling_prefixes(store):
+    root, options = store
+    files = _runs(root, options, extra=("*", "exp[12]", "exp?"))
+    mine = ["_lock.json", "teacher/model_0000001.pth"]
+    for run in ("*", "exp[12]", "exp?", "exp1"):  # exp1 must not list exp10's files
+        assert list_files(join(root, "runs", run), options=options) == mine, run
+    pth = list_files(join(root, "runs", "exp[12]"), suffixes=(".pth",), options=options)
+    assert pth == ["teacher/model_0000001.pth"]
+    assert list_files(join(root, "runs", "exp"), options=options) == []
+    assert list_files(join(root, "runs", "ex*"), options=options) == []
+    assert _everything(root, options) == files
+
+
+def test_a_double_colon_is_part_of_the_name_not_a_chain_of_filesystems(store):
+    root, options = store
+    files = _runs(root, options)
+    outputs = {f"runs/x::y/{name}": name.encode() * 3 for name in ("metrics.json", "report.md", "teacher/a::b.pth")}
+    for rel, data in outputs.items():
+        write_bytes_atomic(join(root, rel), data, options)
+    for rel, data in outputs.items():
+        assert read_bytes(join(root, rel), options) == data and exists(join(root, rel), options)
+    assert list_files(join(root, "runs/x::y"), options=options) == ["metrics.json", "report.md", "teacher/a::b.pth"]
+    assert _everything(root, options) == {**files, **outputs}
+    remove(join(root, "runs/x::y/report.md"), options)
+    del outputs["runs/x::y/report.md"]
+    assert _everything(root, options) == {**files, **outputs}
+
+
+def test_local_files_with_colons_and_glob_characters_in_their_names(tmp_path):
+    names = ["a::b.png", "x[1]*.png", "?.png", "[!a].png", "file:c.png", "s3:d.png"]
+    for name in names:
+        write_bytes_atomic(str(tmp_path / "img" / name), name.encode())
+    (tmp_path / "img" / "x1.png").write_bytes(b"x1")  # what "x[1]*.png" would match as a pattern
+    for name in names:
+        assert read_bytes(str(tmp_path / "img" / name)) == name.encode()
+        assert read_bytes(f"file://{tmp_path}/img/{name}") == name.encode()
+    assert list_files(str(tmp_path / "img"), suffixes=(".png",)) == sorted(names + ["x1.png"])
+    for name in names:
+        remove(str(tmp_path / "img" / name))
+    assert os.listdir(tmp_path / "img") == ["x1.png"]
+
+
+def test_remove_refuses_a_folder_and_names_it(tmp_path):
+    (tmp_path / "run" / "teacher").mkdir(parents=True)
+    (tmp_path / "run" / "teacher" / "model_0000001.pth").write_bytes(b"w")
+    with pytest.raises(IsADirectoryError, match="run/teacher"):
+        remove(str(tmp_path / "run" / "teacher"))
+    assert (tmp_path / "run" / "teacher" / "model_0000001.pth").read_bytes() == b"w"
+
+
+def test_filesystem_takes_the_protocol_from_the_prefix_only(tmp_path):
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = filesystem(f"file://{tmp_path}/a::b/c.json")
+    assert isinstance(fs, LocalFileSystem) and path == f"{tmp_path}/a::b/c.json"
+    fs, path = filesystem("relative/x::y/")
+    assert isinstance(fs, LocalFileSystem) and path == os.path.join(os.getcwd(), "relative/x::y")
+    with pytest.raises(ValueError, match="simplecache::s3://b/k: unknown storage protocol 'simplecache::s3'"):
+        filesystem("simplecache::s3://b/k")
+
+
+# --- Any name is itself: a property over random names ---------------------------------------------
+
+# Half of the characters are ones that fsspec or a shell would read as instructions, so that names
+# like "*", "[!a]", "x::y" or " ~." come up often. "." and ".." are not names but steps through
+# folders (on the disk, and in the URLs botocore sends).
+_META = st.sampled_from(list("*?[]!^-:{},.~ \\$#%&+=@'\""))
+_NAMES = st.text(st.one_of(_META, st.characters(blacklist_characters="/\x00")), min_size=1, max_size=24).filter(
+    lambda n: n not in (".", ".."))
+# S3 listings are XML, which cannot carry most control characters.
+_S3_NAMES = st.text(st.one_of(_META, st.characters(blacklist_characters="/", blacklist_categories=("Cc", "Cs"))),
+                    min_size=1, max_size=16).filter(lambda n: n not in (".", "..") and "?versionId=" not in n)
+
+
+def _round_trip(root: str, name: str, options=None) -> None:
+    """``name`` as a folder and as a file next to a sentinel folder and a sibling ``name + "0"``."""
+    base = join(root, os.urandom(6).hex())
+    sentinel = {join(base, "sentinel", "keep.bin"): b"sentinel", join(base, f"{name}0", "k"): b"sibling"}
+    for url, data in sentinel.items():
+        write_bytes_atomic(url, data, options)
+    folder, data = join(base, name), name.encode("utf-8") + os.urandom(8)
+    write_bytes_atomic(join(folder, name), data, options)
+    assert read_bytes(join(folder, name), options) == data
+    assert exists(join(folder, name), options)
+    assert list_files(folder, options=options) == [name]
+    assert list_files(base, options=options) == sorted([f"{name}/{name}", "sentinel/keep.bin", f"{name}0/k"])
+    remove(join(folder, name), options)
+    assert not exists(join(folder, name), options)
+    assert list_files(folder, options=options) == []
+    if root.startswith("s3://"):
+        remove(folder, options)  # the "folder" is no key: nothing happens (locally: IsADirectoryError)
+    for url, data in sentinel.items():
+        assert read_bytes(url, options) == data
+    assert list_files(base, options=options) == sorted(["sentinel/keep.bin", f"{name}0/k"])
+
+
+@settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=_NAMES)
+@example(name="*").via("the run id that deleted every run's checkpoints")
+@example(name="x::y").via("the run id that sent every output to one file")
+@example(name="exp[12]").via("the run id whose pruning deleted exp1's and exp2's checkpoints")
+def test_any_local_name_round_trips_and_leaves_its_neighbours_alone(tmp_path, name):
+    if len(name.encode("utf-8")) + 1 > 255:  # a file name on the disk is at most 255 bytes
+        return
+    _round_trip(str(tmp_path), name)
+
+
+@settings(max_examples=20, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=_S3_NAMES)
+@example(name="*").via("the run id that deleted every run's checkpoints")
+@example(name="x::y").via("the run id that sent every output to one file")
+@example(name="exp[12]").via("the run id whose pruning deleted exp1's and exp2's checkpoints")
+def test_any_s3_name_round_trips_and_leaves_its_neighbours_alone(s3, name):
+    bucket, options = s3
+    _round_trip(bucket, name, options)

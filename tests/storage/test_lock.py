@@ -1,3 +1,5 @@
+import logging
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -6,7 +8,16 @@ import time
 
 import pytest
 
-from dd_core.storage import exists, join, read_json, write_json_atomic
+from dd_core.storage import (
+    exists,
+    join,
+    list_files,
+    parent,
+    read_bytes,
+    read_json,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from dd_core.storage.lock import RunLock, RunLockedError, lock_is_live
 
 
@@ -56,3 +67,136 @@ def test_locks_on_s3(s3):
         with pytest.raises(RunLockedError):
             RunLock(url, options).__enter__()
     assert not exists(url, options)
+
+
+# --- Races: of many starts at the same moment exactly one takes the lock ---------------------------
+
+
+def _context():
+    """Processes forked from a fork server that has imported the lock and s3fs once (forking pytest,
+    which runs moto's and fsspec's threads, could deadlock; spawn would import everything 16 times)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tests.storage.lock_racers", "s3fs"])
+    return context
+
+
+def _race(url: str, options, racers: int) -> None:
+    """Start ``racers`` processes at once; exactly one holds the lock, every other is refused."""
+    from tests.storage.lock_racers import race_for_lock
+
+    context = _context()
+    start, finish, results = context.Barrier(racers), context.Event(), context.Queue()
+    processes = [context.Process(target=race_for_lock, args=(url, options, start, finish, results))
+                 for _ in range(racers)]
+    for process in processes:
+        process.start()
+    try:
+        outcomes = [results.get(timeout=60) for _ in processes]
+        winners = [pid for outcome, pid in outcomes if outcome == "won"]
+        assert sorted(outcome for outcome, _ in outcomes) == ["locked"] * (racers - 1) + ["won"], outcomes
+        assert read_json(url, options)["pid"] == winners[0]  # the lock on storage is the winner's
+    finally:
+        finish.set()
+        for process in processes:
+            process.join(timeout=60)
+    assert not exists(url, options)  # the winner released it
+    assert [n for n in list_files(parent(url), options=options) if ".takeover-" in n] == []  # no markers left
+
+
+def test_of_sixteen_local_starts_at_once_exactly_one_takes_the_lock(tmp_path):
+    for trial in range(3):
+        _race(str(tmp_path / f"runs/r{trial}/_lock.json"), None, racers=16)
+
+
+def test_of_twelve_s3_starts_at_once_exactly_one_takes_the_lock(s3):
+    bucket, options = s3
+    for trial in range(2):
+        _race(join(bucket, f"runs/r{trial}/_lock.json"), options, racers=12)
+
+
+def test_of_many_starts_over_a_dead_runs_lock_exactly_one_takes_it_over(tmp_path):
+    url = str(tmp_path / "runs/r/_lock.json")
+    for trial in range(2):
+        now = time.time()
+        write_json_atomic(url, {"owner": f"dead{trial}", "host": socket.gethostname(), "pid": _dead_pid(),
+                                "heartbeat": now, "started": now})
+        _race(url, None, racers=12)
+
+
+def test_of_many_s3_starts_over_a_silent_runs_lock_exactly_one_takes_it_over(s3):
+    bucket, options = s3
+    url = join(bucket, "runs/r/_lock.json")
+    now = time.time()
+    write_json_atomic(url, {"owner": "silent", "host": "elsewhere", "pid": 1, "heartbeat": now - 900,
+                            "started": now - 1000}, options)
+    _race(url, options, racers=12)
+
+
+def test_a_takeover_marker_left_by_a_dead_start_does_not_block_the_next(tmp_path):
+    from dd_core.storage.lock import _owner_key
+
+    url = str(tmp_path / "_lock.json")
+    now = time.time()
+    stale = {"owner": "x", "host": socket.gethostname(), "pid": _dead_pid(), "heartbeat": now, "started": now}
+    write_json_atomic(url, stale)
+    marker = f"{url}.takeover-{_owner_key(stale)}-0"
+    write_json_atomic(marker, {**stale, "owner": "a start that died mid-takeover"})
+    with RunLock(url):
+        assert read_json(url)["pid"] == os.getpid()
+        assert sorted(os.listdir(tmp_path)) == ["_lock.json"]  # both markers are gone
+
+
+def test_a_live_takeover_marker_makes_the_next_start_wait_then_give_up(tmp_path, monkeypatch):
+    import dd_core.storage.lock as lock_module
+
+    monkeypatch.setattr(lock_module, "TAKEOVER_PATIENCE", 0.2)
+    url = str(tmp_path / "_lock.json")
+    now = time.time()
+    stale = {"owner": "x", "host": "elsewhere", "pid": 1, "heartbeat": now - 900, "started": now - 900}
+    write_json_atomic(url, stale)
+    busy = {"owner": "y", "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": now, "started": now}
+    write_json_atomic(f"{url}.takeover-{lock_module._owner_key(stale)}-0", busy)
+    with pytest.raises(RunLockedError, match=r"_lock.json: could not take the run lock within 0.2 s"):
+        RunLock(url).__enter__()
+    assert read_json(url) == stale  # untouched: the other start is deleting it
+
+
+def test_the_heartbeat_stops_instead_of_overwriting_a_lock_taken_over(tmp_path, caplog):
+    url = str(tmp_path / "_lock.json")
+    now = time.time()
+    other = {"owner": "other", "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": now, "started": now}
+    with caplog.at_level(logging.WARNING, logger="dd_core.storage.lock"):
+        with RunLock(url, heartbeat=0.02) as lock:
+            write_json_atomic(url, other)  # as if our heartbeat had stalled and another start took over
+            lock._thread.join(timeout=2)
+            assert not lock._thread.is_alive()
+            assert read_json(url) == other
+    assert read_json(url) == other  # and leaving the block did not remove the other run's lock
+    assert "_lock.json: the run lock was taken over by another run" in caplog.text
+
+
+def test_an_unreadable_lock_is_refused_not_overwritten(tmp_path):
+    url = str(tmp_path / "_lock.json")
+    write_bytes_atomic(url, b"{half")
+    with pytest.raises(RunLockedError, match=r"_lock.json: not a run lock record .*delete that file"):
+        RunLock(url).__enter__()
+    assert read_bytes(url) == b"{half"
+
+
+def test_a_lost_s3_race_raises_file_exists_and_so_does_a_conflict(s3):
+    """moto (like S3) answers a second If-None-Match PUT with 412 PreconditionFailed, which s3fs raises
+    as FileExistsError; S3's 409 ConditionalRequestConflict (a conditional write in flight) is one too."""
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    from dd_core.storage.fs import _error_code, write_bytes_exclusive
+
+    bucket, options = s3
+    write_bytes_exclusive(join(bucket, "k"), b"1", options)
+    with pytest.raises(FileExistsError, match="/k: already exists") as caught:
+        write_bytes_exclusive(join(bucket, "k"), b"2", options)
+    assert _error_code(caught.value.__cause__) == "PreconditionFailed"
+    assert read_bytes(join(bucket, "k"), options) == b"1"
+    conflict = ClientError({"Error": {"Code": "ConditionalRequestConflict", "Message": "retry"},
+                            "ResponseMetadata": {"HTTPStatusCode": 409}}, "PutObject")
+    assert _error_code(translate_boto_error(conflict)) == "ConditionalRequestConflict"
