@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import operator
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -19,12 +20,13 @@ import pyarrow.parquet as pq
 
 from dd_core.storage.fs import filesystem, reachable, read_bytes, write_bytes_atomic
 
-SCHEMA_VERSION = 1
+# v2: category_id is int64 (v1's int32 wrapped ids >= 2**31 around); shards of another version are redone.
+SCHEMA_VERSION = 2
 
 PREDICTIONS_SCHEMA = pa.schema([
     pa.field("image_id", pa.int64(), nullable=False),
     pa.field("file_name", pa.string(), nullable=False),
-    pa.field("category_id", pa.int32(), nullable=False),
+    pa.field("category_id", pa.int64(), nullable=False),
     pa.field("box", pa.list_(pa.float32(), 4), nullable=False),       # xyxy, original image pixels
     pa.field("score", pa.float32(), nullable=False),
     pa.field("keypoints", pa.list_(pa.float32()), nullable=False),    # x0, y0, x1, y1, ... (empty for boxes)
@@ -70,28 +72,55 @@ def _column(values: Sequence[Any] | np.ndarray, field: pa.Field) -> pa.Array:
     if not pa.types.is_list(kind) and not pa.types.is_fixed_size_list(kind):
         if values.ndim != 1:
             raise ValueError(f"column {field.name}: expected one value per row, got an array of shape {values.shape}")
-        return arrow_array(values, kind)
+        return arrow_array(values, kind, f"column {field.name}")
     if values.ndim != 2:
         raise ValueError(f"column {field.name}: expected rows x width, got an array of shape {values.shape}")
     rows, width = values.shape
-    flat = arrow_array(values.reshape(-1), kind.value_type)
+    flat = arrow_array(values.reshape(-1), kind.value_type, f"column {field.name}")
     if pa.types.is_fixed_size_list(kind):
         if width != kind.list_size:
             raise ValueError(f"column {field.name}: rows of {width} values, expected {kind.list_size}")
         return pa.FixedSizeListArray.from_arrays(flat, width)
-    return pa.ListArray.from_arrays(arrow_array(np.arange(rows + 1, dtype=np.int32) * width, pa.int32()), flat)
+    offsets = arrow_array(np.arange(rows + 1, dtype=np.int64) * width, pa.int32(),
+                          f"column {field.name} (list offsets)")
+    return pa.ListArray.from_arrays(offsets, flat)
 
 
-def arrow_array(values: np.ndarray, kind: pa.DataType) -> pa.Array:
+def arrow_array(values: np.ndarray, kind: pa.DataType, name: str = "values") -> pa.Array:
     """A 1-D array as an Arrow array of ``kind`` (numbers or strings), built from its buffers
-    (``pa.array`` would import pandas on its first call where pandas is installed)."""
+    (``pa.array`` would import pandas on its first call where pandas is installed).
+
+    Refuses, naming the column ``name``, a value the cast to ``kind`` would change: NumPy's casts
+    wrap integers around silently (a category id of 2**31 became -2**31 in an int32 column).
+    """
     if pa.types.is_string(kind):
         data = [str(v).encode() for v in values]
         offsets = np.zeros(len(data) + 1, np.int32)
         np.cumsum([len(d) for d in data], out=offsets[1:])
         return pa.Array.from_buffers(kind, len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
-    array = np.ascontiguousarray(values, dtype=_NUMPY[kind])
+    array = np.ascontiguousarray(exact_cast(values, np.dtype(_NUMPY[kind]), name))
     return pa.Array.from_buffers(kind, len(array), [None, pa.py_buffer(array)])
+
+
+def exact_cast(values: np.ndarray, dtype: np.dtype, name: str = "values") -> np.ndarray:
+    """``values`` as ``dtype``; integers must fit and stay integers (floats may round to float32)."""
+    if values.dtype == dtype:
+        return values
+    if dtype.kind == "f":
+        return values.astype(dtype)
+    if values.dtype.kind == "O":
+        try:
+            values = np.array([operator.index(v) for v in values], dtype=object)
+        except TypeError as exc:
+            raise ValueError(f"{name}: expected integers for {dtype} ({exc})") from exc
+    elif values.dtype.kind not in "biu":
+        raise ValueError(f"{name}: expected integers for {dtype}, got {values.dtype} values")
+    if len(values) and not np.can_cast(values.dtype, dtype):
+        info = np.iinfo(dtype)
+        outside = [int(v) for v in (values.min(), values.max()) if not info.min <= int(v) <= info.max]
+        if outside:
+            raise ValueError(f"{name}: {outside[0]} is outside the range of {dtype} ({info.min}..{info.max})")
+    return values.astype(dtype)
 
 
 def write_shard(url: str, table: pa.Table, options: Mapping[str, Any] | None = None) -> None:
@@ -113,8 +142,20 @@ def _is_float(kind: pa.DataType) -> bool:
 
 
 def shard_meta(table: pa.Table) -> dict[str, Any]:
-    raw = (table.schema.metadata or {}).get(_META)
-    return json.loads(raw) if raw else {}
+    """The metadata of a shard already read by :func:`read_shard` (which checked it)."""
+    return _schema_meta(table.schema, "<table>")
+
+
+def _schema_meta(schema: pa.Schema, url: str) -> dict[str, Any]:
+    """Our metadata in a shard's schema; unreadable metadata makes it a shard to redo."""
+    raw = (schema.metadata or {}).get(_META)
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError
+        raise ShardError(f"{url}: unreadable shard metadata ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise ShardError(f"{url}: unreadable shard metadata (not a JSON object)")
+    return meta
 
 
 def check_schema(schema: pa.Schema, url: str) -> None:
@@ -122,6 +163,13 @@ def check_schema(schema: pa.Schema, url: str) -> None:
     if not schema.remove_metadata().equals(PREDICTIONS_SCHEMA):
         got = ", ".join(f"{f.name}: {f.type}" for f in schema)
         raise ShardError(f"{url}: schema does not match predictions schema v{SCHEMA_VERSION} (got {got})")
+
+
+def check_version(meta: Mapping[str, Any], url: str) -> None:
+    """Refuse a shard written under another :data:`SCHEMA_VERSION` (checked before the columns, so
+    that an old shard is named as old rather than as drifted)."""
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise ShardError(f"{url}: predictions schema version {meta.get('schema_version')}, expected {SCHEMA_VERSION}")
 
 
 @reachable
@@ -140,11 +188,9 @@ def read_shard_footer(url: str, options: Mapping[str, Any] | None = None) -> tup
         raise
     except (pa.ArrowException, OSError) as exc:
         raise ShardError(f"{url}: not a readable Parquet file ({exc})") from exc
+    meta = _schema_meta(schema, url)
+    check_version(meta, url)
     check_schema(schema, url)
-    raw = (schema.metadata or {}).get(_META)
-    meta = json.loads(raw) if raw else {}
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise ShardError(f"{url}: predictions schema version {meta.get('schema_version')}, expected {SCHEMA_VERSION}")
     return meta, num_rows
 
 
@@ -156,10 +202,8 @@ def read_shard(url: str, options: Mapping[str, Any] | None = None) -> pa.Table:
         raise
     except (pa.ArrowException, OSError) as exc:
         raise ShardError(f"{url}: not a readable Parquet file ({exc})") from exc
+    check_version(_schema_meta(table.schema, url), url)
     check_schema(table.schema, url)
-    version = shard_meta(table).get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ShardError(f"{url}: predictions schema version {version}, expected {SCHEMA_VERSION}")
     return table
 
 
@@ -168,7 +212,8 @@ def write_rejected(url: str, rejected: list[Mapping[str, Any]], options: Mapping
 
     Built from buffers like :func:`predictions_table` (``from_pydict`` would import pandas).
     """
-    arrays = [arrow_array(np.array([r[f.name] for r in rejected], dtype=object), f.type) for f in REJECTED_SCHEMA]
+    arrays = [arrow_array(np.array([r[f.name] for r in rejected], dtype=object), f.type, f"column {f.name}")
+              for f in REJECTED_SCHEMA]
     write_shard(url, pa.Table.from_arrays(arrays, schema=REJECTED_SCHEMA), options)
 
 

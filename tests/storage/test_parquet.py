@@ -12,6 +12,7 @@ import pytest
 from dd_core.storage.parquet import (
     PREDICTIONS_SCHEMA,
     REJECTED_SCHEMA,
+    SCHEMA_VERSION,
     ShardError,
     arrow_array,
     column_values,
@@ -19,6 +20,7 @@ from dd_core.storage.parquet import (
     numpy_view,
     predictions_table,
     read_shard,
+    read_shard_footer,
     shard_meta,
     write_rejected,
     write_shard,
@@ -34,7 +36,48 @@ def test_roundtrip_keeps_rows_schema_and_meta(tmp_path):
     write_shard(url, predictions_table(ROWS, {"fingerprint": "abc", "images": [{"id": 1}]}))
     table = read_shard(url)
     assert table.num_rows == 3 and table.column("category_id").to_pylist() == [1, 1, 3]
-    assert shard_meta(table) == {"schema_version": 1, "fingerprint": "abc", "images": [{"id": 1}]}
+    assert shard_meta(table) == {"schema_version": SCHEMA_VERSION, "fingerprint": "abc", "images": [{"id": 1}]}
+
+
+@pytest.mark.parametrize("as_numpy", [False, True])
+def test_category_ids_beyond_int32_read_back_unchanged(tmp_path, as_numpy):
+    """int32 held category ids up to 2**31 - 1: 2**31 wrapped to -2**31 (NumPy) or failed (lists)."""
+    ids = [2**40, 2**31, 7]
+    url = str(tmp_path / "big.parquet")
+    write_shard(url, predictions_table({**ROWS, "category_id": np.array(ids) if as_numpy else ids}, {}))
+    assert read_shard(url).column("category_id").to_pylist() == ids
+    assert PREDICTIONS_SCHEMA.field("category_id").type == pa.int64() and SCHEMA_VERSION == 2
+
+
+def _v1_shard(url: str) -> None:
+    """A shard as version 1 wrote it: category_id int32, schema_version 1 in the footer."""
+    v1_schema = PREDICTIONS_SCHEMA.set(2, pa.field("category_id", pa.int32(), nullable=False))
+    table = pa.Table.from_pydict(ROWS, schema=v1_schema)
+    pq.write_table(table.replace_schema_metadata({b"omnidistill": b'{"schema_version": 1, "fingerprint": "abc"}'}), url)
+
+
+def test_a_version_1_shard_is_refused_as_old_by_both_readers(tmp_path):
+    url = str(tmp_path / "shard-00000.parquet")
+    _v1_shard(url)
+    with pytest.raises(ShardError, match="shard-00000.parquet: predictions schema version 1, expected 2"):
+        read_shard_footer(url)
+    with pytest.raises(ShardError, match="shard-00000.parquet: predictions schema version 1, expected 2"):
+        read_shard(url)
+
+
+def test_numbers_that_do_not_fit_their_column_are_refused_not_wrapped(tmp_path):
+    """NumPy casts wrap around silently; every integer column is range-checked instead."""
+    with pytest.raises(ValueError, match=r"column image_id: 9223372036854775808 is outside the range of int64"):
+        predictions_table({**ROWS, "image_id": np.array([1, 2**63, 2], np.uint64)}, {})
+    with pytest.raises(ValueError, match=r"column num_transforms: 40000 is outside the range of int16"):
+        predictions_table({**ROWS, "num_transforms": np.array([6, 40000, 6])}, {})
+    with pytest.raises(ValueError, match=r"column image_id: expected integers for int64, got float64"):
+        predictions_table({**ROWS, "image_id": np.array([1.5, 1.0, 2.0])}, {})
+    with pytest.raises(ValueError, match=r"column image_id: 9223372036854775808 is outside the range of int64"):
+        write_rejected(str(tmp_path / "_rejected.parquet"), [{"image_id": 2**63, "file_name": "a.png", "reason": "x"}])
+    with pytest.raises(ValueError, match=r"values: 70000 is outside the range of int16 \(-32768\.\.32767\)"):
+        arrow_array(np.array([5, 70_000]), pa.int16())
+    assert not (tmp_path / "_rejected.parquet").exists()
 
 
 @pytest.mark.parametrize("rejected", [[], [{"image_id": 7, "file_name": "été/7.png", "reason": "empty file"},
@@ -151,3 +194,16 @@ write_rejected({str(tmp_path / 'r.parquet')!r}, [{{"image_id": 7, "file_name": "
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(Path(__file__).parents[2])])}
     subprocess.run([sys.executable, "-c", script], check=True, env=env)
     assert not (tmp_path / "imported").exists()
+
+
+def test_a_shard_with_unreadable_metadata_is_one_to_redo(tmp_path):
+    import pyarrow.parquet as pq
+
+    from dd_core.storage.parquet import PREDICTIONS_SCHEMA, ShardError, read_shard, read_shard_footer
+
+    url = str(tmp_path / "shard-00000.parquet")
+    pq.write_table(PREDICTIONS_SCHEMA.empty_table().replace_schema_metadata({b"omnidistill": b"{not json"}), url)
+    with pytest.raises(ShardError, match=r"shard-00000.parquet: unreadable shard metadata"):
+        read_shard_footer(url)
+    with pytest.raises(ShardError, match=r"shard-00000.parquet: unreadable shard metadata"):
+        read_shard(url)

@@ -1,0 +1,171 @@
+"""decode_image: every mode to the RGB uint8 a torchvision model takes, upright, with exact pixels."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dd_core.data.images import ImageDecodeError, decode_image
+
+SIXTEEN = np.array([[0, 255, 256, 0x8000, 0xFFFF, 0x01FF]], np.uint16)
+HIGH_BYTE = np.array([[0, 0, 1, 128, 255, 1]], np.uint8)  # SIXTEEN >> 8, by hand
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    """(H, W, 3) of what decode_image gives."""
+    return decode_image(data).permute(1, 2, 0).numpy()
+
+
+def _grey(values: np.ndarray) -> np.ndarray:
+    return np.repeat(values[:, :, None], 3, axis=2)
+
+
+def _saved(im: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    im.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _png16(samples: np.ndarray, color_type: int) -> bytes:
+    """A 16-bit PNG written by hand (Pillow does not write 16-bit RGB): 0 = grey, 2 = RGB."""
+    height, width = samples.shape[:2]
+    raw = b"".join(b"\x00" + samples[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_sixteen_bit_grey_png_keeps_each_sample_s_high_byte_not_white():
+    assert Image.open(io.BytesIO(_png16(SIXTEEN, 0))).mode == "I;16"
+    assert (_pixels(_png16(SIXTEEN, 0)) == _grey(HIGH_BYTE)).all()
+
+
+def test_sixteen_bit_grey_equals_the_same_samples_as_sixteen_bit_rgb():
+    """Pillow decodes 16-bit RGB PNGs by keeping the high byte: grey must agree with it."""
+    rgb = np.stack([SIXTEEN, SIXTEEN[:, ::-1], SIXTEEN // 2], axis=2)
+    got = _pixels(_png16(rgb, 2))
+    assert (got == np.stack([HIGH_BYTE, HIGH_BYTE[:, ::-1], (SIXTEEN // 2 >> 8).astype(np.uint8)], axis=2)).all()
+    assert (_pixels(_png16(SIXTEEN, 0)) == _pixels(_png16(np.repeat(SIXTEEN[:, :, None], 3, axis=2), 2))).all()
+
+
+def test_sixteen_bit_big_endian_tiff_and_sixteen_bit_pgm_mode_i():
+    big_endian = Image.frombytes("I;16B", (6, 1), SIXTEEN.astype(">u2").tobytes())
+    tiff = _saved(big_endian, "TIFF")
+    assert Image.open(io.BytesIO(tiff)).mode == "I;16B"
+    assert (_pixels(tiff) == _grey(HIGH_BYTE)).all()
+    pgm = b"P5\n6 1\n65535\n" + SIXTEEN.astype(">u2").tobytes()
+    assert Image.open(io.BytesIO(pgm)).mode == "I"
+    assert (_pixels(pgm) == _grey(HIGH_BYTE)).all()
+
+
+def test_mode_i_beyond_sixteen_bits_is_clipped_not_wrapped():
+    tiff = _saved(Image.fromarray(np.array([[-7, 70_000, 0x1234]], np.int32)), "TIFF")
+    assert Image.open(io.BytesIO(tiff)).mode == "I"
+    assert (_pixels(tiff) == _grey(np.array([[0, 255, 0x12]], np.uint8))).all()
+
+
+def test_float_images_in_zero_one_are_scaled_and_others_clipped():
+    unit = np.array([[0.0, 0.5, 1.0, 1 / 255, np.nan]], np.float32)
+    # torchvision's to_dtype(scale=True): value * (256 - 1e-3), truncated; NaN is 0.
+    assert (_pixels(_saved(Image.fromarray(unit), "TIFF")) == _grey(np.array([[0, 127, 255, 1, 0]], np.uint8))).all()
+    wide = np.array([[0.0, 0.5, 2.0, 254.6, 300.0, -5.0]], np.float32)
+    # Pillow's convert("L"): clipped to 0..255 and truncated.
+    assert (_pixels(_saved(Image.fromarray(wide), "TIFF")) == _grey(np.array([[0, 0, 2, 254, 255, 0]], np.uint8))).all()
+
+
+def test_one_bit_la_palette_with_transparency_and_cmyk():
+    one = Image.fromarray(np.array([[False, True, True, False]]))
+    assert (_pixels(_saved(one, "PNG")) == _grey(np.array([[0, 255, 255, 0]], np.uint8))).all()
+    la = Image.fromarray(np.array([[[10, 0], [200, 255]]], np.uint8), "LA")
+    assert (_pixels(_saved(la, "PNG")) == _grey(np.array([[10, 200]], np.uint8))).all()  # alpha dropped
+    palette = Image.new("P", (3, 1))
+    palette.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255])
+    palette.putdata([0, 1, 2])
+    png = _saved(palette, "PNG", transparency=1)
+    assert Image.open(io.BytesIO(png)).info["transparency"] == 1
+    assert (_pixels(png) == np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255]]], np.uint8)).all()
+    cmyk = Image.fromarray(np.array([[[255, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 255], [100, 0, 0, 100]]], np.uint8),
+                           "CMYK")
+    # (255 - C) * (255 - K) / 255 per channel: cyan, white, black, and 155 * 155 / 255 = 94.2.
+    expected = np.array([[[0, 255, 255], [255, 255, 255], [0, 0, 0], [94, 155, 155]]], np.uint8)
+    assert (_pixels(_saved(cmyk, "TIFF")) == expected).all()
+
+
+# A 2 x 3 image stored as A = [[0, 1, 2], [3, 4, 5]]: what each EXIF orientation shows upright.
+STORED = np.array([[0, 1, 2], [3, 4, 5]])
+UPRIGHT = {
+    1: [[0, 1, 2], [3, 4, 5]],
+    2: [[2, 1, 0], [5, 4, 3]],    # mirrored
+    3: [[5, 4, 3], [2, 1, 0]],    # rotated 180
+    4: [[3, 4, 5], [0, 1, 2]],    # flipped upside down
+    5: [[0, 3], [1, 4], [2, 5]],  # transposed
+    6: [[3, 0], [4, 1], [5, 2]],  # rotated 90 clockwise
+    7: [[5, 2], [4, 1], [3, 0]],  # transversed
+    8: [[2, 5], [1, 4], [0, 3]],  # rotated 90 counter-clockwise
+}
+
+
+def _rgb(index: np.ndarray) -> np.ndarray:
+    """Distinct colours per pixel and channel, so a transpose cannot pass for a rotation."""
+    index = np.asarray(index)
+    return np.stack([index * 40, index * 40 + 1, 250 - index * 7], axis=2).astype(np.uint8)
+
+
+def _with_orientation(im: Image.Image, fmt: str, orientation: int, **kwargs) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _saved(im, fmt, exif=exif, **kwargs)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_gives_the_upright_png(orientation):
+    got = _pixels(_with_orientation(Image.fromarray(_rgb(STORED)), "PNG", orientation))
+    assert got.shape == _rgb(UPRIGHT[orientation]).shape and (got == _rgb(UPRIGHT[orientation])).all()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_gives_the_upright_jpeg(orientation):
+    """JPEG is lossy, so: the same stored pixels under tag ``orientation`` are exactly those under
+    tag 1 moved as the tag says, and (8x8 blocks, no chroma subsampling) within 1 of the picture."""
+    stored = Image.fromarray(np.kron(_rgb(STORED), np.ones((8, 8, 1), np.uint8)))
+    as_stored = _pixels(_with_orientation(stored, "JPEG", 1, quality=95, subsampling=0))
+    got = _pixels(_with_orientation(stored, "JPEG", orientation, quality=95, subsampling=0))
+    assert (got == _upright_numpy(as_stored, orientation)).all()
+    upright = _rgb(np.kron(np.asarray(UPRIGHT[orientation]), np.ones((8, 8), int)))
+    assert got.shape == upright.shape and (np.abs(got.astype(int) - upright) <= 1).all()
+
+
+def _upright_numpy(stored: np.ndarray, orientation: int) -> np.ndarray:
+    """The EXIF orientations as NumPy index moves on an (H, W, C) array (the table above, generalised)."""
+    ops = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1)}
+    return ops[orientation](stored)
+
+
+def test_unreadable_exif_leaves_the_image_as_stored():
+    png = _saved(Image.fromarray(_rgb(STORED)), "PNG")
+    body = b"not a TIFF header"
+    chunk = struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    with_bad_exif = png[:33] + chunk + png[33:]  # right after IHDR
+    assert (_pixels(with_bad_exif) == _rgb(STORED)).all()
+
+
+def test_empty_truncated_non_image_and_bomb_files_are_refused_naming_the_url():
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    png = _saved(Image.fromarray(noise), "PNG")
+    with pytest.raises(ImageDecodeError, match=r"a\.png: empty file"):
+        decode_image(b"", "a.png")
+    with pytest.raises(ImageDecodeError, match=r"b\.png: not a readable image"):
+        decode_image(png[: len(png) // 2], "b.png")
+    with pytest.raises(ImageDecodeError, match=r"c\.png: not a readable image"):
+        decode_image(b"just some text", "c.png")
+    bomb = _saved(Image.new("1", (20_000, 20_000)), "PNG", optimize=True)
+    with pytest.raises(ImageDecodeError, match=r"d\.png: image too large to decode safely"):
+        decode_image(bomb, "d.png")
