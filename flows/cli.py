@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from typing import Callable, Sequence
 
 
@@ -76,9 +77,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="omnidistill", description="Data distillation for keypoint and object "
                                 "detection (Radosavovic et al., 2018): teacher -> multi-transform inference "
                                 "-> pseudo-labels -> student.")
+    p.add_argument("--verbose", action="store_true", help="print the full traceback of an error")
+    # Also accepted after the command; SUPPRESS keeps a subcommand's default from hiding the main flag.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="print the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("synth", help="write a synthetic COCO data set (stick-figure people or shapes)",
+    s = sub.add_parser("synth", parents=[common], help="write a synthetic COCO data set (stick-figure people or shapes)",
                        description="Write OUT/annotations.json (COCO) and OUT/images/.")
     s.add_argument("task", choices=["keypoints", "detection"])
     s.add_argument("out", help="output folder")
@@ -89,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--start-id", type=int, default=1, help="first image id (default 1)")
     s.set_defaults(func=_cmd_synth)
 
-    e = sub.add_parser("evaluate", help="COCO-evaluate a checkpoint, print metrics as JSON",
+    e = sub.add_parser("evaluate", parents=[common], help="COCO-evaluate a checkpoint, print metrics as JSON",
                        description="Evaluate a teacher or student checkpoint with COCOeval.")
     e.add_argument("--checkpoint", required=True, help="checkpoint URL (path, file:// or s3://)")
     e.add_argument("--data", required=True, help="data set folder (annotations.json + images/) or a COCO json")
@@ -102,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_evaluate)
 
-    r = sub.add_parser("run", help="run the whole distillation flow from a YAML config",
+    r = sub.add_parser("run", parents=[common], help="run the whole distillation flow from a YAML config",
                        description="Teacher -> multi-transform inference on unlabeled shards -> pseudo-labels -> "
                        "student -> COCO evaluation. Same run_id again resumes the run.")
     r.add_argument("config", help="run config (YAML); see configs/ for examples")
@@ -110,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config field, e.g. --set teacher.iterations=500 (repeatable)")
     r.set_defaults(func=_cmd_run)
 
-    lb = sub.add_parser("label", help="write pseudo-labels (COCO json) for a folder or bucket of images",
+    lb = sub.add_parser("label", parents=[common], help="write pseudo-labels (COCO json) for a folder or bucket of images",
                         description="Multi-transform inference with a checkpoint on unlabeled images, then "
                         "selection: per-category thresholds calibrated on --labeled (the paper's rule), or a "
                         "fixed --score-threshold.")
@@ -129,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     lb.add_argument("--quiet", action="store_true", help="no progress bar")
     lb.set_defaults(func=_cmd_label)
 
-    d = sub.add_parser("demo", help="run the embedded default end to end (synthetic data, local storage, CPU)")
+    d = sub.add_parser("demo", parents=[common], help="run the embedded default end to end (synthetic data, local storage, CPU)")
     d.add_argument("--out", default="./demo-runs", help="where data and runs go (default ./demo-runs)")
     d.add_argument("--quick", action="store_true", help="a minutes-long smoke run with tiny settings")
     d.add_argument("--keep-server", action="store_true", help="leave the local Prefect UI running afterwards")
@@ -137,10 +143,39 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(command: str) -> None:
-    """Flows log through Prefect (which also picks up dd_core's loggers); other commands to stderr."""
+class _WithoutTraceback(logging.Formatter):
+    """A console formatter that leaves out tracebacks (the Prefect API and UI still get them)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:  # other handlers (the API's) format the same record afterwards
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _setup_logging(command: str, verbose: bool) -> None:
+    """Flows log through Prefect (which also picks up dd_core's loggers); other commands to stderr.
+
+    A failed flow makes Prefect print each failing task's traceback on the console; without
+    ``--verbose`` the console shows the log lines alone and the run ends with one error line.
+    """
     if command in ("run", "demo"):
         os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "dd_core")
+        if not verbose:
+            from prefect.logging.configuration import ensure_logging_setup
+            from prefect.logging.handlers import PrefectConsoleHandler
+
+            ensure_logging_setup()
+            for handler in logging.getLogger().handlers:
+                formatter = handler.formatter
+                if isinstance(handler, PrefectConsoleHandler) and formatter and not isinstance(formatter, _WithoutTraceback):
+                    handler.setFormatter(_WithoutTraceback(formatter))
         return
     logger = logging.getLogger("dd_core")
     if not logger.handlers:
@@ -150,15 +185,34 @@ def _setup_logging(command: str) -> None:
         logger.setLevel(logging.INFO)
 
 
+# Errors that say the input, the settings or the storage is wrong: exit code 2, as argparse's own.
+USAGE_ERRORS = (ValueError, OSError, FloatingPointError)
+MAX_MESSAGE = 2000
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line a user sees for a failed command: the message's first line, at most 2,000
+    characters (a 10 MB file name must not become 10 MB of terminal output)."""
+    lines = str(exc).strip().splitlines() or [""]
+    message = lines[0] if len(lines[0]) <= MAX_MESSAGE else lines[0][:MAX_MESSAGE] + " [...]"
+    if not isinstance(exc, USAGE_ERRORS):
+        message = f"{type(exc).__name__}: {message}"
+    return message + (" [...]" if len(lines) > 1 else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging(args.command)
+    _setup_logging(args.command, args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ValueError, OSError, FloatingPointError) as exc:  # bad input, unreachable storage, diverged
-        print(f"omnidistill {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if args.verbose:
+            traceback.print_exc()
+        hint = "" if args.verbose else " (--verbose shows the traceback)"
+        code = 2 if isinstance(exc, USAGE_ERRORS) else 1
+        print(f"omnidistill {args.command}: error: {error_line(exc)}{hint if code == 1 else ''}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -75,8 +75,10 @@ def local_prefect_server(home: str | Path, keep: bool = False, timeout: float = 
         _drain_to_server()
         os.environ["PREFECT_API_URL"] = api_url
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            yield f"http://127.0.0.1:{port}"
-            _drain_to_server()
+            try:
+                yield f"http://127.0.0.1:{port}"
+            finally:  # a failed run's last logs too, or they are sent at exit to a stopped server
+                _drain_to_server()
     finally:
         for key, value in previous.items():
             if value is None:

@@ -9,15 +9,18 @@ from prefect import task
 from dd_core.config import UnlabeledConfig, resolve_device
 from dd_core.data.unlabeled import list_unlabeled, write_plan
 from dd_core.pseudo.infer import checkpoint_fingerprint, finished_shards, label_planned_shard
-from dd_core.pseudo.manifest import write_manifest
+from dd_core.pseudo.manifest import remove_unplanned_shards, write_manifest
+from dd_core.storage import parent
 from tasks import TASK_DEFAULTS
 
 
 @task(name="plan shards", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
 def plan_shards(unlabeled: UnlabeledConfig, shard_size: int, plan_url: str, options: dict[str, Any]) -> dict[str, Any]:
-    """List the unlabeled images and write the shard plan; returns its size and the images' root."""
+    """List the unlabeled images and write the shard plan (removing shards of an earlier plan); returns
+    its size and the images' root."""
     images = list_unlabeled(unlabeled.images, unlabeled.root, options, unlabeled.limit)
     num_shards = write_plan(images, shard_size, plan_url, options)
+    remove_unplanned_shards(parent(plan_url), num_shards, options)
     return {"num_shards": num_shards, "num_images": len(images.images), "root": images.root}
 
 

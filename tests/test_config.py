@@ -24,10 +24,30 @@ def test_defaults_follow_the_contract():
     ({"teacher": {"iterations": "many"}}, r"teacher.iterations: Input should be a valid integer"),
     ({"student": {"labeled_ratio": -0.5}}, r"student.labeled_ratio: Input should be greater than 0"),
     ({"tta": {"scales": []}}, r"tta.scales: Value error, needs at least one scale"),
-    ({"tta": {"scales": [100, -1]}}, r"tta.scales: Value error, scales must be positive"),
+    ({"tta": {"scales": [100, -1]}}, r"tta.scales: Value error, scales must be pixel sizes from 1 to 4096"),
     ({"model": {"preset": "r34"}}, r"model.preset: Input should be 'slim'"),
     ({"run_id": "../escape"}, r"run_id: Value error, must be a plain name"),
     ({"shards": {"size": 0}}, r"shards.size: Input should be greater than 0"),
+    # Values that used to pass and fail hours later (or never): each is refused, naming its field.
+    ({"teacher": {"lr": float("inf")}}, r"teacher.lr: Input should be a finite number"),
+    ({"student": {"lr": float("nan")}}, r"student.lr: Input should be a finite number"),
+    ({"tta": {"scales": [1000000]}}, r"tta.scales: Value error, scales must be pixel sizes from 1 to 4096"),
+    ({"model": {"min_size": [0]}}, r"model.min_size.0: Input should be greater than 0"),
+    ({"model": {"max_size": 1}}, r"model: Value error, max_size 1 is below the largest training or test scale 144"),
+    ({"model": {"max_size": 100, "min_size": [64], "test_size": 128}}, r"max_size 100 is below .* scale 128"),
+    ({"seed": 1e20}, r"seed: Unable to parse input string as an integer, exceeded maximum size"),
+    ({"seed": 2**40}, r"seed: Input should be less than or equal to 4294967295"),
+    ({"teacher": {"iterations": 1e20}}, r"teacher.iterations: Unable to parse input string as an integer"),
+    ({"teacher": {"iterations": 10_000_000}}, r"teacher.iterations: Input should be less than or equal to 9999999"),
+    ({"teacher": {"iterations": 5_000_000}, "student": {"schedule_factor": 3}},
+     r"student.schedule_factor 3.0 x teacher.iterations 5000000 = 15000000 iterations"),
+    ({"device": "bogus"}, r"device: Value error, expected auto, cpu, cuda, cuda:N or mps, got 'bogus'"),
+    ({"run_id": "*"}, r"run_id: Value error, must be a plain name of at most 100 letters"),
+    ({"run_id": "exp[12]"}, r"run_id: Value error, must be a plain name"),
+    ({"run_id": "x::y"}, r"run_id: Value error, must be a plain name"),
+    ({"run_id": "a b"}, r"run_id: Value error, must be a plain name"),
+    ({"run_id": "-rf"}, r"run_id: Value error, must be a plain name"),
+    ({"run_id": "x" * 101}, r"run_id: Value error, must be a plain name"),
 ])
 def test_bad_configs_name_the_field(extra, path):
     with pytest.raises(ConfigError, match=path):
@@ -35,8 +55,28 @@ def test_bad_configs_name_the_field(extra, path):
 
 
 def test_missing_section_is_named():
-    with pytest.raises(ConfigError, match=r"run.yaml: invalid configuration\n  val: Field required"):
+    with pytest.raises(ConfigError, match=r"^run.yaml: invalid configuration: val: Field required$"):
         parse_config({k: v for k, v in BASE.items() if k != "val"}, "run.yaml")
+
+
+def test_several_problems_are_one_line():
+    with pytest.raises(ConfigError) as info:
+        parse_config(_config(seed=-1, device="gpu"), "run.yaml")
+    assert str(info.value) == ("run.yaml: invalid configuration: seed: Input should be greater than or equal to 0; "
+                               "device: Value error, expected auto, cpu, cuda, cuda:N or mps, got 'gpu'")
+
+
+@pytest.mark.parametrize("run_id", ["20261125-153300-a1b2", "flow-0b6a1d2e-9c1f-4d7e-8a53-2f1c3b4d5e6f", "exp_1.v2", "A"])
+def test_plain_run_ids_and_generated_ones_are_accepted(run_id):
+    from dd_core.storage.layout import new_run_id
+
+    assert parse_config(_config(run_id=run_id)).run_id == run_id
+    assert parse_config(_config(run_id=new_run_id())).run_id
+
+
+def test_devices_that_torch_names_are_accepted():
+    for device in ("auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"):
+        assert parse_config(_config(device=device)).device == device
 
 
 def test_set_overrides_parse_values_as_yaml(tmp_path):
@@ -48,6 +88,19 @@ def test_set_overrides_parse_values_as_yaml(tmp_path):
         apply_overrides({}, ["teacher.iterations"])
     with pytest.raises(ConfigError, match="'task' is not a section"):
         apply_overrides({"task": "keypoints"}, ["task.x=1"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("run_id=*", r"run_id: Value error, must be a plain name .* got '\*'"),   # YAML reads * as an alias
+    ("tta.scales=[96, 128", r"tta.scales: Input should be a valid list"),  # unbalanced
+    ("teacher.lr=.inf", r"teacher.lr: Input should be a finite number"),
+])
+def test_set_values_yaml_cannot_read_are_checked_by_their_field(tmp_path, override, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(_config()))
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path, [override])
+    assert "\n" not in str(info.value)
 
 
 def test_storage_options_never_serialise():
@@ -93,3 +146,84 @@ def test_run_inputs_are_checked_before_a_run(tmp_path):
     missing = local_config(tmp_path, unlabeled={"images": f"{tmp_path}/nowhere"})
     with pytest.raises(FileNotFoundError, match=r"nowhere: unlabeled images not found \(unlabeled.images\)"):
         check_run_inputs(missing)
+
+
+@pytest.mark.parametrize("entries, message", [
+    ("a.png\nhttp://example.com/b.png\n", r"list.txt: line 2: image path must be a relative path"),
+    ("a.png\nb\x00.png\n", r"list.txt: line 2: image path holds a control character"),
+    ("a.png\n" + "x" * 10_000_000 + ".png\n", r"list.txt: line 2: image path is longer than 1024 bytes"),
+    ("a.png\n../../etc/passwd\n", r"list.txt: line 2: image path escapes the image root"),
+])
+def test_unlabeled_list_entries_are_checked_before_a_run(tmp_path, entries, message):
+    from dd_core.config import check_run_inputs
+    from tests.flows.conftest import local_config, make_sets
+
+    make_sets(tmp_path, (2, 1, 1))
+    (tmp_path / "list.txt").write_text(entries)
+    with pytest.raises(ValueError, match=message) as info:
+        check_run_inputs(local_config(tmp_path, unlabeled={"images": f"{tmp_path}/list.txt"}))
+    assert len(str(info.value)) < 400  # never the 10 MB name itself
+
+
+def test_unlabeled_json_ids_beyond_int64_are_refused_before_a_run(tmp_path):
+    from dd_core.config import check_run_inputs
+    from dd_core.storage import write_json_atomic
+    from tests.flows.conftest import local_config, make_sets
+
+    make_sets(tmp_path, (2, 1, 1))
+    write_json_atomic(str(tmp_path / "info.json"), {"images": [{"id": 2**63, "file_name": "a.png"}]})
+    with pytest.raises(ValueError, match=r"info.json: images\[0\]: field 'id' must be an integer from 0 to 2\*\*63 - 1"):
+        check_run_inputs(local_config(tmp_path, unlabeled={"images": f"{tmp_path}/info.json"}))
+
+
+def test_untrainable_labeled_boxes_are_reported_not_refused(tmp_path, caplog):
+    from dd_core.config import check_run_inputs
+    from dd_core.storage import read_json, write_json_atomic
+    from tests.flows.conftest import local_config, make_sets
+
+    make_sets(tmp_path, (2, 1, 1))
+    coco = read_json(str(tmp_path / "labeled/annotations.json"))
+    coco["annotations"][0]["bbox"] = [10, 10, 1e-9, 1e-9]
+    coco["annotations"][1]["bbox"][3] = 0.0  # as COCO's train2017 annotation 2206849 (a person)
+    write_json_atomic(str(tmp_path / "labeled/annotations.json"), coco)
+    with caplog.at_level("WARNING", logger="dd_core"):
+        assert check_run_inputs(local_config(tmp_path)) == {"labeled": 2, "val": 1}
+    assert "2 annotation(s) have a box smaller than 0.01 px" in caplog.text
+
+
+# --- property: whatever a user types as a run id, it names one folder under runs/ or is refused --
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+RUN_ID_TEXT = st.one_of(st.text(max_size=120), st.text(alphabet="ab1.-_*?[]{}!/:\\ ~$%\x00\n", max_size=12),
+                        st.sampled_from(["*", "exp[12]", "x::y", "..", ".", "a/b", "runs/*", "~", "-x", "a" * 101]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(RUN_ID_TEXT)
+def test_any_run_id_is_refused_or_names_exactly_one_plain_folder(run_id):
+    from dd_core.storage.layout import RunLayout
+
+    try:
+        config = parse_config(_config(run_id=run_id, storage={"root": "s3://bucket/prefix"}))
+    except ConfigError as exc:
+        assert str(exc).startswith("config: invalid configuration: run_id: ") and "\n" not in str(exc)
+        return
+    layout = RunLayout(config.storage.root, config.run_id)
+    assert layout.run_dir == f"s3://bucket/prefix/runs/{run_id}"
+    assert run_id not in (".", "..") and not set(run_id) & set("*?[]{}!/:\\ \x00\n~$%")
+
+
+def test_labeled_images_too_thin_for_the_training_scales_are_refused_before_a_run(tmp_path):
+    from dd_core.config import check_run_inputs
+    from dd_core.storage import read_json, write_json_atomic
+    from tests.flows.conftest import local_config, make_sets
+
+    make_sets(tmp_path, (2, 1, 1))
+    coco = read_json(str(tmp_path / "labeled/annotations.json"))
+    coco["images"][1].update(width=2000, height=1)
+    write_json_atomic(str(tmp_path / "labeled/annotations.json"), coco)
+    with pytest.raises(ValueError, match=r"labeled/annotations.json: images\[1\] \(id 2\): 2000x1 px \(width x height\) "
+                                         r"is too thin for the model: it resizes to 0 px at scale 64 \(max_size 96\)"):
+        check_run_inputs(local_config(tmp_path))

@@ -19,6 +19,16 @@ class CocoFormatError(ValueError):
     """A COCO json that omnidistill cannot use; the message names file, record and field."""
 
 
+# Ids are stored as int64 (Parquet shards, NumPy columns): larger ones would wrap around.
+MAX_ID = 2**63 - 1
+# S3 keys hold at most 1,024 bytes; no real image name comes near it.
+MAX_FILE_NAME_BYTES = 1024
+# Boxes narrower or lower than this (COCO writes boxes to 0.01 px) are kept for evaluation but
+# left out of training, as Detectron and torchvision's references drop degenerate boxes: COCO's
+# own train2017 holds two boxes of height 0, one of them a person.
+MIN_BOX_SIDE = 0.01
+
+
 @dataclass
 class CocoData:
     """A parsed, validated COCO data set (labeled, or image-only when ``annotations`` is empty)."""
@@ -34,6 +44,11 @@ class CocoData:
         self.annotations_by_image: dict[int, list[dict[str, Any]]] = {img["id"]: [] for img in self.images}
         for ann in self.annotations:
             self.annotations_by_image[ann["image_id"]].append(ann)
+
+    @property
+    def untrainable(self) -> list[dict[str, Any]]:
+        """Non-crowd annotations whose box is too small to train on (kept for evaluation)."""
+        return [a for a in self.annotations if not a.get("iscrowd", 0) and not trainable_box(a["bbox"])]
 
     @property
     def category_ids(self) -> list[int]:
@@ -52,6 +67,11 @@ class CocoData:
                 "categories": self.categories}
 
 
+def trainable_box(bbox: list[float]) -> bool:
+    """Whether a validated ``[x, y, w, h]`` box is large enough to train on (see :data:`MIN_BOX_SIDE`)."""
+    return bbox[2] >= MIN_BOX_SIDE and bbox[3] >= MIN_BOX_SIDE
+
+
 def _fail(source: str, where: str, message: str) -> CocoFormatError:
     return CocoFormatError(f"{source}: {where}: {message}")
 
@@ -66,12 +86,28 @@ def _require(record: Mapping[str, Any], key: str, types: type | tuple[type, ...]
     return value
 
 
+def _require_id(record: Mapping[str, Any], key: str, source: str, where: str) -> int:
+    value = _require(record, key, int, source, where)
+    if not 0 <= value <= MAX_ID:
+        raise _fail(source, where, f"field '{key}' must be an integer from 0 to 2**63 - 1, got {value!r:.40}")
+    return value
+
+
 def check_file_name(file_name: str, source: str, where: str, field: str = "field 'file_name'") -> None:
-    """Refuse names that would escape the image root (absolute paths, ``..`` segments, URLs)."""
+    """Refuse names that would escape the image root (absolute paths, ``..`` segments, URLs) or that
+    no storage can hold (control characters such as NUL, more than 1,024 bytes)."""
     if not file_name or file_name.startswith(("/", "\\")) or "://" in file_name or (len(file_name) > 1 and file_name[1] == ":"):
-        raise _fail(source, where, f"{field} must be a relative path inside the image root, got {file_name!r}")
-    if ".." in file_name.replace("\\", "/").split("/"):
-        raise _fail(source, where, f"{field} escapes the image root with '..': {file_name!r}")
+        raise _fail(source, where, f"{field} must be a relative path inside the image root, got {file_name!r:.120}")
+    if len(file_name.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES:
+        raise _fail(source, where, f"{field} is longer than {MAX_FILE_NAME_BYTES} bytes "
+                                   f"({len(file_name):,} characters, starting {file_name[:40]!r:.60})")
+    if any(ord(c) < 32 or ord(c) == 127 for c in file_name):
+        raise _fail(source, where, f"{field} holds a control character (NUL, newline, ...): {file_name!r:.120}")
+    segments = file_name.replace("\\", "/").split("/")
+    if ".." in segments:
+        raise _fail(source, where, f"{field} escapes the image root with '..': {file_name!r:.120}")
+    if "." in segments or "" in segments:
+        raise _fail(source, where, f"{field} must name a file: no '.' or empty path segments, got {file_name!r:.120}")
 
 
 def _validate_images(images: Any, source: str) -> None:
@@ -82,7 +118,7 @@ def _validate_images(images: Any, source: str) -> None:
         where = f"images[{i}]"
         if not isinstance(img, dict):
             raise _fail(source, where, "must be an object")
-        image_id = _require(img, "id", int, source, where)
+        image_id = _require_id(img, "id", source, where)
         where = f"images[{i}] (id {image_id})"
         if image_id in seen:
             raise _fail(source, where, f"duplicate image id {image_id}")
@@ -90,7 +126,7 @@ def _validate_images(images: Any, source: str) -> None:
         check_file_name(_require(img, "file_name", str, source, where), source, where)
         for key in ("width", "height"):
             if key in img and (isinstance(img[key], bool) or not isinstance(img[key], int) or img[key] <= 0):
-                raise _fail(source, where, f"field '{key}' must be a positive integer, got {img[key]!r}")
+                raise _fail(source, where, f"field '{key}' must be a positive integer, got {img[key]!r:.60}")
 
 
 def _validate_categories(categories: Any, source: str) -> dict[int, int]:
@@ -102,7 +138,7 @@ def _validate_categories(categories: Any, source: str) -> dict[int, int]:
         where = f"categories[{i}]"
         if not isinstance(cat, dict):
             raise _fail(source, where, "must be an object")
-        cat_id = _require(cat, "id", int, source, where)
+        cat_id = _require_id(cat, "id", source, where)
         _require(cat, "name", str, source, f"{where} (id {cat_id})")
         if cat_id in out:
             raise _fail(source, f"{where} (id {cat_id})", f"duplicate category id {cat_id}")
@@ -121,23 +157,23 @@ def _validate_annotation(ann: Any, i: int, image_ids: set[int], num_keypoints: d
     where = f"annotations[{i}]"
     if not isinstance(ann, dict):
         raise _fail(source, where, "must be an object")
-    ann_id = _require(ann, "id", int, source, where)
+    ann_id = _require_id(ann, "id", source, where)
     where = f"annotations[{i}] (id {ann_id})"
-    image_id = _require(ann, "image_id", int, source, where)
+    image_id = _require_id(ann, "image_id", source, where)
     if image_id not in image_ids:
         raise _fail(source, where, f"field 'image_id' refers to unknown image {image_id}")
-    cat_id = _require(ann, "category_id", int, source, where)
+    cat_id = _require_id(ann, "category_id", source, where)
     if cat_id not in num_keypoints:
         raise _fail(source, where, f"field 'category_id' refers to unknown category {cat_id} (known: {sorted(num_keypoints)})")
     bbox = _require(ann, "bbox", list, source, where)
     if len(bbox) != 4 or not all(_is_number(v) for v in bbox):
         raise _fail(source, where, f"field 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r:.80}")
-    if bbox[2] <= 0 or bbox[3] <= 0:
-        raise _fail(source, where, f"field 'bbox' must have positive width and height, got w={bbox[2]}, h={bbox[3]}")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise _fail(source, where, f"field 'bbox' must have a width and height >= 0, got w={bbox[2]}, h={bbox[3]}")
     if ann.get("iscrowd", 0) not in (0, 1):
-        raise _fail(source, where, f"field 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
+        raise _fail(source, where, f"field 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r:.60}")
     if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
-        raise _fail(source, where, f"field 'area' must be a non-negative number, got {ann['area']!r}")
+        raise _fail(source, where, f"field 'area' must be a non-negative number, got {ann['area']!r:.60}")
     k = num_keypoints[cat_id]
     if k:
         kps = _require(ann, "keypoints", list, source, where)

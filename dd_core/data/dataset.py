@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch.utils.data import Dataset
 
-from dd_core.data.coco import CocoData
+from dd_core.data.coco import CocoData, trainable_box
 from dd_core.data.images import read_image
 from dd_core.data.transforms import Target
 from dd_core.storage import join
@@ -24,8 +24,10 @@ def annotations_to_target(anns: list[dict[str, Any]], cat_to_label: Mapping[int,
 
     Crowd regions are left out: torchvision's heads have no ignore label, so training on a crowd
     box as a positive would teach the wrong thing (COCOeval still treats them as ignore regions).
+    So are boxes too small to train on (:func:`dd_core.data.coco.trainable_box`: torchvision
+    refuses a box without width or height).
     """
-    anns = [a for a in anns if not a.get("iscrowd", 0)]
+    anns = [a for a in anns if not a.get("iscrowd", 0) and trainable_box(a["bbox"])]
     boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]
     target: Target = {

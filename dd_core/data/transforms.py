@@ -8,6 +8,7 @@ random ``min_size`` per image), so the dataset only needs flips and an optional 
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -112,6 +113,23 @@ class ResizeShorterSide:
     @staticmethod
     def inverse(target: Target, resized_hw: tuple[int, int], original_hw: tuple[int, int]) -> Target:
         return scale_target(target, original_hw[1] / resized_hw[1], original_hw[0] / resized_hw[0])
+
+
+def resized_size(size: tuple[int, int], scale: int, max_size: int) -> tuple[int, int]:
+    """The ``(h, w)`` that ``GeneralizedRCNNTransform(min_size=scale, max_size)`` resizes ``size`` to.
+
+    Same arithmetic as torchvision: one factor ``min(scale / short, max_size / long)`` in Python
+    floats, and ``interpolate``'s ``floor(side * factor)``. A side of 0 px is an error there
+    ("Input and output sizes should be greater than 0"): a very thin image.
+    """
+    h, w = size
+    factor = min(scale / min(h, w), max_size / max(h, w))
+    return math.floor(h * factor), math.floor(w * factor)
+
+
+def vanishing_scale(size: tuple[int, int], scales: Sequence[int], max_size: int) -> int | None:
+    """The first of ``scales`` at which an image of ``size`` would resize to a side of 0 px, if any."""
+    return next((s for s in scales if min(resized_size(size, s, max_size)) < 1), None)
 
 
 def to_float(image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:

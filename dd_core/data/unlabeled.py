@@ -49,6 +49,18 @@ def _from_listing(text: str, source: str) -> list[UnlabeledImage]:
     return [UnlabeledImage(i + 1, name) for i, name in enumerate(sorted(names))]
 
 
+def is_listing(images: str) -> bool:
+    """Whether an unlabeled source is a list of names (``.txt`` or image-only ``.json``), not a folder."""
+    return images.endswith((".json", ".txt"))
+
+
+def _read_listing(url: str, options: Mapping[str, Any] | None) -> str:
+    try:
+        return read_bytes(url, options).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{url}: a list of images must be UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
 def list_unlabeled(images: str, root: str | None = None, options: Mapping[str, Any] | None = None,
                    limit: int | None = None) -> UnlabeledSet:
     """Every unlabeled image of a source, in a deterministic order with deterministic ids.
@@ -62,7 +74,7 @@ def list_unlabeled(images: str, root: str | None = None, options: Mapping[str, A
                for img in sorted(coco.images, key=lambda im: im["id"])]
         found = UnlabeledSet(coco.images_root, out)
     elif images.endswith(".txt"):
-        text = read_bytes(images, options).decode("utf-8")
+        text = _read_listing(images, options)
         found = UnlabeledSet(root or parent(images), _from_listing(text, images))
     else:
         names = list_files(images, suffixes=IMAGE_SUFFIXES, options=options)

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 from dd_core.data.coco import load_coco
 from dd_core.data.unlabeled import list_unlabeled, plan_shards
 from dd_core.pseudo.infer import checkpoint_fingerprint, label_shard, labeler_from_checkpoint
+from dd_core.pseudo.manifest import remove_unplanned_shards
 from dd_core.pseudo.select import apply_selection, calibrate_selection, read_predictions
 from dd_core.storage import join, write_json_atomic
 from dd_core.train.checkpoint import load_checkpoint
@@ -40,10 +41,12 @@ def label_images(checkpoint: str, images: str, out: str, root: str | None = None
     tta = {"scales": list(scales), "flip": flip}
     unlabeled = list_unlabeled(images, root, options)
     fp = checkpoint_fingerprint(checkpoint, tta, options)
+    shards = plan_shards(unlabeled.images, shard_size)
+    remove_unplanned_shards(predictions_dir, len(shards), options)
     summaries = [label_shard(shard, unlabeled.root, predictions_dir, fp,
                              lambda: labeler_from_checkpoint(checkpoint, tta, options), options, device, batch_size,
                              progress)
-                 for shard in plan_shards(unlabeled.images, shard_size)]
+                 for shard in shards]
     predictions = read_predictions([s.url for s in summaries], options)
     if labeled:
         coco = load_coco(labeled, labeled_images or "", options).to_dict()

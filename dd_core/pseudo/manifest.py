@@ -6,10 +6,36 @@ that lists a missing shard is an error, never silently skipped.
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any, Mapping, Sequence
 
-from dd_core.storage import exists, read_json, write_json_atomic
+from dd_core.storage import exists, join, list_files, read_json, remove, write_json_atomic
 from dd_core.storage.parquet import SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+_SHARD_FILE = re.compile(r"shard-(\d{5,})\.parquet")
+
+
+def remove_unplanned_shards(out_dir: str, num_shards: int, options: Mapping[str, Any] | None = None) -> list[str]:
+    """Delete the shard files of an earlier plan that the current one (``num_shards`` shards) does
+    not have; returns their URLs.
+
+    A run id labeled again with another ``shards.size`` (or a shorter pile) would otherwise keep
+    ``shard-00042.parquet`` of the old plan beside the new ones, and the inference folder would no
+    longer read as the dataset its manifest lists. Only files named exactly like a shard
+    (``shard-<5+ digits>.parquet``) directly in ``out_dir`` are candidates: nothing else is touched.
+    """
+    stale = []
+    for name in list_files(out_dir, suffixes=(".parquet",), options=options):
+        match = _SHARD_FILE.fullmatch(name)
+        if match and int(match.group(1)) >= num_shards:
+            stale.append(join(out_dir, name))
+    for url in stale:
+        remove(url, options)
+    if stale:
+        log.info("removed %d shard file(s) of an earlier plan from %s", len(stale), out_dir)
+    return stale
 
 
 def write_manifest(url: str, shards: Sequence[Mapping[str, Any]], fingerprint: str,

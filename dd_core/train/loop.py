@@ -228,30 +228,32 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, checkpoint
     bar = tqdm(total=cfg.iterations, initial=start, disable=not (progress and world.is_main), desc="train",
                unit="it", dynamic_ncols=True)
     t0, losses_out, last_ckpt, iteration = time.perf_counter(), {}, None, start
-    for images, targets in loader:
-        images = [im.to(device, non_blocking=True) for im in images]
-        with torch.autocast(device.type, enabled=use_amp):
-            losses = net(images, _move(targets, device))
-        value = _check_finite(losses, iteration)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(sum(losses.values())).backward()
-        if cfg.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        iteration += 1
-        if on_step is not None:
-            on_step(iteration, model, targets)
-        losses_out = {k: float(v.detach()) for k, v in losses.items()}
-        bar.set_postfix(loss=f"{value:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4f}", refresh=False)
-        bar.update(1)
-        if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
-            last_ckpt = write(iteration)
-        if iteration >= end:
-            break
-    bar.close()
+    try:  # a failure closes the bar first, so the error starts a line of its own
+        for images, targets in loader:
+            images = [im.to(device, non_blocking=True) for im in images]
+            with torch.autocast(device.type, enabled=use_amp):
+                losses = net(images, _move(targets, device))
+            value = _check_finite(losses, iteration)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(sum(losses.values())).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            iteration += 1
+            if on_step is not None:
+                on_step(iteration, model, targets)
+            losses_out = {k: float(v.detach()) for k, v in losses.items()}
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4f}", refresh=False)
+            bar.update(1)
+            if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
+                last_ckpt = write(iteration)
+            if iteration >= end:
+                break
+    finally:
+        bar.close()
     if iteration == end and iteration % cfg.checkpoint_every and iteration != cfg.iterations:
         last_ckpt = write(iteration)  # an early stop keeps its progress
     return TrainResult(iteration, last_ckpt, time.perf_counter() - t0, losses_out)

@@ -29,7 +29,7 @@ from torchvision.models.detection import transform as tv_transform
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from dd_core.data.transforms import hflip_boxes, hflip_keypoints  # the same geometry as training
+from dd_core.data.transforms import hflip_boxes, hflip_keypoints, resized_size  # the same geometry as training
 
 Size = tuple[int, int]  # (height, width)
 
@@ -95,17 +95,6 @@ def resize_transform(model: nn.Module, scale: int) -> GeneralizedRCNNTransform:
         image_std=t.image_std, size_divisible=t.size_divisible, fixed_size=t.fixed_size,
     )
     return out.eval()
-
-
-def resized_size(size: Size, scale: int, max_size: int) -> Size:
-    """The ``(h, w)`` that ``GeneralizedRCNNTransform(min_size=scale, max_size)`` resizes ``size`` to.
-
-    Same arithmetic as torchvision: one factor ``min(scale / short, max_size / long)`` in Python
-    floats, and ``interpolate``'s ``floor(side * factor)``.
-    """
-    h, w = size
-    factor = min(scale / min(h, w), max_size / max(h, w))
-    return math.floor(h * factor), math.floor(w * factor)
 
 
 def image_size(image: Tensor) -> Size:

@@ -4,7 +4,7 @@ import json
 import pytest
 from pycocotools.coco import COCO
 
-from dd_core.data.coco import CocoFormatError, coco_from_dict, load_coco, resolve_dataset
+from dd_core.data.coco import CocoFormatError, coco_from_dict, load_coco, resolve_dataset, trainable_box
 from dd_core.data.keypoints import COCO_PERSON_KEYPOINT_NAMES, COCO_PERSON_SKELETON
 from dd_core.storage import join, write_json_atomic
 
@@ -84,8 +84,17 @@ def _broken(mutate):
     (lambda d: d["images"][0].update(file_name="/etc/passwd"), r"images\[0\] .*relative path inside the image root"),
     (lambda d: d["images"][0].update(width=0), r"images\[0\] .*'width' must be a positive integer"),
     (lambda d: d["annotations"][0].pop("bbox"), r"annotations\[0\] \(id 183126\): missing field 'bbox'"),
-    (lambda d: d["annotations"][0].update(bbox=[1, 2, -3, 4]), r"annotations\[0\] \(id 183126\): field 'bbox' must have positive width"),
-    (lambda d: d["annotations"][0].update(bbox=[1, 2, 3, 0]), r"positive width and height, got w=3, h=0"),
+    (lambda d: d["annotations"][0].update(bbox=[1, 2, -3, 4]), r"annotations\[0\] \(id 183126\): field 'bbox' must have a width and height >= 0"),
+    (lambda d: d["annotations"][0].update(bbox=[1, 2, 3, -0.5]), r"width and height >= 0, got w=3, h=-0.5"),
+    # Ids are int64 in every table: 2**63 would wrap around (OverflowError or silently).
+    (lambda d: d["images"][0].update(id=2**63), r"images\[0\]: field 'id' must be an integer from 0 to 2\*\*63 - 1"),
+    (lambda d: d["images"][0].update(id=-1), r"images\[0\]: field 'id' must be an integer from 0 to 2\*\*63 - 1"),
+    (lambda d: d["annotations"][0].update(id=2**64), r"annotations\[0\]: field 'id' must be an integer from 0"),
+    (lambda d: d["annotations"][0].update(category_id=2**63), r"annotations\[0\] \(id 183126\): field 'category_id' must"),
+    (lambda d: d["categories"][0].update(id=2**70), r"categories\[0\]: field 'id' must be an integer from 0"),
+    (lambda d: d["images"][0].update(file_name="a\x00.jpg"), r"images\[0\] .*file_name' holds a control character"),
+    (lambda d: d["images"][0].update(file_name="a\nb.jpg"), r"images\[0\] .*file_name' holds a control character"),
+    (lambda d: d["images"][0].update(file_name="x" * 10_000_000), r"images\[0\] .*longer than 1024 bytes \(10,000,000 char"),
     (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"field 'bbox' must be 4 finite numbers"),
     (lambda d: d["annotations"][0].update(keypoints=[0] * 50), r"annotations\[0\] \(id 183126\): field 'keypoints' must have 51 numbers"),
     (lambda d: d["annotations"][0].pop("keypoints"), r"annotations\[0\] \(id 183126\): missing field 'keypoints'"),
@@ -103,6 +112,17 @@ def test_validation_errors_name_file_record_and_field(tmp_path, mutate, message)
     with pytest.raises(CocoFormatError, match=message) as info:
         load_coco(url, str(tmp_path))
     assert str(info.value).startswith(url + ": ")
+    assert len(str(info.value)) < 400  # a 10 MB name is not repeated in the message
+
+
+def test_degenerate_boxes_load_and_are_marked_untrainable():
+    # COCO's own train2017 has a person box of height 0 (annotation 2206849): it must load unchanged.
+    d = copy.deepcopy(REAL_FORMAT)
+    d["annotations"][0]["bbox"] = [9.98, 188.56, 5.54, 0.0]
+    d["annotations"][1]["bbox"] = [10.0, 10.0, 1e-9, 1e-9]  # crowd: never trained on anyway
+    data = coco_from_dict(d, "x.json", "imgs")
+    assert [a["id"] for a in data.untrainable] == [183126]
+    assert trainable_box([0, 0, 0.01, 0.01]) and not trainable_box([0, 0, 0.01, 0.0099])
 
 
 def test_not_json_names_file(tmp_path):

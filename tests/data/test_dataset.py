@@ -34,6 +34,16 @@ def test_crowd_regions_are_not_training_targets_and_labels_are_contiguous():
     assert empty["boxes"].shape == (0, 4) and empty["keypoints"].shape == (0, 17, 3)
 
 
+def test_boxes_too_small_to_train_on_are_not_targets():
+    # torchvision refuses a target box without width or height ("All bounding boxes should have
+    # positive height and width"): [10, 10, 1e-9, 1e-9] is [10, 10, 10, 10] in float32.
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 1e-9, 1e-9], "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [9.98, 188.56, 5.54, 0.0], "iscrowd": 0},
+            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "iscrowd": 0}]
+    target = annotations_to_target(anns, {1: 1}, 0, 1)
+    assert target["boxes"].tolist() == [[1.0, 2.0, 4.0, 6.0]] and target["labels"].tolist() == [1]
+
+
 @pytest.mark.parametrize("data, reason", [(b"", "empty file"), (b"GIF89a....", "not a readable image")])
 def test_undecodable_images_name_the_url(data, reason):
     with pytest.raises(ImageDecodeError, match=f"s3://b/x.png: {reason}"):

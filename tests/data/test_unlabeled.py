@@ -70,3 +70,56 @@ def test_plan_roundtrip_on_s3(s3):
     assert write_plan(found, 2, join(bucket, "plan.json"), options) == 2
     root, shards = read_plan(join(bucket, "plan.json"), options)
     assert root == found.root and [im.file_name for im in shards[1].images] == ["c.png"]
+
+
+# --- property: any list entry is refused naming its line, or stays inside the image root ---------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ENTRY = st.one_of(st.text(max_size=40), st.text(alphabet="ab./\\:*?[]~\x00\t ", max_size=12),
+                  st.sampled_from(["http://x/a.png", "s3://b/k.png", "../a.png", "a/../../b.png", "/etc/passwd",
+                                   "C:\\x.png", "a::b.png", "~/a.png", "x" * 2000]))
+
+
+def _inside(root: str, name: str) -> bool:
+    import os
+
+    path = os.path.normpath(os.path.join(root, name.replace("\\", "/")))
+    return path.startswith(root + os.sep)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(ENTRY, max_size=6))
+def test_any_list_entry_is_refused_naming_its_line_or_stays_inside_the_root(tmp_path, entries):
+    import os
+
+    root = str(tmp_path / "root")
+    list_url = str(tmp_path / "list.txt")
+    write_bytes_atomic(list_url, "\n".join(e.replace("\n", "").replace("\r", "") for e in entries).encode("utf-8",
+                                                                                                         "surrogatepass"))
+    try:
+        found = list_unlabeled(list_url, root=root)
+    except CocoFormatError as exc:
+        assert str(exc).startswith(f"{list_url}: line ") and len(str(exc)) < 400
+        return
+    except ValueError as exc:
+        assert "listed more than once" in str(exc) or "no unlabeled images" in str(exc) or "UTF-8" in str(exc)
+        return
+    for image in found.images:
+        assert _inside(os.path.normpath(root), image.file_name), image.file_name
+        assert not any(ord(c) < 32 for c in image.file_name) and len(image.file_name.encode()) <= 1024
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(min_value=-2**70, max_value=2**70), min_size=1, max_size=5, unique=True))
+def test_any_image_id_of_an_image_only_json_fits_int64_or_is_refused(tmp_path, ids):
+    url = str(tmp_path / "info.json")
+    write_json_atomic(url, {"images": [{"id": i, "file_name": f"{n}.jpg"} for n, i in enumerate(ids)]})
+    try:
+        found = list_unlabeled(url, root=str(tmp_path))
+    except CocoFormatError as exc:
+        assert "must be an integer from 0 to 2**63 - 1" in str(exc)
+        assert any(not 0 <= i < 2**63 for i in ids)
+        return
+    assert sorted(ids) == [im.id for im in found.images] and all(0 <= i < 2**63 for i in ids)

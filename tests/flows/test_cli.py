@@ -77,3 +77,69 @@ def test_detection_checkpoint_evaluates_with_box_voting_tta_and_labels(tmp_path,
     pseudo = COCO(summary["annotations"])
     assert summary["instances"] == 3 == len(pseudo.getAnnIds())  # the labeled set's 1 box per image
     assert all("keypoints" not in a for a in pseudo.loadAnns(pseudo.getAnnIds()))
+
+
+def _run_config(tmp_path) -> str:
+    import yaml
+
+    from tests.flows.conftest import local_config, make_sets
+
+    make_sets(tmp_path, (2, 1, 1))
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(local_config(tmp_path).model_dump(mode="json")))
+    return str(path)
+
+
+@pytest.mark.parametrize("override, field", [
+    ("run_id=*", "run_id: Value error, must be a plain name"),
+    ("run_id=x::y", "run_id: Value error, must be a plain name"),
+    ("device=bogus", "device: Value error, expected auto, cpu, cuda, cuda:N or mps"),
+    ("teacher.lr=.inf", "teacher.lr: Input should be a finite number"),
+    ("model.max_size=1", "model: Value error, max_size 1 is below"),
+])
+def test_bad_config_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, override, field):
+    config = _run_config(tmp_path)
+    assert main(["run", config, "--set", override]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and field in captured.err
+    assert captured.err.startswith(f"omnidistill run: error: {config}: invalid configuration: ")
+    assert "Traceback" not in captured.err + captured.out and not (tmp_path / "store").exists()
+
+
+def test_bad_unlabeled_entry_is_refused_before_training(tmp_path, capsys):
+    config = _run_config(tmp_path)
+    (tmp_path / "list.txt").write_text("a.png\nhttp://example.com/b.png\n")
+    assert main(["run", config, "--set", f"unlabeled.images={tmp_path}/list.txt"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"omnidistill run: error: {tmp_path}/list.txt: line 2: image path must be a relative path inside "
+                   "the image root, got 'http://example.com/b.png'\n")
+    assert not (tmp_path / "store").exists()
+
+
+def test_verbose_shows_the_traceback_before_the_one_line(tmp_path, capsys):
+    write_tiny_coco(tmp_path / "val", num_images=1)
+    args = ["evaluate", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(tmp_path / "val")]
+    assert main(args + ["--verbose"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.splitlines()[-1].endswith("none.pth: no such file")
+    assert main(["--verbose", *args]) == 2 and "Traceback" in capsys.readouterr().err
+    assert main(args) == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_error_line_is_one_bounded_line_naming_unexpected_error_types():
+    from flows.cli import error_line
+
+    assert error_line(ValueError("x.json: images[0]: bad")) == "x.json: images[0]: bad"
+    assert error_line(RuntimeError("CUDA out of memory")) == "RuntimeError: CUDA out of memory"
+    assert error_line(RuntimeError("torchrun exited with code 1; last output:\nTraceback ...")) == \
+        "RuntimeError: torchrun exited with code 1; last output: [...]"
+    long = error_line(ValueError("n" * 10_000_000))
+    assert len(long) == 2006 and long.endswith(" [...]")
+
+
+def test_a_run_failing_inside_the_flow_ends_with_its_error_in_one_line(tmp_path, capfd, prefect_harness):
+    config = _run_config(tmp_path)
+    assert main(["run", config, "--set", "teacher.lr=1e12", "--set", "teacher.iterations=3"]) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Error logging to API" not in err
+    assert err.splitlines()[-1].startswith("omnidistill run: error: loss is nan at iteration 1"), err[-3000:]

@@ -64,3 +64,22 @@ def test_two_run_ids_share_storage_and_a_live_run_id_is_refused(data, prefect_ha
                                               r"\(flow run 42 on"):
         run_distillation(local_config(data, run_id="a"))
     assert {k: v for k, v in _tree(a).items() if k.name != "_lock.json"} == before
+
+
+def test_relabeling_with_another_shard_size_reads_as_the_manifest_s_dataset(tmp_path, prefect_harness):
+    import pyarrow.dataset as ds
+
+    from dd_core.storage.layout import RunLayout
+    from flows.distill import label_unlabeled
+    from tests.conftest import save_random_checkpoint
+
+    d = make_sets(tmp_path, (2, 5, 1))
+    checkpoint = save_random_checkpoint(str(tmp_path / "teacher.pth"), read_json(str(d / "labeled/annotations.json")))
+    layout = RunLayout(str(d / "store"), "stale")
+    inference = d / "store/runs/stale/inference"
+    for size, shards in ((1, 5), (2, 3)):
+        label_unlabeled(local_config(d, run_id="stale", shards={"size": size}), checkpoint, layout)
+        manifest = read_json(str(inference / "_manifest.json"))
+        assert sorted(p.name for p in inference.glob("shard-*")) == [f"shard-{i:05d}.parquet" for i in range(shards)]
+        assert ds.dataset(str(inference)).count_rows() == manifest["num_rows"] > 0
+        assert manifest["num_images"] == 5
