@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dd_core.config import parse_config  # noqa: E402
 from dd_core.data.coco import load_coco  # noqa: E402
+from dd_core.tta.settings import DEFAULT_SCALES, MultiTransformSettings  # noqa: E402
 
 EXPERIMENTS = ("semi", "omni-same", "omni-dissimilar", "schedule", "detection")
 
@@ -140,7 +141,7 @@ def run_config(out: Path, name: str, seed: int, task: str, labeled: dict, unlabe
         "model": {"preset": "slim"},
         "teacher": stage,
         "student": {**stage, "schedule_factor": student_factor, "labeled_ratio": 0.6},
-        "tta": {"scales": [96, 128, 160], "flip": True},
+        "tta": {"scales": list(DEFAULT_SCALES), "flip": True},
         "shards": {"size": scale.shard, "batch_size": 8},
     }
 
@@ -324,7 +325,7 @@ def teacher_tta(out: Path, iterations: int, seed: int, scales: list[int], labele
     result = train_detector(spec_for("keypoints", lab), lab, cfg, str(out / f"teacher-{iterations}-s{seed}"))
     return {"experiment": "teacher-tta", "iterations": iterations, "seed": seed, "labeled": labeled, "val": val,
             "transforms": f"scales {scales} x flip", "teacher": evaluate_checkpoint(result.checkpoint, val_set),
-            "teacher_tta": evaluate_checkpoint(result.checkpoint, val_set, tta={"scales": scales, "flip": True})}
+            "teacher_tta": evaluate_checkpoint(result.checkpoint, val_set, MultiTransformSettings(tuple(scales)))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("teacher-tta", help="a teacher evaluated without and with TTA")
     t.add_argument("--iterations", type=int, default=1000)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--scales", type=int, nargs="+", default=[96, 128, 160])
+    t.add_argument("--scales", type=int, nargs="+", default=list(DEFAULT_SCALES))
     for q in (r, s, t):
         q.add_argument("--out", type=Path, default=Path("bench-runs/accuracy"))
     args = p.parse_args(argv)

@@ -8,21 +8,23 @@ orchestration costs. One round; outputs follow the flow's run layout, and re-run
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
-from dd_core.config import RunConfig, check_run_inputs, model_overrides, resolve_device, train_config, tta_options
+from dd_core.config import RunConfig, check_run_inputs, multi_transform_settings, train_job
 from dd_core.data.coco import load_coco
-from dd_core.data.unlabeled import list_unlabeled, write_plan
+from dd_core.device import resolve_device
 from dd_core.evaluate.checkpoint_eval import evaluate_checkpoint
-from dd_core.pseudo.infer import checkpoint_fingerprint, label_planned_shard, release_labelers
+from dd_core.pseudo.fingerprint import checkpoint_fingerprint
+from dd_core.pseudo.infer import ShardJob, pseudo_label_planned_shard
 from dd_core.pseudo.manifest import write_manifest
-from dd_core.pseudo.select import read_predictions, select_pseudo_labels
+from dd_core.pseudo.pipeline import SelectionOutputs, plan, select
+from dd_core.pseudo.teacher import TeacherCache
 from dd_core.report import ap_bar_chart, pseudo_label_grid
 from dd_core.storage import write_bytes_atomic, write_json_atomic
 from dd_core.storage.layout import RunLayout
-from dd_core.train.checkpoint import load_checkpoint
-from dd_core.train.detector import spec_for, train_detector
+from dd_core.train.job import run_job
 
 
 def plain_distill(config: RunConfig, progress: bool = False, evaluate_teacher: bool = True) -> dict[str, Any]:
@@ -35,7 +37,7 @@ def plain_distill(config: RunConfig, progress: bool = False, evaluate_teacher: b
     check_run_inputs(config)
     labeled = load_coco(config.labeled.annotations, config.labeled.images, options)
     val = load_coco(config.val.annotations, config.val.images, options)
-    tta = tta_options(config.tta, config.task)
+    tta = multi_transform_settings(config)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -44,52 +46,49 @@ def plain_distill(config: RunConfig, progress: bool = False, evaluate_teacher: b
         seconds[name] = round(time.perf_counter() - clock, 1)
         clock = time.perf_counter()
 
-    def train(stage, out_dir, data=labeled, pseudo=None, init=None) -> str:
-        spec = spec_for(config.task, data, **model_overrides(config.model))
-        init_state = load_checkpoint(init, options)["model"] if init else None
-        return train_detector(spec, data, train_config(stage, config.seed), out_dir, pseudo=pseudo,
-                              labeled_ratio=config.student.labeled_ratio, init_state=init_state, options=options,
-                              device=device, progress=progress).checkpoint
+    def train(stage, out_dir, data=None, pseudo=None, init=None) -> str:
+        job = train_job(config, checkpoint_dir=out_dir, stage=stage, labeled=data, pseudo_annotations=pseudo,
+                        pseudo_images=planned.root if pseudo else None, init_checkpoint=init)
+        return run_job(dataclasses.replace(job, device=device, progress=progress)).checkpoint
 
     def evaluate(checkpoint: str, with_tta: bool) -> dict[str, float]:
-        return evaluate_checkpoint(checkpoint, val, tta if with_tta else None, options, device, progress=progress)
+        return evaluate_checkpoint(checkpoint, val, tta if with_tta else None, options=options, device=device,
+                                   progress=progress)
 
     teacher = train(config.teacher, layout.teacher)
     lap("teacher")
     metrics = {"teacher": evaluate(teacher, False), "teacher_tta": evaluate(teacher, True)} if evaluate_teacher else {}
     lap("evaluate teacher")
-    images = list_unlabeled(config.unlabeled.images, config.unlabeled.root, options, config.unlabeled.limit)
-    num_shards = write_plan(images, config.shards.size, layout.plan, options)
-    fp = checkpoint_fingerprint(teacher, tta, options)
-    shards = [label_planned_shard(teacher, layout.plan, i, layout.inference, tta, fp, options, device,
-                                  config.shards.batch_size).to_dict() for i in range(num_shards)]
-    release_labelers()  # as the flow does, before the student trains
-    write_manifest(layout.manifest, shards, fp, options)
+    planned = plan(config.unlabeled.images, layout.plan, config.shards.size, root=config.unlabeled.root,
+                   limit=config.unlabeled.limit, options=options)
+    job = ShardJob(teacher, layout.plan, layout.inference, tta, checkpoint_fingerprint(teacher, tta, options),
+                   device, config.shards.batch_size)
+    teachers = TeacherCache()
+    shards = [pseudo_label_planned_shard(job, i, cache=teachers, device=device, options=options).to_dict()
+              for i in range(planned.num_shards)]
+    teachers.clear()  # as the flow does, before the student trains
+    write_manifest(layout.manifest, shards, job.fingerprint, options)
     lap("label unlabeled")
-    predictions = read_predictions([s["url"] for s in shards], options)
-    pseudo, selection = select_pseudo_labels(predictions, labeled.to_dict(), config.task)
-    write_json_atomic(layout.thresholds, selection.to_dict(), options, indent=1)
-    write_json_atomic(layout.pseudo_annotations, pseudo, options)
+    pseudo, selection, _ = select([s["url"] for s in shards], labeled.categories, config.task,
+                                  SelectionOutputs.of_run(layout), labeled=labeled.to_dict(), options=options)
     lap("select")
-    pseudo_data = load_coco(layout.pseudo_annotations, images.root, options)
     init = teacher if config.student.init == "teacher" else None
-    student = train(config.student_stage(), layout.student, pseudo=pseudo_data, init=init)
+    student = train(config.student_stage(), layout.student, pseudo=layout.pseudo_annotations, init=init)
     lap("student")
     metrics.update(student=evaluate(student, False), student_tta=evaluate(student, True))
     lap("evaluate student")
     checkpoints = {"teacher": teacher, "student": student}
     if config.upper_bound:
-        upper_data = load_coco(config.upper_bound.annotations, config.upper_bound.images, options)
         stage = config.teacher.model_copy(update={"iterations": config.student_stage().iterations})
-        checkpoints["upper_bound"] = train(stage, layout.upper_bound, data=upper_data)
+        checkpoints["upper_bound"] = train(stage, layout.upper_bound, data=config.upper_bound)
         metrics["upper_bound"] = evaluate(checkpoints["upper_bound"], False)
         lap("upper bound")
     write_json_atomic(layout.metrics, metrics, options, indent=1)
-    _write_report(layout, config.task, metrics, pseudo, images.root, options)
+    _write_report(layout, config.task, metrics, pseudo, planned.root, options)
     lap("report")
     return {"metrics": metrics, "seconds": seconds, "checkpoints": checkpoints,
             "selection": {"thresholds": selection.thresholds, "kept": selection.kept_per_category,
-                          "keypoint_threshold": selection.keypoint_threshold, "unlabeled": len(images.images)}}
+                          "keypoint_threshold": selection.keypoint_threshold, "unlabeled": planned.num_images}}
 
 
 def _write_report(layout: RunLayout, task: str, metrics: dict, pseudo: dict, pseudo_root: str, options) -> None:

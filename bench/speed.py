@@ -139,62 +139,42 @@ def post_inference(checkpoint: str, scales: list[int], images: int, batch: int, 
     """
     from bench.tta_speed import sync
     from dd_core.data.unlabeled import list_unlabeled, plan_shards
-    from dd_core.pseudo.infer import label_shard, labeler_from_checkpoint
+    from dd_core.pseudo.infer import StageClock, pseudo_label_shard
     from dd_core.pseudo.select import read_predictions, select_pseudo_labels
+    from dd_core.pseudo.teacher import teacher_from_checkpoint
     from dd_core.storage import write_json_atomic
+    from dd_core.tta.settings import MultiTransformSettings
 
-    tta_opts = {"scales": scales, "flip": True}
+    tta = MultiTransformSettings(tuple(scales), True)
     with tempfile.TemporaryDirectory() as tmp:
         labeled = _keypoint_images(Path(tmp) / "labeled", 100, 128, seed=1)
         make_keypoints_dataset(Path(tmp) / "unlabeled", images, seed=2)
         unlabeled = list_unlabeled(f"{tmp}/unlabeled/images")
-        timings = {"inference": 0.0, "decode": 0.0, "load": 0.0}
+        load_s = 0.0
 
-        def make_labeler():
+        def load_teacher():
+            nonlocal load_s
             t0 = time.perf_counter()
-            labeler = labeler_from_checkpoint(checkpoint, tta_opts)
-            labeler.model.to(device)  # on a GPU this starts CUDA: loading, not output
+            teacher = teacher_from_checkpoint(checkpoint, tta)
+            teacher.model.to(device)  # on a GPU this starts CUDA: loading, not output
             sync(device)
-            timings["load"] = time.perf_counter() - t0
-            inner = labeler.predict_fn
+            load_s = time.perf_counter() - t0
+            return teacher
 
-            def timed(model, imgs):
-                sync(device)
-                t0 = time.perf_counter()
-                out = inner(model, imgs)
-                sync(device)
-                timings["inference"] += time.perf_counter() - t0
-                return out
-            labeler.predict_fn = timed
-            return labeler
-
-        # Image decoding and the copy to the device are input, not output: timed where they
-        # happen (the shard's own decode step) and left out of both sides.
-        from dd_core.pseudo import infer
-
-        decode_batch = infer._decode_batch
-
-        def timed_decode(*args, **kwargs):
-            t0 = time.perf_counter()
-            out = decode_batch(*args, **kwargs)
-            sync(device)
-            timings["decode"] += time.perf_counter() - t0
-            return out
-
+        # Reading (image decoding and the copy to the device) is input, not output: the shard loop's
+        # clock times it where it happens, and it is left out of both sides.
+        clock = StageClock(sync=lambda: sync(device))
         shard = plan_shards(unlabeled.images, len(unlabeled.images))[0]
-        infer._decode_batch = timed_decode
-        try:
-            t0 = time.perf_counter()
-            summary = label_shard(shard, unlabeled.root, f"{tmp}/shards", "bench", make_labeler, None, str(device),
-                                  batch)
-            shard_s = time.perf_counter() - t0
-        finally:
-            infer._decode_batch = decode_batch
+        t0 = time.perf_counter()
+        summary = pseudo_label_shard(shard, unlabeled.root, f"{tmp}/shards", "bench", load_teacher,
+                                     device=str(device), batch_size=batch, clock=clock)
+        shard_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         predictions = read_predictions([summary.url])
         coco, _ = select_pseudo_labels(predictions, labeled.to_dict(), "keypoints")
         write_json_atomic(f"{tmp}/pseudo.json", coco)
         select_s = time.perf_counter() - t0
+    timings = {"inference": clock.seconds["infer"], "decode": clock.seconds["read"], "load": load_s}
     rows_s = shard_s - timings["inference"] - timings["decode"] - timings["load"]
     after = rows_s + select_s
     return {"benchmark": "after inference vs inference", "transforms": 2 * len(scales), "images": images,
@@ -229,15 +209,20 @@ import json, resource, sys, time
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
 import torch
 from dd_core.data.unlabeled import list_unlabeled, write_plan
-from dd_core.pseudo.infer import checkpoint_fingerprint, label_planned_shard
-tta = {{"scales": {scales!r}, "flip": True}}
+from dd_core.pseudo.fingerprint import checkpoint_fingerprint
+from dd_core.pseudo.infer import ShardJob, pseudo_label_planned_shard
+from dd_core.pseudo.teacher import TeacherCache
+from dd_core.tta.settings import MultiTransformSettings
+tta = MultiTransformSettings({tuple(scales)!r}, True)
 images = list_unlabeled({str(root / f"list-{images}.txt")!r}, {str(root / "pool")!r})
 plan = {str(root / f"plan-{images}.json")!r}
 n = write_plan(images, {shard_size}, plan)
-fp = checkpoint_fingerprint({checkpoint!r}, tta)
+job = ShardJob({checkpoint!r}, plan, {str(root / f"out-{images}")!r}, tta, checkpoint_fingerprint({checkpoint!r}, tta),
+               {device!r}, 8)
+cache = TeacherCache()
 t0 = time.perf_counter()
 for i in range(n):
-    label_planned_shard({checkpoint!r}, plan, i, {str(root / f"out-{images}")!r}, tta, fp, None, {device!r}, 8)
+    pseudo_label_planned_shard(job, i, cache=cache, device={device!r})
 gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
 print(json.dumps({{"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                    "peak_gpu_mib": gpu / 2**20, "seconds": time.perf_counter() - t0, "shards": n}}))

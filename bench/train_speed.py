@@ -25,7 +25,7 @@ from dd_core.data.coco import load_coco
 from dd_core.data.dataset import CocoDataset, collate
 from dd_core.data.sampler import GroupedBatchSampler
 from dd_core.data.synthetic import make_keypoints_dataset
-from dd_core.models import build_model
+from dd_core.models import ModelOverrides, build_model
 from dd_core.train import TrainConfig, train
 from dd_core.train.detector import spec_for, training_transforms
 
@@ -79,7 +79,7 @@ def reference_loop(coco, batch: int, steps: int, device: torch.device, workers: 
 def our_loop(coco, batch: int, steps: int, device: torch.device, workers: int) -> float:
     """:func:`dd_core.train.train` on the r50-fpn preset; returns iterations per second."""
     torch.manual_seed(0)
-    model = build_model(spec_for("keypoints", coco, preset="r50-fpn"))
+    model = build_model(spec_for("keypoints", coco, ModelOverrides(preset="r50-fpn")))
     cfg = TrainConfig(iterations=steps, batch_size=batch, lr=LR, warmup_iters=1, checkpoint_every=steps,
                       num_workers=workers)
     stamps: list[float] = []
@@ -88,7 +88,7 @@ def our_loop(coco, batch: int, steps: int, device: torch.device, workers: int) -
         sync(device)
         stamps.append(time.perf_counter())
 
-    train(model, CocoDataset(coco, training_transforms(coco)), cfg, None, device=device, progress=False,
+    train(model, CocoDataset(coco, training_transforms(coco)), cfg, device=device, progress=False,
           on_step=stamp)
     return _steady_rate(stamps)
 

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -28,14 +28,15 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from dd_core.config import resolve_device
     from dd_core.data.coco import load_coco, resolve_dataset
+    from dd_core.device import resolve_device
     from dd_core.evaluate.checkpoint_eval import evaluate_checkpoint
+    from dd_core.tta.settings import MultiTransformSettings
 
     annotations, images = resolve_dataset(args.data, args.images)
     data = load_coco(annotations, images)
-    tta = {"scales": args.scales, "flip": not args.no_flip} if args.tta else None
-    stats = evaluate_checkpoint(args.checkpoint, data, tta=tta, device=resolve_device(args.device),
+    tta = MultiTransformSettings(tuple(args.scales), not args.no_flip) if args.tta else None
+    stats = evaluate_checkpoint(args.checkpoint, data, tta, device=resolve_device(args.device),
                                 batch_size=args.batch_size, progress=not args.quiet)
     print(json.dumps(stats, indent=2))
     return 0
@@ -62,15 +63,89 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
-    from dd_core.config import resolve_device
-    from dd_core.pseudo.label import label_images
+    from dd_core.device import resolve_device
+    from dd_core.pseudo.pipeline import FixedThresholds
+    from dd_core.pseudo.standalone import pseudo_label_images
+    from dd_core.tta.settings import MultiTransformSettings
 
-    out = label_images(args.checkpoint, args.images, args.out, root=args.root, labeled=args.labeled,
-                       labeled_images=None, score_threshold=args.score_threshold,
-                       keypoint_threshold=args.keypoint_threshold, scales=args.scales, flip=not args.no_flip,
-                       device=resolve_device(args.device), batch_size=args.batch_size, progress=not args.quiet)
+    out = pseudo_label_images(args.checkpoint, args.images, args.out,
+                              MultiTransformSettings(tuple(args.scales), not args.no_flip), root=args.root,
+                              labeled=args.labeled, fixed=FixedThresholds(args.score_threshold, args.keypoint_threshold),
+                              device=resolve_device(args.device), batch_size=args.batch_size, progress=not args.quiet)
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _add_inference_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """What ``evaluate`` and ``label`` share: the transform set and where and how inference runs."""
+    from dd_core.tta.settings import DEFAULT_SCALES
+
+    parser.add_argument("--scales", type=int, nargs="+", default=list(DEFAULT_SCALES),
+                        help=f"TTA scales (shorter side, px; default {' '.join(map(str, DEFAULT_SCALES))})")
+    parser.add_argument("--no-flip", action="store_true", help="TTA without horizontal flip")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per batch (default {batch_size})")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_synth(sub: Any, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("synth", parents=[common], help="write a synthetic COCO data set (stick-figure people or shapes)",
+                       description="Write OUT/annotations.json (COCO) and OUT/images/.")
+    s.add_argument("task", choices=["keypoints", "detection"])
+    s.add_argument("out", help="output folder")
+    s.add_argument("--images", type=int, default=100, help="number of images (default 100)")
+    s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    s.add_argument("--style", default="coco", help="image style: coco or sports (default coco)")
+    s.add_argument("--size", type=int, default=128, help="shorter image side in pixels (default 128)")
+    s.add_argument("--start-id", type=int, default=1, help="first image id (default 1)")
+    s.set_defaults(func=_cmd_synth)
+
+
+def _add_evaluate(sub: Any, common: argparse.ArgumentParser) -> None:
+    e = sub.add_parser("evaluate", parents=[common], help="COCO-evaluate a checkpoint, print metrics as JSON",
+                       description="Evaluate a teacher or student checkpoint with COCOeval.")
+    e.add_argument("--checkpoint", required=True, help="checkpoint URL (path, file:// or s3://)")
+    e.add_argument("--data", required=True, help="data set folder (annotations.json + images/) or a COCO json")
+    e.add_argument("--images", help="images root, if not beside the json")
+    e.add_argument("--tta", action="store_true", help="multi-transform inference (scales x flip)")
+    _add_inference_arguments(e, batch_size=8)
+    e.set_defaults(func=_cmd_evaluate)
+
+
+def _add_run(sub: Any, common: argparse.ArgumentParser) -> None:
+    r = sub.add_parser("run", parents=[common], help="run the whole distillation flow from a YAML config",
+                       description="Teacher -> multi-transform inference on unlabeled shards -> pseudo-labels -> "
+                       "student -> COCO evaluation. Same run_id again resumes the run.")
+    r.add_argument("config", help="run config (YAML); see configs/ for examples")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set teacher.iterations=500 (repeatable)")
+    r.set_defaults(func=_cmd_run)
+
+
+def _add_label(sub: Any, common: argparse.ArgumentParser) -> None:
+    lb = sub.add_parser("label", parents=[common], help="write pseudo-labels (COCO json) for a folder or bucket of "
+                        "images", description="Multi-transform inference with a checkpoint on unlabeled images, "
+                        "then selection: per-category thresholds calibrated on --labeled (the paper's rule), or a "
+                        "fixed --score-threshold.")
+    lb.add_argument("--checkpoint", required=True, help="teacher checkpoint URL")
+    lb.add_argument("--images", required=True, help="folder/prefix of images, a .txt list, or an image-only COCO json")
+    lb.add_argument("--out", required=True, help="output json URL (or a folder: writes annotations.json in it)")
+    lb.add_argument("--root", help="where relative names of a .txt list or json live")
+    lb.add_argument("--labeled", help="labeled COCO json whose density the pseudo-labels should match")
+    lb.add_argument("--score-threshold", type=float, default=0.5, help="without --labeled: keep scores >= this")
+    lb.add_argument("--keypoint-threshold", type=float, default=0.0,
+                    help="without --labeled: keypoints with a score >= this get v=2")
+    _add_inference_arguments(lb, batch_size=4)
+    lb.set_defaults(func=_cmd_label)
+
+
+def _add_demo(sub: Any, common: argparse.ArgumentParser) -> None:
+    d = sub.add_parser("demo", parents=[common], help="run the embedded default end to end (synthetic data, local "
+                       "storage, CPU)")
+    d.add_argument("--out", default="./demo-runs", help="where data and runs go (default ./demo-runs)")
+    d.add_argument("--quick", action="store_true", help="a minutes-long smoke run with tiny settings")
+    d.add_argument("--keep-server", action="store_true", help="leave the local Prefect UI running afterwards")
+    d.set_defaults(func=_cmd_demo)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,63 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="print the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    s = sub.add_parser("synth", parents=[common], help="write a synthetic COCO data set (stick-figure people or shapes)",
-                       description="Write OUT/annotations.json (COCO) and OUT/images/.")
-    s.add_argument("task", choices=["keypoints", "detection"])
-    s.add_argument("out", help="output folder")
-    s.add_argument("--images", type=int, default=100, help="number of images (default 100)")
-    s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
-    s.add_argument("--style", default="coco", help="image style: coco or sports (default coco)")
-    s.add_argument("--size", type=int, default=128, help="shorter image side in pixels (default 128)")
-    s.add_argument("--start-id", type=int, default=1, help="first image id (default 1)")
-    s.set_defaults(func=_cmd_synth)
-
-    e = sub.add_parser("evaluate", parents=[common], help="COCO-evaluate a checkpoint, print metrics as JSON",
-                       description="Evaluate a teacher or student checkpoint with COCOeval.")
-    e.add_argument("--checkpoint", required=True, help="checkpoint URL (path, file:// or s3://)")
-    e.add_argument("--data", required=True, help="data set folder (annotations.json + images/) or a COCO json")
-    e.add_argument("--images", help="images root, if not beside the json")
-    e.add_argument("--tta", action="store_true", help="multi-transform inference (scales x flip)")
-    e.add_argument("--scales", type=int, nargs="+", default=[96, 128, 160], help="TTA scales (shorter side, px)")
-    e.add_argument("--no-flip", action="store_true", help="TTA without horizontal flip")
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
-    e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
-    e.set_defaults(func=_cmd_evaluate)
-
-    r = sub.add_parser("run", parents=[common], help="run the whole distillation flow from a YAML config",
-                       description="Teacher -> multi-transform inference on unlabeled shards -> pseudo-labels -> "
-                       "student -> COCO evaluation. Same run_id again resumes the run.")
-    r.add_argument("config", help="run config (YAML); see configs/ for examples")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set teacher.iterations=500 (repeatable)")
-    r.set_defaults(func=_cmd_run)
-
-    lb = sub.add_parser("label", parents=[common], help="write pseudo-labels (COCO json) for a folder or bucket of images",
-                        description="Multi-transform inference with a checkpoint on unlabeled images, then "
-                        "selection: per-category thresholds calibrated on --labeled (the paper's rule), or a "
-                        "fixed --score-threshold.")
-    lb.add_argument("--checkpoint", required=True, help="teacher checkpoint URL")
-    lb.add_argument("--images", required=True, help="folder/prefix of images, a .txt list, or an image-only COCO json")
-    lb.add_argument("--out", required=True, help="output json URL (or a folder: writes annotations.json in it)")
-    lb.add_argument("--root", help="where relative names of a .txt list or json live")
-    lb.add_argument("--labeled", help="labeled COCO json whose density the pseudo-labels should match")
-    lb.add_argument("--score-threshold", type=float, default=0.5, help="without --labeled: keep scores >= this")
-    lb.add_argument("--keypoint-threshold", type=float, default=0.0,
-                    help="without --labeled: keypoints with a score >= this get v=2")
-    lb.add_argument("--scales", type=int, nargs="+", default=[96, 128, 160], help="TTA scales (shorter side, px)")
-    lb.add_argument("--no-flip", action="store_true", help="no horizontal flip")
-    lb.add_argument("--device", default="auto")
-    lb.add_argument("--batch-size", type=int, default=4)
-    lb.add_argument("--quiet", action="store_true", help="no progress bar")
-    lb.set_defaults(func=_cmd_label)
-
-    d = sub.add_parser("demo", parents=[common], help="run the embedded default end to end (synthetic data, local storage, CPU)")
-    d.add_argument("--out", default="./demo-runs", help="where data and runs go (default ./demo-runs)")
-    d.add_argument("--quick", action="store_true", help="a minutes-long smoke run with tiny settings")
-    d.add_argument("--keep-server", action="store_true", help="leave the local Prefect UI running afterwards")
-    d.set_defaults(func=_cmd_demo)
+    for add in (_add_synth, _add_evaluate, _add_run, _add_label, _add_demo):
+        add(sub, common)
     return p
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from dd_core.config import parse_config
+from dd_core.tta.settings import DEFAULT_SCALES
 
 # (labeled, unlabeled, val) images and (teacher, student) iterations. The full demo fits in about
 # 30 minutes on 2 CPU cores; --quick is a smoke run of a few minutes.
@@ -45,7 +46,7 @@ def demo_config(out: Path, quick: bool) -> dict[str, Any]:
                     "warmup_iters": min(100, sizes["teacher"] // 5), "checkpoint_every": 200},
         "student": {"iterations": sizes["student"], "batch_size": 8, "lr": 0.02, "labeled_ratio": 0.6,
                     "warmup_iters": min(100, sizes["student"] // 5), "checkpoint_every": 200},
-        "tta": {"scales": [96, 128, 160], "flip": True},
+        "tta": {"scales": list(DEFAULT_SCALES), "flip": True},
         "shards": {"size": 8 if quick else 32},
     }
     (out / "demo.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -14,11 +14,13 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 
-from dd_core.config import RunConfig, tta_options
-from dd_core.pseudo.infer import release_labelers
+from dd_core.config import RunConfig, multi_transform_settings, train_job
+from dd_core.pseudo.infer import ShardJob
+from dd_core.pseudo.pipeline import SelectionOutputs
 from dd_core.storage.layout import RunLayout
 from dd_core.storage.lock import RunLock
 from flows.runners import shard_groups, shard_resources, shard_task_runner
+from tasks import cache
 from tasks.evaluate import evaluate, validate_inputs
 from tasks.fanout import label_shard_group
 from tasks.infer import (
@@ -45,42 +47,38 @@ def _wait_with_progress(futures: list[PrefectFuture], shards_per_future: list[in
     return results
 
 
-def _label_on_task_runner(config: RunConfig, checkpoint: str, layout: RunLayout, num_shards: int,
-                          tta: dict[str, Any], fp: str) -> list[dict[str, Any]]:
+def _label_on_task_runner(config: RunConfig, job: ShardJob, num_shards: int) -> list[dict[str, Any]]:
     """One ``infer_shard`` task per shard on this flow's task runner (threads or Dask)."""
     with shard_resources(config.shards):
-        futures = [infer_shard.submit(checkpoint, layout.plan, i, layout.inference, tta, fp, config.device,
-                                      config.shards.batch_size, config.storage.options) for i in range(num_shards)]
+        futures = [infer_shard.submit(job, i, config.storage.options) for i in range(num_shards)]
     shards = _wait_with_progress(futures, [1] * num_shards)
     get_run_logger().info("shards: %d (%d already done)", len(shards), sum(s["skipped"] for s in shards))
     return shards
 
 
-def _label_by_deployment(config: RunConfig, checkpoint: str, layout: RunLayout, num_shards: int,
-                         tta: dict[str, Any], fp: str) -> list[dict[str, Any]]:
+def _label_by_deployment(config: RunConfig, job: ShardJob, num_shards: int) -> list[dict[str, Any]]:
     """Groups of shards as flow runs of ``shards.deployment``; their output is read back from storage."""
     groups = shard_groups(num_shards, config.shards.per_flow_run)
-    futures = [label_shard_group.submit(config.shards.deployment, checkpoint, layout.plan, group, layout.inference,
-                                        tta, fp, config.device, config.shards.batch_size) for group in groups]
+    futures = [label_shard_group.submit(config.shards.deployment, job, group) for group in groups]
     runs = _wait_with_progress(futures, [len(group) for group in groups])
     get_run_logger().info("shards: %d, labeled by %d flow run(s) of %s", num_shards, len(runs),
                           config.shards.deployment)
-    return collect_shards(layout.plan, layout.inference, fp, config.storage.options)
+    return collect_shards(job.plan_url, job.out_dir, job.fingerprint, config.storage.options)
 
 
 @flow(name="label-unlabeled")
 def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> dict[str, Any]:
     """Steps 2-3 for one teacher: plan shards, label each shard (retried, idempotent), select pseudo-labels."""
     options = config.storage.options
-    tta = tta_options(config.tta, config.task)
+    tta = multi_transform_settings(config)
     plan = plan_shards(config.unlabeled, config.shards.size, layout.plan, options)
-    fp = fingerprint_teacher(checkpoint, tta, options)
+    job = ShardJob(checkpoint, layout.plan, layout.inference, tta, fingerprint_teacher(checkpoint, tta, options),
+                   config.device, config.shards.batch_size)
     label = _label_by_deployment if config.shards.runner == "deployment" else _label_on_task_runner
-    shards = label(config, checkpoint, layout, plan["num_shards"], tta, fp)
-    release_labelers()  # shard tasks in this process cached the teacher; the student trains next
-    write_inference_manifest(layout.manifest, shards, fp, options)
-    selection = select_pseudo(layout.manifest, config.labeled.annotations, config.labeled.images, config.task,
-                              layout.thresholds, layout.pseudo_annotations, layout.rejected, options)
+    shards = label(config, job, plan["num_shards"])
+    cache.TEACHERS.clear()  # shard tasks in this process cached the teacher; the student trains next
+    write_inference_manifest(layout.manifest, shards, job.fingerprint, options)
+    selection = select_pseudo(layout.manifest, config.labeled, config.task, SelectionOutputs.of_run(layout), options)
     get_run_logger().info("pseudo-labels kept: %s", selection["kept_per_category"])
     return {**selection, "root": plan["root"], "num_shards": plan["num_shards"],
             "num_unlabeled": plan["num_images"]}
@@ -89,15 +87,14 @@ def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> di
 def _evaluate_pair(name: str, checkpoint: str, config: RunConfig) -> dict[str, dict[str, float]]:
     options = config.storage.options
     return {name: evaluate(name, checkpoint, config.val, None, config.device, options),
-            f"{name}_tta": evaluate(f"{name}_tta", checkpoint, config.val, tta_options(config.tta, config.task),
+            f"{name}_tta": evaluate(f"{name}_tta", checkpoint, config.val, multi_transform_settings(config),
                                     config.device, options)}
 
 
 def _distill_stages(config: RunConfig, layout: RunLayout) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """Teacher, then per round: label the unlabeled shards and train a student; then evaluate."""
-    options = config.storage.options
-    teacher = train_model("teacher", config.task, config.labeled, config.model, config.teacher, layout.teacher,
-                          config.seed, config.device, options, distributed=config.distributed)
+    teacher = train_model("teacher", train_job(config, checkpoint_dir=layout.teacher, stage=config.teacher),
+                          config.distributed)
     metrics = _evaluate_pair("teacher", teacher, config)
     selections, current = [], teacher
     for r in range(1, config.rounds + 1):
@@ -106,18 +103,16 @@ def _distill_stages(config: RunConfig, layout: RunLayout) -> tuple[dict[str, dic
         runner = shard_task_runner(config.shards)
         selection = label_unlabeled.with_options(task_runner=runner)(config, current, round_layout)
         selections.append(selection)
-        init = current if config.student.init == "teacher" else None
-        current = train_model("student" if r == 1 else f"student round {r}", config.task, config.labeled,
-                              config.model, config.student_stage(), round_layout.student, config.seed, config.device,
-                              options, round_layout.pseudo_annotations, selection["root"],
-                              config.student.labeled_ratio, init, distributed=config.distributed)
+        student = train_job(config, checkpoint_dir=round_layout.student, stage=config.student_stage(),
+                            pseudo_annotations=round_layout.pseudo_annotations, pseudo_images=selection["root"],
+                            init_checkpoint=current if config.student.init == "teacher" else None)
+        current = train_model("student" if r == 1 else f"student round {r}", student, config.distributed)
     metrics.update(_evaluate_pair("student", current, config))
     if config.upper_bound:
-        upper = train_model("upper bound", config.task, config.upper_bound, config.model,
-                            config.teacher.model_copy(update={"iterations": config.student_stage().iterations}),
-                            layout.upper_bound, config.seed, config.device, options,
-                            distributed=config.distributed)
-        metrics["upper_bound"] = evaluate("upper_bound", upper, config.val, None, config.device, options)
+        stage = config.teacher.model_copy(update={"iterations": config.student_stage().iterations})
+        upper = train_model("upper bound", train_job(config, checkpoint_dir=layout.upper_bound, stage=stage,
+                                                     labeled=config.upper_bound), config.distributed)
+        metrics["upper_bound"] = evaluate("upper_bound", upper, config.val, None, config.device, config.storage.options)
     return metrics, selections
 
 
@@ -139,7 +134,7 @@ def distill(config: RunConfig) -> dict[str, Any]:
         config = config.model_copy(update={"run_id": f"flow-{flow_run.get_id()}"})
     layout = RunLayout(config.storage.root, config.run_id)
     counts = validate_inputs(config)  # before anything is written under the run
-    with RunLock(layout.lock, config.storage.options, label=f"flow run {flow_run.get_id()}"):
+    with RunLock(layout.lock, config.storage.options, holder=f"flow run {flow_run.get_id()}"):
         metrics, selections = _distill_stages(config, layout)
         last = selections[-1]
         counts.update(unlabeled=last["num_unlabeled"], rejected=last["num_rejected"], shards=last["num_shards"])

@@ -13,7 +13,7 @@ def retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
     return not isinstance(state.data, NOT_RETRYABLE)
 
 
-def _options() -> dict[str, Any]:
+def _task_defaults() -> dict[str, Any]:
     from prefect.cache_policies import NONE
 
     # No input hashing or result caching: a stage's idempotency lives in its outputs (checkpoints,
@@ -21,4 +21,4 @@ def _options() -> dict[str, Any]:
     return {"cache_policy": NONE, "retry_condition_fn": retry_unless_bad_input}
 
 
-TASK_DEFAULTS = _options()
+TASK_DEFAULTS = _task_defaults()

@@ -1,4 +1,4 @@
-"""Inference tasks: plan the shards, label each shard (one task per shard), write the manifest."""
+"""Pseudo-labeling tasks: plan the shards, pseudo-label each shard (one task per shard), write the manifest."""
 
 from __future__ import annotations
 
@@ -6,36 +6,34 @@ from typing import Any
 
 from prefect import task
 
-from dd_core.config import UnlabeledConfig, resolve_device
-from dd_core.data.unlabeled import list_unlabeled, write_plan
-from dd_core.pseudo.infer import checkpoint_fingerprint, finished_shards, label_planned_shard
-from dd_core.pseudo.manifest import remove_unplanned_shards, write_manifest
-from dd_core.storage import parent
-from tasks import TASK_DEFAULTS
+from dd_core.config import UnlabeledConfig
+from dd_core.device import resolve_device
+from dd_core.pseudo.fingerprint import checkpoint_fingerprint
+from dd_core.pseudo.infer import ShardJob, finished_shards, pseudo_label_planned_shard
+from dd_core.pseudo.manifest import write_manifest
+from dd_core.pseudo.pipeline import plan
+from dd_core.tta.settings import MultiTransformSettings
+from tasks import TASK_DEFAULTS, cache
 
 
 @task(name="plan shards", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
 def plan_shards(unlabeled: UnlabeledConfig, shard_size: int, plan_url: str, options: dict[str, Any]) -> dict[str, Any]:
-    """List the unlabeled images and write the shard plan (removing shards of an earlier plan); returns
-    its size and the images' root."""
-    images = list_unlabeled(unlabeled.images, unlabeled.root, options, unlabeled.limit)
-    num_shards = write_plan(images, shard_size, plan_url, options)
-    remove_unplanned_shards(parent(plan_url), num_shards, options)
-    return {"num_shards": num_shards, "num_images": len(images.images), "root": images.root}
+    """List the unlabeled images and write the shard plan; returns its size and the images' root."""
+    return plan(unlabeled.images, plan_url, shard_size, root=unlabeled.root, limit=unlabeled.limit,
+                options=options).to_dict()
 
 
 @task(name="fingerprint teacher", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
-def fingerprint_teacher(checkpoint: str, tta: dict[str, Any], options: dict[str, Any]) -> str:
+def fingerprint_teacher(checkpoint: str, tta: MultiTransformSettings, options: dict[str, Any]) -> str:
     return checkpoint_fingerprint(checkpoint, tta, options)
 
 
 @task(name="infer shard", task_run_name="infer shard-{index:05d}", tags=["gpu"], retries=3,
       retry_delay_seconds=[2, 5, 15], retry_jitter_factor=0.5, **TASK_DEFAULTS)
-def infer_shard(checkpoint: str, plan_url: str, index: int, out_dir: str, tta: dict[str, Any], fingerprint: str,
-                device: str, batch_size: int, options: dict[str, Any]) -> dict[str, Any]:
+def infer_shard(job: ShardJob, index: int, options: dict[str, Any]) -> dict[str, Any]:
     """Multi-transform inference + ensembling on one shard -> Parquet (skipped if already done)."""
-    return label_planned_shard(checkpoint, plan_url, index, out_dir, tta, fingerprint, options,
-                               resolve_device(device), batch_size).to_dict()
+    return pseudo_label_planned_shard(job, index, cache=cache.TEACHERS, device=resolve_device(job.device),
+                                      options=options).to_dict()
 
 
 @task(name="collect shards", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)

@@ -1,7 +1,14 @@
 import pytest
 import yaml
 
-from dd_core.config import ConfigError, apply_overrides, load_config, parse_config, train_config, tta_options
+from dd_core.config import (
+    ConfigError,
+    apply_overrides,
+    load_config,
+    multi_transform_settings,
+    parse_config,
+    train_config,
+)
 
 BASE = {"labeled": {"annotations": "l.json", "images": "l"}, "unlabeled": {"images": "u"},
         "val": {"annotations": "v.json", "images": "v"}}
@@ -130,11 +137,14 @@ def test_student_schedule_factor_lengthens_the_teacher_schedule():
     assert parse_config(_config()).student_stage().iterations == 4000
 
 
-def test_tta_options_carry_box_merging_only_for_detection():
+def test_multi_transform_settings_carry_box_merging_only_for_detection():
+    from dd_core.tta.settings import BoxMergeSettings, MultiTransformSettings
+
     c = parse_config(_config(tta={"scales": [64, 96], "scoring": "AVG"}))
-    assert tta_options(c.tta, "keypoints") == {"scales": [64, 96], "flip": True}
-    assert tta_options(c.tta, "detection") == {"scales": [64, 96], "flip": True, "nms_threshold": 0.5,
-                                              "voting_threshold": 0.8, "scoring": "AVG"}
+    assert multi_transform_settings(c) == MultiTransformSettings((64, 96), True, None)
+    detection = parse_config(_config(task="detection", tta={"scales": [64, 96], "scoring": "AVG"}))
+    assert multi_transform_settings(detection) == MultiTransformSettings((64, 96), True, BoxMergeSettings(0.5, 0.8, "AVG"))
+    assert parse_config(_config()).tta.scales == [96, 128, 160] == list(MultiTransformSettings().scales)
 
 
 def test_run_inputs_are_checked_before_a_run(tmp_path):

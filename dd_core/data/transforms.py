@@ -3,7 +3,8 @@
 Targets are torchvision detection targets: ``boxes`` (N, 4) xyxy float in continuous pixel
 coordinates, ``labels`` (N,), and for people ``keypoints`` (N, K, 3) with (x, y, visibility).
 Scale jitter during training is done by the model's own ``GeneralizedRCNNTransform`` (it picks a
-random ``min_size`` per image), so the dataset only needs flips and an optional fixed resize.
+random ``min_size`` per image), so the dataset only needs flips; :func:`resized_size` is that
+resize's arithmetic.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import math
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 Target = dict[str, torch.Tensor]
 Transform = Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]]
@@ -70,49 +70,6 @@ class RandomHorizontalFlip:
         if float(torch.rand(())) < self.p:
             return hflip(image, target, self.flip_indices)
         return image, target
-
-
-def scale_target(target: Target, sx: float, sy: float) -> Target:
-    """Scale boxes, keypoints and area by (sx, sy); ``scale_target(t, 1/sx, 1/sy)`` undoes it."""
-    target = dict(target)
-    target["boxes"] = target["boxes"] * torch.tensor([sx, sy, sx, sy], dtype=target["boxes"].dtype)
-    if "keypoints" in target:
-        kps = target["keypoints"].clone()
-        kps[..., 0] *= sx
-        kps[..., 1] *= sy
-        target["keypoints"] = kps
-    if "area" in target:
-        target["area"] = target["area"] * (sx * sy)
-    return target
-
-
-def shorter_side_size(height: int, width: int, size: int, max_size: int) -> tuple[int, int]:
-    """(h, w) with the shorter side ``size`` and the longer at most ``max_size`` (aspect kept)."""
-    scale = min(size / min(height, width), max_size / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-class ResizeShorterSide:
-    """Resize so the shorter side is ``size`` (the longer capped at ``max_size``).
-
-    Useful to decode large images into small ones in the data-loader workers. ``inverse`` maps
-    a target predicted on the resized image back to the original one.
-    """
-
-    def __init__(self, size: int, max_size: int):
-        self.size, self.max_size = size, max_size
-
-    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-        h, w = image.shape[-2:]
-        nh, nw = shorter_side_size(h, w, self.size, self.max_size)
-        resized = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)[0]
-        if image.dtype == torch.uint8:
-            resized = resized.round().clamp(0, 255).to(torch.uint8)
-        return resized, scale_target(target, nw / w, nh / h)
-
-    @staticmethod
-    def inverse(target: Target, resized_hw: tuple[int, int], original_hw: tuple[int, int]) -> Target:
-        return scale_target(target, original_hw[1] / resized_hw[1], original_hw[0] / resized_hw[0])
 
 
 def resized_size(size: tuple[int, int], scale: int, max_size: int) -> tuple[int, int]:

@@ -7,50 +7,39 @@ each surviving box is replaced by the score-weighted mean of every same-class de
 overlaps it by at least ``iou_threshold``, so the boxes that NMS would simply throw away still
 pull the pseudo-label towards the consensus of the transforms.
 
-This is a numpy port of Detectron's ``detectron/utils/boxes.py::box_voting`` with two deliberate
+This is a port of Detectron's ``detectron/utils/boxes.py::box_voting`` with two deliberate
 differences: boxes are xyxy in continuous coordinates as in torchvision (areas are
 ``(x2 - x1) * (y2 - y1)``, without Detectron's ``+ 1``), and the top boxes and their scores are
 passed as separate arrays instead of an ``N x 5`` ``dets`` array. The scoring methods and their
 formulas are Detectron's, including the one its config comment does not list (``TEMP_AVG``).
+
+The formulas are written once, on tensors (``batched_box_voting``: on the detections' device,
+classes kept apart like ``torchvision.ops.batched_nms``); ``box_voting`` is the numpy contract of
+the design notes, a thin wrapper over it.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import torch
+from numpy.typing import ArrayLike, NDArray
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from dd_core.ensemble.arguments import as_boxes, as_labels, as_scores, as_tensor, check_finite, float_dtype
 
 SCORING_METHODS: tuple[str, ...] = ("ID", "TEMP_AVG", "AVG", "IOU_AVG", "GENERALIZED_AVG", "QUASI_SUM")
 """Detectron's ``box_voting`` scoring methods (``TEST.BBOX_VOTE.SCORING_METHOD``)."""
 
 
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix (``len(a) x len(b)``) of xyxy boxes in continuous coordinates (no ``+ 1``).
-
-    Matches ``torchvision.ops.box_iou`` except that a pair whose union is empty (two degenerate
-    boxes) has IoU 0 instead of NaN, so it can never vote.
-    """
-    a = _as_boxes("a", a)
-    b = _as_boxes("b", b)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    width = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    height = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(width, 0.0, None) * np.clip(height, 0.0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    iou = np.zeros_like(inter)
-    np.divide(inter, union, out=iou, where=union > 0)
-    return iou
-
-
 def box_voting(
-    top_boxes: np.ndarray,
-    top_scores: np.ndarray,
-    all_boxes: np.ndarray,
-    all_scores: np.ndarray,
+    top_boxes: ArrayLike,
+    top_scores: ArrayLike,
+    all_boxes: ArrayLike,
+    all_scores: ArrayLike,
     iou_threshold: float = 0.8,
     scoring: str = "ID",
     beta: float = 1.0,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[NDArray, NDArray]:
     """Refine the NMS survivors ``top_boxes`` by letting every detection in ``all_boxes`` vote.
 
     Call it once per class: ``all_boxes`` are that class's detections (the union over the
@@ -72,131 +61,142 @@ def box_voting(
     ``SCORING_METHOD_BETA`` to ``box_voting``, so there beta is always the default 1.0.
 
     Where Detectron would divide by zero (a top box with no voter, or voters whose weights sum to
-    0), the top box and its score are returned unchanged instead. ``all_boxes`` empty returns the
-    top boxes and scores unchanged. Outputs keep the floating dtype of ``top_boxes`` and
-    ``top_scores`` (float64 for integer input); computation is in float64.
+    0), the top box and its score are returned unchanged instead. A pair of degenerate boxes
+    (empty union) has IoU 0, not torchvision's NaN. ``all_boxes`` empty returns the top boxes and
+    scores unchanged. Outputs keep the floating dtype of ``top_boxes`` and ``top_scores``
+    (float64 for integer input); computation is in float64.
 
     Raises ``ValueError`` for an unknown ``scoring``, a bad ``beta`` or ``iou_threshold``, and
     arrays of the wrong shape or with non-finite values.
     """
-    _check_scoring(scoring, beta)
-    if not np.isfinite(iou_threshold):
-        raise ValueError(f"iou_threshold must be finite, got {iou_threshold}")
-    top_b = _as_boxes("top_boxes", top_boxes)
-    top_s = _as_scores("top_scores", top_scores, len(top_b))
-    all_b = _as_boxes("all_boxes", all_boxes)
-    all_s = _as_scores("all_scores", all_scores, len(all_b))
-    box_dtype = _out_dtype(top_boxes)
-    score_dtype = _out_dtype(top_scores)
+    boxes, scores = batched_box_voting(
+        as_tensor("top_boxes", top_boxes), as_tensor("top_scores", top_scores), None,
+        as_tensor("all_boxes", all_boxes), as_tensor("all_scores", all_scores), None,
+        iou_threshold, scoring, beta,
+    )
+    return boxes.cpu().numpy(), scores.cpu().numpy()
 
-    if len(top_b) == 0 or len(all_b) == 0:
-        return top_b.astype(box_dtype), top_s.astype(score_dtype)
 
-    iou = box_iou(top_b, all_b)
+def batched_box_voting(
+    top_boxes: Tensor,
+    top_scores: Tensor,
+    top_labels: Tensor | None,
+    all_boxes: Tensor,
+    all_scores: Tensor,
+    all_labels: Tensor | None,
+    iou_threshold: float = 0.8,
+    scoring: str = "ID",
+    beta: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """``box_voting`` on tensors, every class at once: only detections of a top box's label vote.
+
+    As ``torchvision.ops.batched_nms`` does for NMS, ``top_labels`` and ``all_labels`` (integer
+    class ids, or both ``None`` for a single class) keep classes apart, so one call replaces a
+    per-class loop. Everything else is ``box_voting``'s contract: same voters, formulas, checks
+    and dtypes. Works where the inputs are (they must share ``top_boxes``' device) and returns
+    there; computation is in float64.
+    """
+    check_scoring(scoring, beta)
+    check_finite("iou_threshold", iou_threshold)
+    device = top_boxes.device
+    top_b = as_boxes("top_boxes", top_boxes)
+    top_s = as_scores("top_scores", top_scores, len(top_b), device)
+    all_b = as_boxes("all_boxes", all_boxes, device)
+    all_s = as_scores("all_scores", all_scores, len(all_b), device)
+    same_class = _same_class(top_labels, all_labels, len(top_b), len(all_b), device)
+    box_dtype, score_dtype = float_dtype(top_boxes), float_dtype(top_scores)
+
+    if len(top_b) == 0 or len(all_b) == 0:  # copies: an output never aliases a caller's tensor
+        return top_b.to(box_dtype, copy=True), top_s.to(score_dtype, copy=True)
+
+    iou = _voting_iou(top_b, all_b)
     voters = iou >= iou_threshold
+    if same_class is not None:
+        voters &= same_class
     new_boxes = _voted_boxes(top_b, all_b, all_s, voters)
     new_scores = _voted_scores(top_s, all_s, iou, voters, scoring, beta)
-    return new_boxes.astype(box_dtype), new_scores.astype(score_dtype)
+    return new_boxes.to(box_dtype), new_scores.to(score_dtype)
 
 
-def _voted_boxes(top_b: np.ndarray, all_b: np.ndarray, all_s: np.ndarray, voters: np.ndarray) -> np.ndarray:
-    """Score-weighted mean of each top box's voters; the top box itself where the weights sum to 0."""
-    weights = np.where(voters, all_s[None, :], 0.0)
-    total = weights.sum(axis=1)
-    ok = total > 0
-    out = top_b.copy()
-    out[ok] = (weights[ok] @ all_b) / total[ok, None]
-    return out
-
-
-def _voted_scores(
-    top_s: np.ndarray, all_s: np.ndarray, iou: np.ndarray, voters: np.ndarray, scoring: str, beta: float
-) -> np.ndarray:
-    """The new score of each top box by Detectron's ``scoring`` method (see ``box_voting``)."""
-    if scoring == "ID":
-        return top_s.copy()
-    count = voters.sum(axis=1).astype(np.float64)
-    if scoring == "IOU_AVG":
-        numer = np.where(voters, iou * all_s[None, :], 0.0).sum(axis=1)
-        denom = np.where(voters, iou, 0.0).sum(axis=1)
-        return _divide_or_keep(numer, denom, top_s)
-    if scoring == "QUASI_SUM":
-        total = np.where(voters, all_s[None, :], 0.0).sum(axis=1)
-        with np.errstate(divide="ignore"):  # 0 ** negative beta: rows without voters, kept as they are
-            return _divide_or_keep(total, count**beta, top_s, valid=count > 0)
-    if scoring == "AVG":
-        per_voter = all_s
-    elif scoring == "GENERALIZED_AVG":
-        with np.errstate(divide="ignore", over="ignore"):
-            per_voter = all_s**beta
-    else:  # TEMP_AVG
-        per_voter = _temperature_probability(all_s, beta)
-    mean = _divide_or_keep(np.where(voters, per_voter[None, :], 0.0).sum(axis=1), count, top_s)
-    if scoring == "GENERALIZED_AVG":
-        with np.errstate(divide="ignore", over="ignore"):
-            return np.where(count > 0, mean ** (1.0 / beta), top_s)
-    return mean
-
-
-def _temperature_probability(scores: np.ndarray, beta: float) -> np.ndarray:
-    """Detectron's TEMP_AVG per-voter term: softmax of ``log([s, 1 - s]) / beta``, class ``s`` taken.
-
-    Computed as Detectron does (subtracting the max log-probability first) so that ``s`` of 0 or 1
-    gives exactly 0 or 1 instead of NaN.
-    """
-    probs = np.stack([scores, 1.0 - scores])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logits = np.log(probs / probs.max(axis=0)) / beta
-        tempered = np.exp(logits)
-        return tempered[0] / tempered.sum(axis=0)
-
-
-def _divide_or_keep(
-    numer: np.ndarray, denom: np.ndarray, fallback: np.ndarray, valid: np.ndarray | None = None
-) -> np.ndarray:
-    """``numer / denom`` where ``denom > 0`` (and ``valid``); ``fallback`` elsewhere."""
-    ok = denom > 0 if valid is None else valid & (denom > 0)
-    out = fallback.astype(np.float64, copy=True)
-    out[ok] = numer[ok] / denom[ok]
-    return out
-
-
-def _check_scoring(scoring: str, beta: float) -> None:
+def check_scoring(scoring: str, beta: float) -> None:
+    """Refuse an unknown scoring method or a ``beta`` its formula cannot use, before any work."""
     if scoring not in SCORING_METHODS:
         raise ValueError(f"unknown box voting scoring method {scoring!r}; valid ones: {', '.join(SCORING_METHODS)}")
-    if not np.isfinite(beta):
-        raise ValueError(f"beta must be finite, got {beta}")
+    check_finite("beta", beta)
     if scoring == "GENERALIZED_AVG" and beta == 0:
         raise ValueError("beta must be non-zero for scoring 'GENERALIZED_AVG' (the power mean's exponent is 1/beta)")
     if scoring == "TEMP_AVG" and beta <= 0:
         raise ValueError(f"beta is a temperature for scoring 'TEMP_AVG' and must be > 0, got {beta}")
 
 
-def _as_boxes(name: str, boxes: np.ndarray) -> np.ndarray:
-    """``boxes`` as a finite float64 ``(N, 4)`` array, or a ``ValueError`` naming the argument."""
-    arr = np.asarray(boxes)
-    if arr.ndim == 1 and arr.size == 0:
-        arr = arr.reshape(0, 4)
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"{name} must have shape (N, 4) (xyxy boxes), got {arr.shape}")
-    arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains non-finite coordinates")
-    return arr
+def _same_class(
+    top_labels: Tensor | None, all_labels: Tensor | None, n_top: int, n_all: int, device: torch.device
+) -> Tensor | None:
+    """``n_top x n_all`` mask of pairs with the same label; ``None`` when there are no labels."""
+    if top_labels is None and all_labels is None:
+        return None
+    if top_labels is None or all_labels is None:
+        raise ValueError("top_labels and all_labels must be given together (or both None for a single class)")
+    top_l = as_labels("top_labels", top_labels, n_top, device)
+    all_l = as_labels("all_labels", all_labels, n_all, device)
+    return top_l[:, None] == all_l[None, :]
 
 
-def _as_scores(name: str, scores: np.ndarray, n: int) -> np.ndarray:
-    """``scores`` as a finite float64 ``(n,)`` array, or a ``ValueError`` naming the argument."""
-    arr = np.asarray(scores)
-    if arr.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},) to match its boxes, got {arr.shape}")
-    arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains non-finite scores")
-    return arr
+def _voting_iou(top_b: Tensor, all_b: Tensor) -> Tensor:
+    """``torchvision.ops.box_iou`` with 0 where it gives NaN (two degenerate boxes: union 0).
+
+    A degenerate pair overlaps nothing, so it compares like any disjoint pair: it never votes at a
+    positive threshold, and a NaN can never reach a weight or a score.
+    """
+    return torch.nan_to_num(box_iou(top_b, all_b), nan=0.0)
 
 
-def _out_dtype(arr: np.ndarray) -> np.dtype:
-    """The input's floating dtype, so float32 teacher outputs stay float32; float64 otherwise."""
-    dtype = np.asarray(arr).dtype
-    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+def _voted_boxes(top_b: Tensor, all_b: Tensor, all_s: Tensor, voters: Tensor) -> Tensor:
+    """Score-weighted mean of each top box's voters; the top box itself where the weights sum to 0."""
+    weights = torch.where(voters, all_s[None, :], 0.0)
+    total = weights.sum(dim=1)
+    return torch.where((total > 0)[:, None], (weights @ all_b) / total[:, None], top_b)
+
+
+def _voted_scores(
+    top_s: Tensor, all_s: Tensor, iou: Tensor, voters: Tensor, scoring: str, beta: float
+) -> Tensor:
+    """The new score of each top box by Detectron's ``scoring`` method (see ``box_voting``)."""
+    if scoring == "ID":
+        return top_s.clone()
+    count = voters.sum(dim=1).to(torch.float64)
+    if scoring == "IOU_AVG":
+        numer = torch.where(voters, iou * all_s[None, :], 0.0).sum(dim=1)
+        denom = torch.where(voters, iou, 0.0).sum(dim=1)
+        return _divide_or_keep(numer, denom, top_s)
+    if scoring == "QUASI_SUM":
+        total = torch.where(voters, all_s[None, :], 0.0).sum(dim=1)
+        # count ** negative beta is inf for rows without voters: those are kept as they are
+        return _divide_or_keep(total, count**beta, top_s, valid=count > 0)
+    if scoring == "AVG":
+        per_voter = all_s
+    elif scoring == "GENERALIZED_AVG":
+        per_voter = all_s**beta  # 0 ** negative beta is inf; the power mean then gives 0
+    else:  # TEMP_AVG
+        per_voter = _temperature_probability(all_s, beta)
+    mean = _divide_or_keep(torch.where(voters, per_voter[None, :], 0.0).sum(dim=1), count, top_s)
+    if scoring == "GENERALIZED_AVG":
+        return torch.where(count > 0, mean ** (1.0 / beta), top_s)
+    return mean
+
+
+def _temperature_probability(scores: Tensor, beta: float) -> Tensor:
+    """Detectron's TEMP_AVG per-voter term: softmax of ``log([s, 1 - s]) / beta``, class ``s`` taken.
+
+    Computed as Detectron does (subtracting the max log-probability first) so that ``s`` of 0 or 1
+    gives exactly 0 or 1 instead of NaN.
+    """
+    probs = torch.stack([scores, 1.0 - scores])
+    tempered = torch.exp(torch.log(probs / probs.max(dim=0).values) / beta)
+    return tempered[0] / tempered.sum(dim=0)
+
+
+def _divide_or_keep(numer: Tensor, denom: Tensor, fallback: Tensor, valid: Tensor | None = None) -> Tensor:
+    """``numer / denom`` where ``denom > 0`` (and ``valid``); ``fallback`` elsewhere."""
+    ok = denom > 0 if valid is None else valid & (denom > 0)
+    return torch.where(ok, numer / denom, fallback)

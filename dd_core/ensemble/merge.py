@@ -6,98 +6,123 @@ and combining them "using bounding box voting (a process similar to non-maximum 
 merges the suppressed boxes)". ``merge_detections`` is that step, in the order Detectron's
 ``box_results_with_nms_and_limit`` does it: per class, NMS over the union, box voting of the NMS
 survivors against all of the class's detections, then a per-image cap on the number of boxes.
+
+NMS is ``torchvision.ops.batched_nms`` and voting ``batched_box_voting``: both keep classes apart
+in one call, on the device the detections are on, so the model's outputs never leave it.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import overload
 
-from dd_core.ensemble.box_voting import _as_boxes, _as_scores, _check_scoring, _out_dtype, box_iou, box_voting
+import torch
+from numpy.typing import ArrayLike, NDArray
+from torch import Tensor
+from torchvision.ops import batched_nms
 
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS; indices of the kept boxes, highest score first.
-
-    Same semantics as ``torchvision.ops.nms``: a box is suppressed when its IoU with a kept,
-    higher-scoring box is strictly greater than ``iou_threshold`` (Detectron suppresses at ``>=``).
-    Equal scores keep input order (stable sort), so the result is deterministic. Runs in
-    ``O(n * kept)`` time and ``O(n)`` extra memory.
-    """
-    if not np.isfinite(iou_threshold):
-        raise ValueError(f"iou_threshold must be finite, got {iou_threshold}")
-    boxes = _as_boxes("boxes", boxes)
-    scores = _as_scores("scores", scores, len(boxes))
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    while order.size:
-        best = int(order[0])
-        keep.append(best)
-        rest = order[1:]
-        overlaps = box_iou(boxes[best : best + 1], boxes[rest])[0]
-        order = rest[overlaps <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
+from dd_core.ensemble.arguments import as_boxes, as_labels, as_scores, as_tensor, check_finite, float_dtype, label_dtype
+from dd_core.ensemble.box_voting import batched_box_voting, check_scoring
 
 
+@overload
 def merge_detections(
-    boxes: np.ndarray,
-    scores: np.ndarray,
-    labels: np.ndarray,
+    boxes: Tensor, scores: Tensor, labels: Tensor, nms_threshold: float = ..., voting_threshold: float = ...,
+    scoring: str = ..., beta: float = ..., max_detections: int | None = ...,
+) -> tuple[Tensor, Tensor, Tensor]: ...
+@overload
+def merge_detections(
+    boxes: ArrayLike, scores: ArrayLike, labels: ArrayLike, nms_threshold: float = ..., voting_threshold: float = ...,
+    scoring: str = ..., beta: float = ..., max_detections: int | None = ...,
+) -> tuple[NDArray, NDArray, NDArray]: ...
+def merge_detections(
+    boxes: Tensor | ArrayLike,
+    scores: Tensor | ArrayLike,
+    labels: Tensor | ArrayLike,
     nms_threshold: float = 0.5,
     voting_threshold: float = 0.8,
     scoring: str = "ID",
     beta: float = 1.0,
     max_detections: int | None = 100,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[Tensor, Tensor, Tensor] | tuple[NDArray, NDArray, NDArray]:
     """Merge the teacher's detections from all transforms of one image into one set of boxes.
 
     ``boxes`` (N x 4, xyxy, continuous coordinates), ``scores`` (N) and ``labels`` (N, integer
     class ids) are the union of every transform's detections, already mapped back to the original
-    image. For each class separately: NMS at ``nms_threshold``, then ``box_voting`` of the
-    survivors against all of that class's detections (``voting_threshold``, ``scoring``,
-    ``beta``), so boxes of different classes never merge. Returns ``(boxes, scores, labels)`` of
-    at most ``max_detections`` boxes (``None``: no cap), sorted by descending score (ties: class
-    order, then NMS order). Unlike Detectron, which keeps every box scoring at least the
+    image. For each class separately: NMS at ``nms_threshold`` (``torchvision.ops.batched_nms``:
+    a box goes when its IoU with a kept, higher-scoring box is strictly greater, where Detectron
+    suppresses at ``>=``), then box voting of the survivors against all of that class's
+    detections (``voting_threshold``, ``scoring``, ``beta``, as ``box_voting``), so boxes of
+    different classes never merge. Returns ``(boxes, scores, labels)`` of at most
+    ``max_detections`` boxes (``None``: no cap), sorted by descending score (ties: class order,
+    then NMS order). Unlike Detectron, which keeps every box scoring at least the
     ``max_detections``-th score, the cap is exact.
 
-    Boxes and scores keep their floating dtype (float64 for integer input); labels keep theirs.
+    Equal scores keep input order, in NMS as in the final sort, on every device (torchvision's
+    NMS alone does not promise which of two equal-score boxes survives). Tensors in give tensors
+    out, on the boxes' device (``scores`` and ``labels`` must be there too); numpy arrays or lists
+    give numpy arrays. Boxes and scores keep their floating dtype (float64 for integer input) and
+    labels theirs; computation is in float64.
     """
-    _check_scoring(scoring, beta)
+    check_scoring(scoring, beta)
+    check_finite("nms_threshold", nms_threshold)
+    check_finite("voting_threshold", voting_threshold)
     if max_detections is not None and max_detections < 0:
         raise ValueError(f"max_detections must be >= 0 or None, got {max_detections}")
-    box_arr = _as_boxes("boxes", boxes)
-    score_arr = _as_scores("scores", scores, len(box_arr))
-    label_arr = _as_labels(labels, len(box_arr))
+    box_in = as_tensor("boxes", boxes)
+    merged = _merge(
+        box_in, as_tensor("scores", scores, box_in.device), as_tensor("labels", labels, box_in.device),
+        nms_threshold, voting_threshold, scoring, beta, max_detections,
+    )
+    if isinstance(boxes, Tensor):
+        return merged
+    return merged[0].numpy(), merged[1].numpy(), merged[2].numpy()
 
-    merged_boxes, merged_scores, merged_labels = [], [], []
-    for label in np.unique(label_arr):
-        members = np.flatnonzero(label_arr == label)
-        cls_boxes, cls_scores = box_arr[members], score_arr[members]
-        keep = nms(cls_boxes, cls_scores, nms_threshold)
-        voted_boxes, voted_scores = box_voting(
-            cls_boxes[keep], cls_scores[keep], cls_boxes, cls_scores, voting_threshold, scoring, beta
-        )
-        merged_boxes.append(voted_boxes)
-        merged_scores.append(voted_scores)
-        merged_labels.append(np.full(len(keep), label, dtype=label_arr.dtype))
 
-    out_boxes = np.concatenate(merged_boxes) if merged_boxes else np.zeros((0, 4))
-    out_scores = np.concatenate(merged_scores) if merged_scores else np.zeros(0)
-    out_labels = np.concatenate(merged_labels) if merged_labels else label_arr[:0]
-    order = np.argsort(-out_scores, kind="stable")[:max_detections]
+def _merge(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    nms_threshold: float,
+    voting_threshold: float,
+    scoring: str,
+    beta: float,
+    max_detections: int | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``merge_detections`` on tensors, on ``boxes``' device (its options already checked)."""
+    box_t = as_boxes("boxes", boxes)
+    score_t = as_scores("scores", scores, len(box_t), boxes.device)
+    label_t = as_labels("labels", labels, len(box_t), boxes.device)
+    keep = _per_class_nms(box_t, score_t, label_t, nms_threshold)
+    voted_boxes, voted_scores = batched_box_voting(
+        box_t[keep], score_t[keep], label_t[keep], box_t, score_t, label_t, voting_threshold, scoring, beta
+    )
+    order = torch.argsort(voted_scores, descending=True, stable=True)[:max_detections]
     return (
-        out_boxes[order].astype(_out_dtype(boxes)),
-        out_scores[order].astype(_out_dtype(scores)),
-        out_labels[order],
+        voted_boxes[order].to(float_dtype(boxes)),
+        voted_scores[order].to(float_dtype(scores)),
+        label_t[keep][order].to(label_dtype(labels)),
     )
 
 
-def _as_labels(labels: np.ndarray, n: int) -> np.ndarray:
-    """``labels`` as an integer ``(n,)`` array (an empty list becomes int64)."""
-    arr = np.asarray(labels)
-    if arr.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},) to match boxes, got {arr.shape}")
-    if arr.size == 0:
-        return arr.astype(np.int64) if not np.issubdtype(arr.dtype, np.integer) else arr
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"labels must be integer class ids, got dtype {arr.dtype}")
-    return arr
+def _per_class_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
+    """Indices that ``torchvision.ops.batched_nms`` keeps, grouped by ascending label, each in NMS order.
+
+    NMS only orders boxes by score, so it is given each box's rank in a stable descending sort
+    instead: equal scores then keep input order on every device. Labels become dense class
+    indices and boxes are shifted to non-negative coordinates, because batched_nms separates
+    classes by offsetting each one by ``index * (max coordinate + 1)``, which keeps them apart
+    only for coordinates >= 0 (its documented input) and loses precision for large class ids.
+    """
+    if len(boxes) == 0:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    classes = torch.unique(labels, return_inverse=True)[1]
+    keep = batched_nms(boxes - boxes.min().clamp(max=0.0), _descending_ranks(scores), classes, iou_threshold)
+    return keep[torch.argsort(classes[keep], stable=True)]
+
+
+def _descending_ranks(scores: Tensor) -> Tensor:
+    """Distinct stand-in scores, ``n`` for the highest down to 1, equal scores ranked in input order."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    ranks = torch.empty_like(scores)
+    ranks[order] = torch.arange(len(scores), 0, -1, dtype=scores.dtype, device=scores.device)
+    return ranks

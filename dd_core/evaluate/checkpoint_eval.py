@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 
@@ -10,25 +10,13 @@ from dd_core.data.coco import CocoData, check_compatible
 from dd_core.data.dataset import CocoDataset
 from dd_core.data.transforms import Compose, to_float
 from dd_core.evaluate.coco_eval import coco_evaluate
-from dd_core.evaluate.predict import PredictFn, predict
+from dd_core.evaluate.predict import predict
 from dd_core.train.checkpoint import checkpoint_keypoint_names, load_checkpoint, model_from_checkpoint
+from dd_core.tta.predict import PredictFn, multi_transform_predict_fn
+from dd_core.tta.settings import MultiTransformSettings
 
 
-def tta_predict_fn(task: str, scales: Sequence[int], flip: bool, keypoint_names: Sequence[str],
-                   nms_threshold: float = 0.5, voting_threshold: float = 0.8, scoring: str = "ID") -> PredictFn:
-    """A ``predict_fn`` running multi-transform inference (the paper's test-time augmentation)."""
-    from dd_core.data.keypoints import flip_indices
-    from dd_core.tta import multi_transform_boxes, multi_transform_keypoints, transform_set
-
-    transforms = transform_set(scales, flip)
-    if task == "keypoints":
-        inds = flip_indices(list(keypoint_names))
-        return lambda model, images: multi_transform_keypoints(model, images, transforms, inds)
-    return lambda model, images: multi_transform_boxes(model, images, transforms, nms_threshold=nms_threshold,
-                                                       voting_threshold=voting_threshold, scoring=scoring)
-
-
-def evaluate_model(model: torch.nn.Module, task: str, data: CocoData, cat_to_label: Mapping[int, int],
+def evaluate_model(model: torch.nn.Module, task: str, data: CocoData, cat_to_label: Mapping[int, int], *,
                    predict_fn: PredictFn | None = None, options: Mapping[str, Any] | None = None,
                    device: str = "cpu", batch_size: int = 8, progress: bool = True, desc: str = "evaluate"
                    ) -> dict[str, float]:
@@ -39,15 +27,17 @@ def evaluate_model(model: torch.nn.Module, task: str, data: CocoData, cat_to_lab
     return coco_evaluate(data.to_dict(), results, "keypoints" if task == "keypoints" else "bbox")
 
 
-def evaluate_checkpoint(checkpoint: str, data: CocoData, tta: Mapping[str, Any] | None = None,
+def evaluate_checkpoint(checkpoint: str, data: CocoData, tta: MultiTransformSettings | None = None, *,
                         options: Mapping[str, Any] | None = None, device: str = "cpu", batch_size: int = 8,
                         progress: bool = True) -> dict[str, float]:
-    """Load ``checkpoint`` (safely), evaluate it on ``data``; ``tta`` = ``{"scales": [...], "flip": bool}``."""
+    """Load ``checkpoint`` (safely) and evaluate it on ``data``; with ``tta``, under multi-transform inference."""
     state = load_checkpoint(checkpoint, options)
     model = model_from_checkpoint(state)
     task = state["spec"]["task"]
     check_compatible(data, state["categories"], task, f"the model in {checkpoint}")
     cat_to_label = {int(k): int(v) for k, v in state["cat_to_label"].items()}
-    predict_fn = tta_predict_fn(task, keypoint_names=checkpoint_keypoint_names(state), **tta) if tta else None
-    return evaluate_model(model, task, data, cat_to_label, predict_fn, options, device, batch_size, progress,
-                          desc="evaluate+tta" if tta else "evaluate")
+    predict_fn = None
+    if tta is not None:
+        predict_fn = multi_transform_predict_fn(tta.fitted(task), checkpoint_keypoint_names(state))
+    return evaluate_model(model, task, data, cat_to_label, predict_fn=predict_fn, options=options, device=device,
+                          batch_size=batch_size, progress=progress, desc="evaluate+tta" if tta else "evaluate")

@@ -60,16 +60,3 @@ def coco_evaluate(gt: dict[str, Any], results: Sequence[dict[str, Any]], iou_typ
         print(out.getvalue())
     # COCOeval reports -1 where a size range has no ground truth; keep it, it means "undefined".
     return {name: float(v) for name, v in zip(names, evaluator.stats)}
-
-
-def gt_as_results(gt: dict[str, Any], score: float = 1.0) -> list[dict[str, Any]]:
-    """Ground truth written as detections (non-crowd only): scoring it against itself gives AP 1."""
-    out = []
-    for ann in gt["annotations"]:
-        if ann.get("iscrowd", 0):
-            continue
-        r = {"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": list(ann["bbox"]), "score": score}
-        if "keypoints" in ann:
-            r["keypoints"] = list(ann["keypoints"])
-        out.append(r)
-    return out

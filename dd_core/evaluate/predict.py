@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dd_core.data.dataset import CocoDataset, collate
-
-PredictFn = Callable[[torch.nn.Module, list[torch.Tensor]], list[dict[str, torch.Tensor]]]
+from dd_core.tta.predict import PredictFn
 
 
 def _default_predict(model: torch.nn.Module, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:

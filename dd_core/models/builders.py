@@ -1,4 +1,4 @@
-"""Model builders: one :class:`ModelSpec` (primitives only, stored in every checkpoint) -> a model.
+"""Model builders: one :class:`~dd_core.models.spec.ModelSpec` (primitives only, stored in every checkpoint) -> a model.
 
 The paper's teacher and student are Mask R-CNN's keypoint variant (and Faster R-CNN for boxes)
 with ResNet-50/101 and ResNeXt-101 FPN backbones. ``slim`` is a CPU preset: ResNet-18-FPN with 64
@@ -6,10 +6,6 @@ channels, a 4x64 keypoint head, a small box head and anchors for 128-px images.
 """
 
 from __future__ import annotations
-
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -24,72 +20,11 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import misc as misc_ops
 
 from dd_core.models.presets import PRESETS, Preset
-
-TASKS = ("keypoints", "detection")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a model; saved (as a dict) in every checkpoint.
-
-    ``num_classes`` counts the background, as torchvision does. ``min_size`` is the training
-    scale range (one picked at random per batch by ``GeneralizedRCNNTransform``) and
-    ``test_size`` the single inference scale; both default to the preset's.
-    """
-
-    task: str = "keypoints"
-    preset: str = "slim"
-    num_classes: int = 2
-    num_keypoints: int = 17
-    min_size: tuple[int, ...] | None = None
-    test_size: int | None = None
-    max_size: int | None = None
-    norm: str | None = None  # "batch" | "frozen" | "group"; default: frozen with weights, batch without
-    backbone_weights: str | None = None
-    box_detections_per_img: int = 100
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"ModelSpec.task: expected one of {TASKS}, got {self.task!r}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"ModelSpec.preset: expected one of {sorted(PRESETS)}, got {self.preset!r}")
-        if self.num_classes < 2:
-            raise ValueError(f"ModelSpec.num_classes: must count the background and at least one class, got {self.num_classes}")
-        if self.norm not in (None, "batch", "frozen", "group"):
-            raise ValueError(f"ModelSpec.norm: expected batch, frozen or group, got {self.norm!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def for_restore(self) -> "ModelSpec":
-        """The same architecture without re-reading ``backbone_weights``: a checkpoint is about to
-        overwrite every weight, and the weights file may not exist where the checkpoint is used."""
-        return dataclasses.replace(self, norm=self.resolved_norm, backbone_weights=None)
-
-    @property
-    def resolved_norm(self) -> str:
-        """Frozen BatchNorm over pretrained statistics, trainable BatchNorm from scratch (torchvision's choice)."""
-        return self.norm or ("frozen" if self.backbone_weights else "batch")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
-        d = dict(d)
-        if d.get("min_size") is not None:
-            d["min_size"] = tuple(d["min_size"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"model spec: unknown fields {sorted(unknown)}")
-        return cls(**d)
+from dd_core.models.spec import ModelSpec
 
 
-def _norm_layer(kind: str) -> type[nn.Module] | Any:
-    if kind == "frozen":
-        return misc_ops.FrozenBatchNorm2d
-    if kind == "group":
-        return lambda channels: nn.GroupNorm(32, channels)
-    return nn.BatchNorm2d
+def _norm_layer(kind: str) -> type[nn.Module]:
+    return misc_ops.FrozenBatchNorm2d if kind == "frozen" else nn.BatchNorm2d
 
 
 def load_backbone_weights(body: nn.Module, path: str) -> None:

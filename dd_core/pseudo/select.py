@@ -84,7 +84,7 @@ def _annotation(ann_id: int, image_id: int, category_id: int, box: Sequence[floa
 def _columns(predictions: Predictions) -> tuple[np.ndarray, np.ndarray]:
     t = predictions.table
     if t is None or not t.num_rows:
-        return np.zeros(0, np.float32), np.zeros(0, np.int32)
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
     return column_values(t, "score"), column_values(t, "category_id")
 
 
@@ -101,19 +101,45 @@ def _keypoint_columns(predictions: Predictions, idx: np.ndarray) -> tuple[np.nda
             list_rows(predictions.table.column("keypoint_scores").take(take)))
 
 
+def _selection(predictions: Predictions, thresholds: dict[int, float], targets: dict[int, float]) -> Selection:
+    scores, cats = _columns(predictions)
+    idx = _kept(scores, cats, thresholds)
+    return Selection(thresholds, targets, {c: int((cats[idx] == c).sum()) for c in thresholds},
+                     {c: int((cats == c).sum()) for c in thresholds}, len(predictions.images))
+
+
+def _keep_keypoints(selection: Selection, predictions: Predictions, threshold: float | None,
+                    target: float | None) -> None:
+    """Fill in the keypoint threshold (``None``: calibrate it to ``target`` keypoints per instance)."""
+    scores, cats = _columns(predictions)
+    idx = _kept(scores, cats, selection.thresholds)
+    if not len(idx):
+        selection.keypoint_threshold = threshold
+        return
+    _, kp_scores = _keypoint_columns(predictions, idx)
+    if threshold is None:
+        threshold = keypoint_score_threshold(kp_scores, target)
+    selection.keypoint_threshold, selection.target_keypoints_per_instance = threshold, target
+    selection.kept_keypoints_per_instance = float((kp_scores >= threshold).sum(1).mean())
+
+
 def calibrate_selection(predictions: Predictions, labeled: Mapping[str, Any], task: str) -> Selection:
     """Thresholds that make pseudo-labels as dense as the labeled set (instances/image, keypoints/instance)."""
     scores, cats = _columns(predictions)
     targets = labeled_instances_per_image(labeled)
     thresholds = per_category_thresholds(scores, cats, max(len(predictions.images), 1), targets)
-    idx = _kept(scores, cats, thresholds)
-    selection = Selection(thresholds, targets, {c: int((cats[idx] == c).sum()) for c in thresholds},
-                          {c: int((cats == c).sum()) for c in thresholds}, len(predictions.images))
-    if task == "keypoints" and len(idx):
-        _, kp_scores = _keypoint_columns(predictions, idx)
-        selection.target_keypoints_per_instance = labeled_keypoints_per_instance(labeled)
-        selection.keypoint_threshold = keypoint_score_threshold(kp_scores, selection.target_keypoints_per_instance)
-        selection.kept_keypoints_per_instance = float((kp_scores >= selection.keypoint_threshold).sum(1).mean())
+    selection = _selection(predictions, thresholds, targets)
+    if task == "keypoints":
+        _keep_keypoints(selection, predictions, None, labeled_keypoints_per_instance(labeled))
+    return selection
+
+
+def fixed_selection(predictions: Predictions, categories: list[dict[str, Any]], task: str, score_threshold: float,
+                    keypoint_threshold: float | None) -> Selection:
+    """The same score threshold for every category (and one keypoint threshold): no labeled set to match."""
+    selection = _selection(predictions, {int(c["id"]): score_threshold for c in categories}, {})
+    if task == "keypoints":
+        _keep_keypoints(selection, predictions, keypoint_threshold, None)
     return selection
 
 

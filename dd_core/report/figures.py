@@ -5,22 +5,22 @@ from __future__ import annotations
 import io
 from typing import Any, Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from dd_core.data.images import read_image  # noqa: E402
-from dd_core.storage import join  # noqa: E402
+from dd_core.data.images import read_image
+from dd_core.storage import join
 
 MODEL_ORDER = ("teacher", "teacher_tta", "student", "student_tta", "upper_bound")
 
 
-def _png(fig: plt.Figure) -> bytes:
+def _png(fig: Figure) -> bytes:
+    """PNG bytes of a figure. Figures are made with ``Figure`` itself, not pyplot: no backend is
+    chosen for the whole process, nothing needs a display, and nothing is kept after rendering."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return buffer.getvalue()
 
 
@@ -28,7 +28,8 @@ def ap_bar_chart(metrics: Mapping[str, Mapping[str, float]], title: str = "AP") 
     """PNG bytes: AP, AP50 and AP75 of each evaluated model side by side."""
     models = [m for m in MODEL_ORDER if m in metrics] + [m for m in metrics if m not in MODEL_ORDER]
     stats = ("AP", "AP50", "AP75")
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(models), 3.2))
+    fig = Figure(figsize=(1.6 + 1.4 * len(models), 3.2))
+    ax = fig.subplots()
     width = 0.8 / len(stats)
     for j, stat in enumerate(stats):
         values = [metrics[m].get(stat, 0.0) for m in models]
@@ -47,10 +48,10 @@ def _side_color(name: str) -> str:
     return "tab:red" if name.startswith("left") else "tab:blue" if name.startswith("right") else "tab:green"
 
 
-def _draw_instance(ax: plt.Axes, ann: Mapping[str, Any], keypoint_names: Sequence[str],
+def _draw_instance(ax: Axes, ann: Mapping[str, Any], keypoint_names: Sequence[str],
                    skeleton: Sequence[Sequence[int]], name: str) -> None:
     x, y, w, h = ann["bbox"]
-    ax.add_patch(plt.Rectangle((x, y), w, h, fill=False, lw=0.8, color="yellow"))
+    ax.add_patch(Rectangle((x, y), w, h, fill=False, lw=0.8, color="yellow"))
     ax.text(x, y, f"{name} {ann.get('score', 1.0):.2f}", fontsize=5, color="yellow", va="bottom")
     kps = ann.get("keypoints")
     if not kps:
@@ -75,7 +76,8 @@ def pseudo_label_grid(coco: Mapping[str, Any], images_root: str, options: Mappin
         by_image.setdefault(ann["image_id"], []).append(ann)
     cats = {c["id"]: c for c in coco["categories"]}
     rows = max(1, -(-len(chosen) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.2 * rows), squeeze=False)
+    fig = Figure(figsize=(2.2 * columns, 2.2 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, info in zip(axes.ravel(), chosen):

@@ -70,11 +70,11 @@ class RunLock:
     """``with RunLock(url): ...`` holds the run id for the duration of the block."""
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None, stale_after: float = 300.0,
-                 heartbeat: float = 60.0, label: str = ""):
+                 heartbeat: float = 60.0, holder: str = ""):
         self.url, self.options = url, options
         self.stale_after, self.heartbeat = stale_after, heartbeat
         self.record = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
-                       "label": label, "started": time.time()}
+                       "holder": holder, "started": time.time()}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -130,8 +130,9 @@ class RunLock:
 
     def _refusal(self, held: Mapping[str, Any]) -> RunLockedError:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(held.get("started", 0))))
+        who = held.get("holder") or held.get("label") or "a run"  # "label": locks of earlier versions
         return RunLockedError(
-            f"{self.url}: this run id is live in another process ({held.get('label') or 'a run'} on "
+            f"{self.url}: this run id is live in another process ({who} on "
             f"{held.get('host')}, pid {held.get('pid')}, since {since} UTC); wait for it to finish, "
             f"or start with another run id")
 

@@ -123,6 +123,18 @@ def exact_cast(values: np.ndarray, dtype: np.dtype, name: str = "values") -> np.
     return values.astype(dtype)
 
 
+def empty_columns(schema: pa.Schema = PREDICTIONS_SCHEMA) -> dict[str, np.ndarray]:
+    """A zero-row NumPy column per field of ``schema`` (list columns as 0 x width arrays)."""
+    out = {}
+    for f in schema:
+        kind = f.type
+        width = kind.list_size if pa.types.is_fixed_size_list(kind) else 0
+        value = kind.value_type if pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) else kind
+        dtype = object if pa.types.is_string(value) else _NUMPY[value]
+        out[f.name] = np.zeros((0, width) if value is not kind else 0, dtype)
+    return out
+
+
 def write_shard(url: str, table: pa.Table, options: Mapping[str, Any] | None = None) -> None:
     """Write a shard atomically (one PUT on S3, temp + rename locally).
 

@@ -8,22 +8,22 @@ import json
 from typing import Any, Mapping
 
 import torch
-from torch.utils.data import ConcatDataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from dd_core.data.coco import CocoData
 from dd_core.data.dataset import CocoDataset, category_to_label
 from dd_core.data.keypoints import flip_indices
 from dd_core.data.sampler import MixedBatchSampler
 from dd_core.data.transforms import Compose, RandomHorizontalFlip, to_float
-from dd_core.models import ModelSpec, build_model
+from dd_core.models import ModelOverrides, ModelSpec, build_model
 from dd_core.train.distributed import DistributedContext
-from dd_core.train.loop import StepHook, TrainConfig, TrainResult, train
+from dd_core.train.loop import BatchSamplerFactory, CheckpointHook, StepHook, TrainConfig, TrainResult, train
 
 
-def spec_for(task: str, coco: CocoData, preset: str = "slim", **overrides: Any) -> ModelSpec:
+def spec_for(task: str, coco: CocoData, overrides: ModelOverrides | None = None) -> ModelSpec:
     """The model spec that fits a labeled set: one class per category, its keypoint count."""
-    return ModelSpec(task=task, preset=preset, num_classes=len(coco.categories) + 1,
-                     num_keypoints=max(len(coco.keypoint_names), 1), **overrides)
+    return (overrides or ModelOverrides()).spec(task, num_classes=len(coco.categories) + 1,
+                                                num_keypoints=max(len(coco.keypoint_names), 1))
 
 
 def training_transforms(coco: CocoData) -> Compose:
@@ -60,31 +60,40 @@ def training_signature(spec: ModelSpec, cfg: TrainConfig, labeled: CocoData, pse
             "init": _state_digest(init_state) if init_state is not None else None}
 
 
-def train_detector(spec: ModelSpec, labeled: CocoData, cfg: TrainConfig, checkpoint_dir: str | None,
+def training_data(labeled: CocoData, pseudo: CocoData | None, cfg: TrainConfig, labeled_ratio: float,
+                  options: Mapping[str, Any] | None = None) -> tuple[Dataset, BatchSamplerFactory | None]:
+    """A teacher's labeled set (default batches), or a student's labeled + pseudo-labeled sets and
+    batches that mix them at ``labeled_ratio`` (:class:`MixedBatchSampler`)."""
+    cat_to_label = category_to_label(labeled)
+    transforms = training_transforms(labeled)  # pseudo-labels have the labeled set's keypoints
+    labeled_set = CocoDataset(labeled, transforms, options, cat_to_label)
+    if pseudo is None:
+        return labeled_set, None
+    pseudo_set = CocoDataset(pseudo, transforms, options, cat_to_label)
+    n_l, n_p = len(labeled_set), len(pseudo_set)
+    return (ConcatDataset([labeled_set, pseudo_set]),
+            lambda start: MixedBatchSampler(n_l, n_p, cfg.batch_size, labeled_ratio, cfg.seed, start))
+
+
+def train_detector(spec: ModelSpec, labeled: CocoData, cfg: TrainConfig, checkpoint_dir: str | None, *,
                    pseudo: CocoData | None = None, labeled_ratio: float = 0.6,
                    init_state: Mapping[str, torch.Tensor] | None = None,
                    options: Mapping[str, Any] | None = None, device: str = "cpu", progress: bool = True,
                    stop_after: int | None = None, world: DistributedContext | None = None,
-                   on_step: StepHook | None = None) -> TrainResult:
+                   on_step: StepHook | None = None, on_checkpoint: CheckpointHook | None = None) -> TrainResult:
     """Train a teacher (``pseudo=None``) or a student that mixes ``pseudo`` in at ``1 - labeled_ratio``.
 
     A student is retrained from the initial weights unless ``init_state`` (the teacher's) is given,
-    as the paper found retraining better than fine-tuning. ``world`` trains as one rank of several
-    (see :func:`dd_core.train.loop.train`).
+    as the paper found retraining better than fine-tuning. ``world`` trains as one rank of several;
+    ``stop_after`` and the hooks are those of :func:`dd_core.train.loop.train`.
     """
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
     if init_state is not None:
         model.load_state_dict(init_state)
-    cat_to_label = category_to_label(labeled)
-    datasets = [CocoDataset(labeled, training_transforms(labeled), options, cat_to_label)]
-    make_batches = None
-    if pseudo is not None:
-        datasets.append(CocoDataset(pseudo, training_transforms(labeled), options, cat_to_label))
-        n_l, n_p = len(datasets[0]), len(datasets[1])
-        make_batches = lambda s: MixedBatchSampler(n_l, n_p, cfg.batch_size, labeled_ratio, cfg.seed, s)  # noqa: E731
-    dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+    dataset, make_batches = training_data(labeled, pseudo, cfg, labeled_ratio, options)
     meta = {**checkpoint_meta(spec, labeled),
             "signature": training_signature(spec, cfg, labeled, pseudo, labeled_ratio, init_state)}
-    return train(model, dataset, cfg, checkpoint_dir, make_batches=make_batches, meta=meta, options=options,
-                 device=device, progress=progress, stop_after=stop_after, world=world, on_step=on_step)
+    return train(model, dataset, cfg, checkpoint_dir=checkpoint_dir, make_batches=make_batches, meta=meta,
+                 options=options, device=device, progress=progress, stop_after=stop_after, world=world,
+                 on_step=on_step, on_checkpoint=on_checkpoint)

@@ -102,11 +102,6 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def is_main_process() -> bool:
-    """True on rank 0, and in a process that is not part of a group."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def barrier(context: DistributedContext) -> None:
     """Wait for every rank (a no-op for a single process)."""
     if context.distributed:
@@ -130,3 +125,29 @@ def rank_seed(seed: int, rank: int, start: int) -> int:
     checkpointed; every other rank draws from ``(seed, rank, start)``.
     """
     return int(np.random.SeedSequence([seed, rank, start]).generate_state(1)[0])
+
+
+def sync_batchnorm(model: torch.nn.Module, world: DistributedContext, device: torch.device) -> torch.nn.Module:
+    """Trainable BatchNorm made SyncBatchNorm on GPUs, so it normalises over the global batch.
+
+    torch's SyncBatchNorm runs on GPUs only: on the CPU each rank normalises with its own images'
+    statistics, and DDP copies rank 0's running statistics to every rank before each forward.
+    Frozen BatchNorm (pretrained backbones) has nothing to synchronise.
+    """
+    if world.distributed and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def data_parallel(model: torch.nn.Module, world: DistributedContext, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel over the ranks; it starts from rank 0's weights and averages gradients.
+
+    Averaging the gradients of ranks that each hold ``batch_size / world_size`` images gives the
+    gradient of the mean loss over the global batch: the same step, at the same learning rate, as
+    one process with the whole batch. A single process gets ``model`` itself.
+    """
+    if not world.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -5,22 +5,24 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from dd_core.data.coco import load_coco
+from dd_core.models import ModelOverrides
 from dd_core.train.checkpoint import load_checkpoint
 from dd_core.train.detector import spec_for, train_detector
 from dd_core.train.distributed import DistributedContext
-from dd_core.train.loop import StepHook, TrainConfig, TrainResult
+from dd_core.train.loop import CheckpointHook, StepHook, TrainConfig, TrainResult
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class TrainJob:
     """A teacher (no ``pseudo_annotations``) or a student, by URLs and primitives (JSON round-trips).
 
-    ``model`` holds :func:`dd_core.train.detector.spec_for` overrides (preset, sizes, weights).
-    ``on_step`` names a :data:`dd_core.train.loop.StepHook` as ``"module:function"``, imported in
-    every rank (monitoring, tests).
+    ``model`` holds the run's architecture settings (:func:`dd_core.train.detector.spec_for`).
+    ``on_step`` and ``on_checkpoint`` name a :data:`~dd_core.train.loop.StepHook` and a
+    :data:`~dd_core.train.loop.CheckpointHook` as ``"module:function"``, imported in every rank
+    (monitoring, tests). ``options`` (storage credentials) stay out of its repr.
     """
 
     task: str
@@ -28,9 +30,9 @@ class TrainJob:
     labeled_images: str
     checkpoint_dir: str
     train: TrainConfig = field(default_factory=TrainConfig)
-    model: dict[str, Any] = field(default_factory=dict)
+    model: ModelOverrides = field(default_factory=ModelOverrides)
     device: str = "cpu"
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
     pseudo_annotations: str | None = None
     pseudo_images: str | None = None
     labeled_ratio: float = 1.0
@@ -38,6 +40,14 @@ class TrainJob:
     stop_after: int | None = None
     progress: bool = True
     on_step: str | None = None
+    on_checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, kind in (("train", TrainConfig), ("model", ModelOverrides)):
+            value = getattr(self, name)
+            if not isinstance(value, kind):
+                raise TypeError(f"TrainJob.{name}: expected a {kind.__name__}, got {type(value).__name__} "
+                                f"{value!r:.80}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -48,34 +58,34 @@ class TrainJob:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"training job: unknown fields {sorted(unknown)} (expected some of {sorted(known)})")
-        d = dict(d)
-        d["train"] = TrainConfig(**d.get("train", {}))
-        model = dict(d.get("model", {}))
-        if model.get("min_size") is not None:  # JSON has lists; the spec (and its signature) has a tuple
-            model["min_size"] = tuple(model["min_size"])
-        d["model"] = model
-        return cls(**d)
+        return cls(**{**d, "train": TrainConfig(**d.get("train", {})),
+                      "model": ModelOverrides.from_dict(d.get("model", {}))})
 
 
-def resolve_hook(name: str | None) -> StepHook | None:
-    """``"package.module:function"`` -> that function (``None`` stays ``None``)."""
+def resolve_hook(name: str | None, field_name: str = "on_step") -> Callable[..., None] | None:
+    """``"package.module:function"`` (the job's ``field_name``) -> that function; ``None`` stays ``None``."""
     if name is None:
         return None
     module, _, attr = name.partition(":")
     if not module or not attr:
-        raise ValueError(f"training job: on_step must be 'module:function', got {name!r}")
+        raise ValueError(f"training job: {field_name} must be 'module:function', got {name!r}")
     hook = getattr(importlib.import_module(module), attr, None)
     if not callable(hook):
-        raise ValueError(f"training job: on_step {name!r}: {module} has no function {attr!r}")
+        raise ValueError(f"training job: {field_name} {name!r}: {module} has no function {attr!r}")
     return hook
 
 
-def run_job(job: TrainJob, world: DistributedContext | None = None, on_step: StepHook | None = None) -> TrainResult:
-    """Read the job's data (and the student's initial weights) and train, as one rank of ``world``."""
+def run_job(job: TrainJob, *, world: DistributedContext | None = None, on_step: StepHook | None = None,
+            on_checkpoint: CheckpointHook | None = None) -> TrainResult:
+    """Read the job's data (and the student's initial weights) and train, as one rank of ``world``.
+
+    ``on_step`` / ``on_checkpoint`` given here (functions of this process) replace the job's named hooks.
+    """
     coco = load_coco(job.labeled_annotations, job.labeled_images, job.options)
     pseudo = load_coco(job.pseudo_annotations, job.pseudo_images, job.options) if job.pseudo_annotations else None
     init = load_checkpoint(job.init_checkpoint, job.options)["model"] if job.init_checkpoint else None
-    return train_detector(spec_for(job.task, coco, **job.model), coco, job.train, job.checkpoint_dir, pseudo=pseudo,
+    return train_detector(spec_for(job.task, coco, job.model), coco, job.train, job.checkpoint_dir, pseudo=pseudo,
                           labeled_ratio=job.labeled_ratio, init_state=init, options=job.options, device=job.device,
                           progress=job.progress, stop_after=job.stop_after, world=world,
-                          on_step=on_step or resolve_hook(job.on_step))
+                          on_step=on_step or resolve_hook(job.on_step, "on_step"),
+                          on_checkpoint=on_checkpoint or resolve_hook(job.on_checkpoint, "on_checkpoint"))

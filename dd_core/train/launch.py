@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rank = int(os.environ.get("RANK", "0") or 0)
     try:
         world = init_distributed(args.backend, job.device)
-        result = run_job(job, world)
+        result = run_job(job, world=world)
         if world.is_main:
             args.result.write_text(json.dumps(dataclasses.asdict(result)))
     except Exception as exc:
@@ -109,7 +109,18 @@ def torchrun_command(nproc_per_node: int, job_path: Path, result_path: Path, bac
             "-m", "dd_core.train.launch", str(job_path), str(result_path), f"--backend={backend}"]
 
 
-def launch_distributed(job: TrainJob, nproc_per_node: int, backend: str = "auto") -> TrainResult:
+def _rank_environment(job: TrainJob, nproc_per_node: int) -> dict[str, str]:
+    """This process's environment for the ranks: its code, a share of the CPU cores, the job's storage options."""
+    env = dict(os.environ)
+    # The ranks run the code of this process, and share the CPU cores instead of each taking all.
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
+    env[OPTIONS_ENV] = json.dumps(job.options)
+    return env
+
+
+def launch_distributed(job: TrainJob, nproc_per_node: int, *, backend: str = "auto") -> TrainResult:
     """Train ``job`` with ``nproc_per_node`` processes on this node (torchrun, DistributedDataParallel).
 
     The output of the ranks is echoed as it comes. A rank that fails on bad input raises its error
@@ -121,15 +132,10 @@ def launch_distributed(job: TrainJob, nproc_per_node: int, backend: str = "auto"
     if job.train.batch_size % nproc_per_node:
         raise ValueError(f"batch_size {job.train.batch_size} is the global batch (images per step over all "
                          f"processes): it must be a multiple of nproc_per_node {nproc_per_node}")
-    env = dict(os.environ)
-    # The ranks run the code of this process, and share the CPU cores instead of each taking all.
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
+    env = _rank_environment(job, nproc_per_node)
     with tempfile.TemporaryDirectory(prefix="omnidistill-train-") as tmp:
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(json.dumps({**job.to_dict(), "options": {}}))
-        env[OPTIONS_ENV] = json.dumps(job.options)
         code, tail = _stream(torchrun_command(nproc_per_node, job_path, result_path, backend), env)
         error = _rank_error(result_path, nproc_per_node)
         if code != 0 or not result_path.exists():

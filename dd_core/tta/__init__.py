@@ -2,55 +2,32 @@
 
 One model, several geometric transforms of an image (scales x horizontal flip), predictions
 mapped back to the original image and ensembled into one "hard" label set (paper, sections 3-4).
+
+The names below are imported on first use (PEP 562): :mod:`dd_core.tta.settings`, whose default
+scales ``omnidistill --help`` shows, loads without torch.
 """
 
-from dd_core.tta.boxes import detect_in_frame, multi_transform_boxes
-from dd_core.tta.keypoints import (
-    average_keypoint_logits,
-    keypoint_logits,
-    multi_transform_keypoints,
-    multi_transform_keypoints_on_boxes,
-    predictor_stages,
-    upsample_heatmaps,
-)
-from dd_core.tta.transforms import (
-    TestTransform,
-    base_transform,
-    boxes_from_frame,
-    boxes_to_frame,
-    hflip_boxes,
-    hflip_heatmaps,
-    hflip_image,
-    hflip_keypoints,
-    keypoints_from_frame,
-    keypoints_to_frame,
-    resize_boxes,
-    resize_keypoints,
-    resize_transform,
-    transform_set,
-)
+from __future__ import annotations
 
-__all__ = [
-    "TestTransform",
-    "average_keypoint_logits",
-    "base_transform",
-    "boxes_from_frame",
-    "boxes_to_frame",
-    "detect_in_frame",
-    "hflip_boxes",
-    "hflip_heatmaps",
-    "hflip_image",
-    "hflip_keypoints",
-    "keypoint_logits",
-    "keypoints_from_frame",
-    "keypoints_to_frame",
-    "multi_transform_boxes",
-    "multi_transform_keypoints",
-    "multi_transform_keypoints_on_boxes",
-    "predictor_stages",
-    "resize_boxes",
-    "resize_keypoints",
-    "resize_transform",
-    "transform_set",
-    "upsample_heatmaps",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "dd_core.tta.boxes": ["detect_in_frame", "multi_transform_boxes"],
+    "dd_core.tta.keypoints": ["average_keypoint_logits", "multi_transform_keypoints",
+                              "multi_transform_keypoints_on_boxes", "predictor_stages", "upsample_heatmaps"],
+    "dd_core.tta.predict": ["PredictFn", "multi_transform_predict_fn"],
+    "dd_core.tta.settings": ["DEFAULT_SCALES", "BoxMergeSettings", "MultiTransformSettings"],
+    "dd_core.tta.transforms": ["TestTransform", "base_transform", "boxes_from_frame", "boxes_to_frame", "hflip_boxes",
+                               "hflip_heatmaps", "hflip_image", "hflip_keypoints", "keypoints_from_frame",
+                               "keypoints_to_frame", "resize_boxes", "resize_keypoints", "resize_transform",
+                               "transform_set"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'dd_core.tta' has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)

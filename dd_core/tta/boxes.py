@@ -47,19 +47,16 @@ def detect_in_frame(model: nn.Module, images: ImageList, features: dict[str, Ten
 
 
 def merge_boxes(parts: Sequence[Detections], **merge_options: object) -> Detections:
-    """Union of one image's detections over transforms, merged by ``merge_detections``."""
-    boxes = torch.cat([p["boxes"] for p in parts])
-    # Box voting runs in numpy on the host; the merged detections go back where the model ran.
-    merged_boxes, merged_scores, merged_labels = merge_detections(
-        boxes.cpu().numpy(), torch.cat([p["scores"] for p in parts]).cpu().numpy(),
-        torch.cat([p["labels"] for p in parts]).cpu().numpy(), **merge_options,
+    """Union of one image's detections over transforms, merged by ``merge_detections``.
+
+    The merge runs on the tensors where the model left them (its device and dtypes), so
+    nothing makes a round trip through the host.
+    """
+    boxes, scores, labels = merge_detections(
+        torch.cat([p["boxes"] for p in parts]), torch.cat([p["scores"] for p in parts]),
+        torch.cat([p["labels"] for p in parts]), **merge_options,
     )
-    device = boxes.device
-    return {
-        "boxes": torch.as_tensor(merged_boxes, dtype=boxes.dtype, device=device).reshape(-1, 4),
-        "labels": torch.as_tensor(merged_labels, dtype=torch.int64, device=device),
-        "scores": torch.as_tensor(merged_scores, dtype=boxes.dtype, device=device),
-    }
+    return {"boxes": boxes, "labels": labels, "scores": scores}
 
 
 @torch.inference_mode()

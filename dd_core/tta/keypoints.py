@@ -52,14 +52,6 @@ def check_flip_indices(flip_indices: Sequence[int]) -> None:
         raise ValueError(f"flip_indices must be a self-inverse permutation of 0..{k - 1}, got {list(flip_indices)}")
 
 
-def keypoint_logits(
-    model: nn.Module, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[Size]
-) -> Tensor:
-    """The keypoint head's heatmap logits ``(R, K, M, M)`` for ``boxes`` given in the features' frame."""
-    per_transform, shared = predictor_stages(model.roi_heads.keypoint_predictor)
-    return shared(_head_logits(model, features, boxes, image_sizes, per_transform))
-
-
 def _head_logits(model: nn.Module, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[Size],
                  predictor: Callable[[Tensor], Tensor]) -> Tensor:
     heads = model.roi_heads

@@ -19,7 +19,6 @@ sampling is mirror-symmetric), so boxes map to a frame by "resize, then flip" an
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass

@@ -149,7 +149,7 @@ def test_styles_differ_in_background_and_people(tmp_path: Path) -> None:
 def test_unknown_style_raises_and_names_known_styles(tmp_path: Path, task: str) -> None:
     with pytest.raises(ValueError, match="coco, sports"):
         MAKERS[task](tmp_path, 1, seed=0, style="imagenet")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
         MAKERS[task](tmp_path, 1, seed=-1)
 
 

@@ -1,7 +1,8 @@
+import pytest
 import torch
 
 from dd_core.data.keypoints import COCO_PERSON_FLIP_INDICES, COCO_PERSON_KEYPOINT_NAMES, flip_indices
-from dd_core.data.transforms import ResizeShorterSide, hflip, hflip_boxes, scale_target, shorter_side_size
+from dd_core.data.transforms import hflip, hflip_boxes, resized_size, vanishing_scale
 
 
 def _person(width=40):
@@ -53,19 +54,19 @@ def test_hflip_boxes_keeps_boxes_valid():
     assert (out[:, 2] > out[:, 0]).all() and out.tolist() == [[30.0, 0.0, 40.0, 10.0], [0.0, 1.0, 35.0, 2.0]]
 
 
-def test_resize_shorter_side_and_its_inverse():
-    assert shorter_side_size(100, 200, 50, 1000) == (50, 100)
-    assert shorter_side_size(100, 400, 50, 120) == (30, 120)    # the longer side caps it
-    image = torch.randint(0, 255, (3, 100, 200), dtype=torch.uint8)
-    target = _person()
-    resize = ResizeShorterSide(50, 1000)
-    small, t = resize(image, target)
-    assert small.shape == (3, 50, 100) and small.dtype == torch.uint8
-    assert t["boxes"].tolist() == [[1.0, 1.5, 6.0, 10.0]]
-    back = ResizeShorterSide.inverse(t, (50, 100), (100, 200))
-    assert torch.allclose(back["boxes"], target["boxes"]) and torch.allclose(back["keypoints"], target["keypoints"])
+@pytest.mark.parametrize("size, scale, max_size", [((100, 200), 50, 1000), ((100, 400), 50, 120), ((37, 53), 64, 96),
+                                                    ((480, 640), 800, 1333), ((3, 3), 128, 224), ((1, 96), 64, 96)])
+def test_resized_size_is_torchvision_s_resize(size, scale, max_size):
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    resize = GeneralizedRCNNTransform(scale, max_size, [0.0] * 3, [1.0] * 3).eval()
+    assert resized_size(size, scale, max_size) == tuple(resize.resize(torch.zeros(3, *size), None)[0].shape[-2:])
 
 
-def test_scale_target_scales_area():
-    t = scale_target({"boxes": torch.zeros(0, 4), "area": torch.tensor([10.0])}, 2.0, 3.0)
-    assert t["area"].tolist() == [60.0] and t["boxes"].shape == (0, 4)
+def test_a_side_resized_to_nothing_is_where_torchvision_fails():
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    assert resized_size((1, 2000), 96, 224) == (0, 224) and vanishing_scale((1, 2000), [96, 128], 224) == 96
+    with pytest.raises(RuntimeError, match="Input and output sizes should be greater than 0"):
+        GeneralizedRCNNTransform(96, 224, [0.0] * 3, [1.0] * 3).eval().resize(torch.zeros(3, 1, 2000), None)
+    assert vanishing_scale((10, 20), [96], 224) is None

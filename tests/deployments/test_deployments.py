@@ -58,7 +58,10 @@ def test_prefect_yaml_has_the_shard_labeling_deployment_that_runner_deployment_n
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_example_configs_validate(path):
-    parse_config(yaml.safe_load(path.read_text()), str(path))
+    raw = yaml.safe_load(path.read_text())
+    config = parse_config(raw, str(path))
+    assert (config.task, config.model.preset, config.tta.scales) == (raw["task"], raw["model"]["preset"],
+                                                                      raw["tta"]["scales"])
 
 
 def test_importing_flows_has_no_side_effects(monkeypatch):

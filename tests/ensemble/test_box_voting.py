@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dd_core.ensemble import SCORING_METHODS, box_iou, box_voting
+from dd_core.ensemble import SCORING_METHODS, batched_box_voting, box_voting
 
 # One kept (top) box and four candidate voters of the same class:
 #   A = the top box itself                      IoU 1.0    -> votes
@@ -129,19 +129,65 @@ def test_negative_beta_edge_cases_stay_finite() -> None:
     np.testing.assert_array_equal(scores, [2.0, 0.3])  # 1.0 / 2 ** -1
 
 
-def test_box_iou_continuous_coordinates() -> None:
-    a = np.array([[0.0, 0.0, 10.0, 10.0], [3.0, 3.0, 3.0, 3.0]])
-    b = np.array([[5.0, 0.0, 15.0, 10.0], [3.0, 3.0, 3.0, 3.0]])
-    # 50 / (100 + 100 - 50) = 1/3 (Detectron's +1 would give 66 / 176); two points: 0, not NaN
-    np.testing.assert_allclose(box_iou(a, b), [[1.0 / 3.0, 0.0], [0.0, 0.0]], atol=1e-15)
+def test_iou_is_continuous_without_detectrons_plus_one() -> None:
+    # IoU([0, 0, 10, 10], [5, 0, 15, 10]) = 50 / (100 + 100 - 50) = 1/3; Detectron's +1 would give
+    # 66 / 176 = 0.375, so the voter would count at 0.35 there. Here it counts at 1/3 but not above.
+    top, voter = np.array([[0.0, 0.0, 10.0, 10.0]]), np.array([[5.0, 0.0, 15.0, 10.0]])
+    boxes, _ = box_voting(top, [0.9], voter, [0.5], iou_threshold=0.35, scoring="AVG")
+    np.testing.assert_array_equal(boxes, top)  # no voter
+    boxes, scores = box_voting(top, [0.9], voter, [0.5], iou_threshold=1.0 / 3.0, scoring="AVG")
+    np.testing.assert_array_equal(boxes, voter)
+    np.testing.assert_array_equal(scores, [0.5])
 
 
-def test_box_iou_matches_torchvision() -> None:
+def test_degenerate_pair_has_iou_zero_not_nan() -> None:
+    # Two identical points: torchvision's box_iou gives 0 / 0 = NaN. Box voting treats the pair like
+    # any disjoint pair (IoU 0): no vote at a positive threshold, a vote at threshold 0 as every
+    # other same-class detection, and never a NaN in a weight or a score.
+    torch = pytest.importorskip("torch")
+    ops = pytest.importorskip("torchvision.ops")
+    point = np.array([[3.0, 3.0, 3.0, 3.0]])
+    assert torch.isnan(ops.box_iou(torch.from_numpy(point), torch.from_numpy(point))).all()
+    voters = np.array([[3.0, 3.0, 3.0, 3.0], [0.0, 0.0, 10.0, 10.0]])
+    for scoring in SCORING_METHODS:
+        boxes, scores = box_voting(point, [0.4], voters, [0.8, 0.2], iou_threshold=0.5, scoring=scoring)
+        np.testing.assert_array_equal(boxes, point)
+        np.testing.assert_array_equal(scores, [0.4])
+    # threshold 0: both vote (IoU 0 >= 0); box (0.8 * [3, 3, 3, 3] + 0.2 * [0, 0, 10, 10]) / 1.0
+    boxes, scores = box_voting(point, [0.4], voters, [0.8, 0.2], iou_threshold=0.0, scoring="IOU_AVG")
+    np.testing.assert_allclose(boxes, [[2.4, 2.4, 4.4, 4.4]], atol=1e-12)
+    np.testing.assert_array_equal(scores, [0.4])  # IoU weights sum to 0: the score is kept
+
+
+def test_oracle_iou_matches_torchvision() -> None:
+    """The reference loop below computes its own IoU; it must be torchvision's, bit for bit."""
     torch = pytest.importorskip("torch")
     ops = pytest.importorskip("torchvision.ops")
     a, b = _random_boxes(np.random.default_rng(0), 30), _random_boxes(np.random.default_rng(1), 40)
     expected = ops.box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy()
-    np.testing.assert_allclose(box_iou(a, b), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(_loop_iou(a, b), expected)
+
+
+@pytest.mark.parametrize("scoring", SCORING_METHODS)
+def test_batched_box_voting_is_box_voting_class_by_class(scoring: str) -> None:
+    """One call with labels gives what ``box_voting`` gives with each class's detections alone."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    all_boxes = np.repeat(_random_boxes(rng, 6), 8, axis=0) + rng.normal(0.0, 1.5, size=(48, 4))
+    all_scores = rng.uniform(0.05, 0.99, size=48)
+    labels = rng.integers(0, 3, size=48)  # clusters mix classes: only same-class boxes may vote
+    top = np.argsort(-all_scores)[::4]
+    arrays = (all_boxes[top], all_scores[top], labels[top], all_boxes, all_scores, labels)
+    boxes, scores = batched_box_voting(*map(torch.from_numpy, arrays), iou_threshold=0.7, scoring=scoring, beta=0.5)
+    for k, i in enumerate(top):
+        same = labels == labels[i]
+        ref_boxes, ref_scores = box_voting(
+            all_boxes[i : i + 1], all_scores[i : i + 1], all_boxes[same], all_scores[same], 0.7, scoring, 0.5
+        )
+        np.testing.assert_allclose(boxes[k].numpy(), ref_boxes[0], rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(scores[k].numpy(), ref_scores[0], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="top_labels and all_labels must be given together"):
+        batched_box_voting(*map(torch.from_numpy, arrays[:2]), None, *map(torch.from_numpy, arrays[3:]))
 
 
 @pytest.mark.parametrize("scoring", SCORING_METHODS)
@@ -169,7 +215,7 @@ def _random_boxes(rng: np.random.Generator, n: int) -> np.ndarray:
 def _detectron_box_voting(top_boxes, top_scores, all_boxes, all_scores, thresh, method, beta):
     """Detectron's ``box_voting`` loop (detectron/utils/boxes.py), minus its ``+ 1``, as an oracle."""
     out_boxes, out_scores = top_boxes.copy(), top_scores.copy()
-    overlaps = box_iou(top_boxes, all_boxes)
+    overlaps = _loop_iou(top_boxes, all_boxes)
     for k in range(len(top_boxes)):
         inds = np.where(overlaps[k] >= thresh)[0]
         ws = all_scores[inds]
@@ -187,3 +233,17 @@ def _detectron_box_voting(top_boxes, top_scores, all_boxes, all_scores, thresh, 
         elif method == "QUASI_SUM":
             out_scores[k] = ws.sum() / float(len(ws)) ** beta
     return out_boxes, out_scores
+
+
+def _loop_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Detectron's ``bbox_overlaps`` loop, minus its ``+ 1``: 0 for pairs that do not overlap."""
+    out = np.zeros((len(a), len(b)))
+    for n, box in enumerate(a):
+        for k, query in enumerate(b):
+            iw = min(box[2], query[2]) - max(box[0], query[0])
+            ih = min(box[3], query[3]) - max(box[1], query[1])
+            if iw > 0 and ih > 0:
+                area = (box[2] - box[0]) * (box[3] - box[1])
+                query_area = (query[2] - query[0]) * (query[3] - query[1])
+                out[n, k] = iw * ih / (area + query_area - iw * ih)
+    return out

@@ -57,7 +57,7 @@ def test_two_run_ids_share_storage_and_a_live_run_id_is_refused(data, prefect_ha
     run_distillation(local_config(data, run_id="b"))
     assert _tree(a) == before and (data / "store/runs/b/metrics.json").exists()
     assert not (a / "_lock.json").exists()  # released at the end
-    live = {"owner": "another", "host": socket.gethostname(), "pid": os.getpid(), "label": "flow run 42",
+    live = {"owner": "another", "host": socket.gethostname(), "pid": os.getpid(), "holder": "flow run 42",
             "started": time.time(), "heartbeat": time.time()}
     write_json_atomic(str(a / "_lock.json"), live)
     with pytest.raises(RunLockedError, match=r"runs/a/_lock.json: this run id is live in another process "

@@ -127,7 +127,6 @@ def test_s3_going_away_mid_run_fails_clearly_and_leaves_no_partial_output(tmp_pa
 
     import s3fs
     from moto.server import ThreadedMotoServer
-
     from prefect.client.orchestration import get_client
 
     from dd_core.storage import StorageError

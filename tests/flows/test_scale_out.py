@@ -14,8 +14,10 @@ import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from dd_core.config import ShardsConfig
+from dd_core.pseudo.infer import ShardJob
 from dd_core.storage import read_json
 from dd_core.storage.layout import RunLayout
+from dd_core.tta.settings import MultiTransformSettings
 from flows.distill import label_unlabeled
 from flows.runners import shard_groups, shard_resources, shard_task_runner
 from tests.conftest import save_random_checkpoint
@@ -26,9 +28,36 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # --- runners and groups ---------------------------------------------------------------------
 
-def test_threads_runner_bounds_concurrent_shards_by_workers():
+def _most_at_once(runner, tasks: int) -> int:
+    """How many of ``tasks`` tasks that each hold for 0.3 s a flow on ``runner`` runs at the same time."""
+    import threading
+    import time
+
+    from prefect import flow, task
+
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+
+    @task
+    def hold(i: int) -> None:
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.3)
+        with lock:
+            state["now"] -= 1
+
+    @flow(task_runner=runner)
+    def burst() -> None:
+        for future in [hold.submit(i) for i in range(tasks)]:
+            future.result()
+
+    burst()
+    return state["most"]
+
+
+def test_threads_runner_bounds_concurrent_shards_by_workers(prefect_harness):
     runner = shard_task_runner(ShardsConfig(workers=3))
-    assert isinstance(runner, ThreadPoolTaskRunner) and runner._max_workers == 3
+    assert isinstance(runner, ThreadPoolTaskRunner) and _most_at_once(runner, 8) == 3
 
 
 def test_dask_runner_starts_a_local_cluster_of_single_threaded_processes_or_joins_an_address():
@@ -43,9 +72,9 @@ def test_dask_runner_starts_a_local_cluster_of_single_threaded_processes_or_join
     assert remote.address == "tcp://10.0.0.5:8786" and remote.cluster_kwargs == {}
 
 
-def test_deployment_runner_waits_on_every_group_at_once():
+def test_deployment_runner_waits_on_every_group_at_once(prefect_harness):
     runner = shard_task_runner(ShardsConfig(runner="deployment", workers=1))
-    assert isinstance(runner, ThreadPoolTaskRunner) and runner._max_workers > 1000
+    assert isinstance(runner, ThreadPoolTaskRunner) and _most_at_once(runner, 8) == 8
 
 
 def test_missing_prefect_dask_names_the_extra_to_install(monkeypatch):
@@ -77,6 +106,9 @@ def test_shard_groups_are_consecutive_and_cover_every_shard_once(num_shards, per
     assert shard_groups(num_shards, per_run) == groups
 
 
+JOB = ShardJob("s3://b/teacher.pth", "s3://b/_plan.json", "s3://b/inf", MultiTransformSettings((64,)), "fp", "cuda", 2)
+
+
 def test_a_shard_group_whose_flow_run_failed_fails_naming_the_flow_run_and_its_shards(monkeypatch):
     import prefect.deployments
     from prefect.client.schemas.objects import FlowRun
@@ -94,17 +126,16 @@ def test_a_shard_group_whose_flow_run_failed_fails_naming_the_flow_run_and_its_s
     monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
     with pytest.raises(ShardGroupError, match=r"flow run 'shards 00002-00003' \(.*\) of label-shards/gpu for "
                                               r"shards \[2, 3\] ended Failed: .*CUDA out of memory"):
-        label_shard_group.fn("label-shards/gpu", "s3://b/teacher.pth", "s3://b/_plan.json", [2, 3], "s3://b/inf",
-                             {"scales": [64]}, "fp", "cuda", 2)
-    assert sent["name"] == "label-shards/gpu" and sent["parameters"]["indices"] == [2, 3]
-    assert "options" not in sent["parameters"]
+        label_shard_group.fn("label-shards/gpu", JOB, [2, 3])
+    assert sent["name"] == "label-shards/gpu" and sent["parameters"] == {"job": JOB.parameters(), "indices": [2, 3]}
+    assert "options" not in sent["parameters"]["job"]
 
 
 def test_an_unknown_deployment_is_named_in_the_error(prefect_harness):
     from tasks.fanout import label_shard_group
 
     with pytest.raises(ValueError, match="no deployment 'label-shards/nowhere'"):
-        label_shard_group.fn("label-shards/nowhere", "t.pth", "_plan.json", [0], "inf", {}, "fp", "cpu", 1)
+        label_shard_group.fn("label-shards/nowhere", JOB, [0])
 
 
 # --- the same pseudo-labels whichever runner labels the shards -------------------------------

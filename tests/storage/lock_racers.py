@@ -14,7 +14,7 @@ def race_for_lock(url: str, options: dict[str, Any] | None, start, finish, resul
     try:
         exists(parent(url), options)  # connect before the start, so that the race is tight
         start.wait(timeout=60)
-        with RunLock(url, options, label=f"racer {os.getpid()}"):
+        with RunLock(url, options, holder=f"racer {os.getpid()}"):
             results.put(("won", os.getpid()))
             finish.wait(timeout=60)
     except RunLockedError:

@@ -34,7 +34,7 @@ def test_local_atomic_write_replaces_and_leaves_no_temp(tmp_path):
 def test_failed_local_write_keeps_old_content(tmp_path):
     url = str(tmp_path / "f.json")
     write_json_atomic(url, {"a": 1})
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="Object of type object is not JSON serializable"):
         write_json_atomic(url, {"a": object()})  # not serialisable: fails before anything is written
     assert read_json(url) == {"a": 1}
     assert os.listdir(tmp_path) == ["f.json"]

@@ -29,11 +29,11 @@ def _dead_pid() -> int:
 
 def test_a_live_run_refuses_a_second_one_and_releases_at_the_end(tmp_path):
     url = str(tmp_path / "runs/r1/_lock.json")
-    with RunLock(url, label="first"):
+    with RunLock(url, holder="first"):
         held = read_json(url)
-        assert held["pid"] == os.getpid() and held["label"] == "first"
+        assert held["pid"] == os.getpid() and held["holder"] == "first"
         with pytest.raises(RunLockedError, match=r"_lock.json: this run id is live in another process \(first on"):
-            with RunLock(url, label="second"):
+            with RunLock(url, holder="second"):
                 pass
         assert read_json(url)["owner"] == held["owner"]  # the refused run did not take it
     assert not exists(url)
@@ -64,7 +64,7 @@ def test_locks_on_s3(s3):
     bucket, options = s3
     url = join(bucket, "runs/a/_lock.json")
     with RunLock(url, options):
-        with pytest.raises(RunLockedError):
+        with pytest.raises(RunLockedError, match=r"runs/a/_lock.json: this run id is live in another process"):
             RunLock(url, options).__enter__()
     assert not exists(url, options)
 

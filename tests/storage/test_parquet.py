@@ -174,7 +174,7 @@ def test_labeling_and_selection_never_import_pandas(tmp_path):
     script = f"""
 import torch
 from dd_core.data.unlabeled import UnlabeledImage
-from dd_core.pseudo.infer import ShardColumns
+from dd_core.pseudo.columns import ShardColumns
 from dd_core.pseudo.select import read_predictions, select_pseudo_labels
 from dd_core.storage.parquet import predictions_table, write_rejected, write_shard
 columns = ShardColumns({{1: 1}})

@@ -1,8 +1,9 @@
-"""A training hook run inside torchrun's ranks by tests: what each rank held and trained on, per step.
+"""Training hooks run inside torchrun's ranks by tests: what each rank held and trained on, per step.
 
-Each rank appends JSON lines to ``$OMNIDISTILL_PROBE_DIR/rank<R>.jsonl``: after every step its
-iteration, a digest of its parameters and the image ids of its slice of the batch; and every
-checkpoint it writes (the probe wraps the trainer's ``save_checkpoint`` when it is imported).
+Each rank appends JSON lines to ``$OMNIDISTILL_PROBE_DIR/rank<R>.jsonl``: after every step
+(:func:`record_step`, a job's ``on_step``) its iteration, a digest of its parameters and the image
+ids of its slice of the batch; and every checkpoint it writes (:func:`record_checkpoint`, a job's
+``on_checkpoint``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import json
 import os
 
 import torch
-
-import dd_core.train.loop as loop
 
 
 def _log(record: dict) -> None:
@@ -35,10 +34,5 @@ def record_step(iteration: int, model: torch.nn.Module, targets: list) -> None:
           "image_ids": [int(t["image_id"]) for t in targets]})
 
 
-def _recording_save(url, state, options=None):
-    _log({"saved": url})
-    return _save(url, state, options)
-
-
-_save = loop.save_checkpoint
-loop.save_checkpoint = _recording_save
+def record_checkpoint(iteration: int, url: str) -> None:
+    _log({"saved": url, "saved_iteration": iteration})

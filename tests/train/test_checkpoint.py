@@ -45,7 +45,7 @@ def test_not_a_checkpoint_and_missing(tmp_path):
     (tmp_path / "x.pth").write_bytes(buf.getvalue())
     with pytest.raises(ValueError, match="expected a dict with a 'model'"):
         load_checkpoint(str(tmp_path / "x.pth"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"none.pth: no such file"):
         load_checkpoint(str(tmp_path / "none.pth"))
     assert load_latest_checkpoint(str(tmp_path / "empty")) is None
 

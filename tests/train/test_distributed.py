@@ -9,6 +9,7 @@ import torch
 
 from dd_core.data.coco import load_coco
 from dd_core.data.sampler import MixedBatchSampler
+from dd_core.models import ModelOverrides
 from dd_core.storage import write_json_atomic
 from dd_core.train import TrainConfig, TrainResult, train
 from dd_core.train.checkpoint import checkpoint_url, list_checkpoints
@@ -42,21 +43,28 @@ def test_backend_follows_the_device():
 def test_global_batch_must_split_evenly_over_the_ranks():
     with pytest.raises(ValueError, match="batch_size 3 is the global batch .* multiple of the 2 processes"):
         train(torch.nn.Linear(1, 1), [], TrainConfig(batch_size=3), world=DistributedContext(0, 2, 0))
-    job = TrainJob("keypoints", "a.json", "img", "ckpt", train=TrainConfig(batch_size=3))
+    job = TrainJob(task="keypoints", labeled_annotations="a.json", labeled_images="img", checkpoint_dir="ckpt",
+                   train=TrainConfig(batch_size=3))
     with pytest.raises(ValueError, match="must be a multiple of nproc_per_node 2"):
         launch_distributed(job, 2)
 
 
 def test_job_round_trips_through_json_and_names_bad_fields():
-    job = TrainJob("keypoints", "a.json", "img", "ckpt", train=TrainConfig(iterations=3),
-                   model={"preset": "slim", "min_size": (56, 64)}, stop_after=2)
+    job = TrainJob(task="keypoints", labeled_annotations="a.json", labeled_images="img", checkpoint_dir="ckpt",
+                   train=TrainConfig(iterations=3), model=ModelOverrides(preset="slim", min_size=(56, 64)),
+                   stop_after=2, on_checkpoint="tests.train.probe:record_checkpoint", options={"key": "canary-31c"})
     assert TrainJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+    assert "canary-31c" not in repr(job)
     with pytest.raises(ValueError, match=r"unknown fields \['gpus'\]"):
         TrainJob.from_dict({**job.to_dict(), "gpus": 2})
+    with pytest.raises(TypeError, match="positional"):
+        TrainJob("keypoints", "a.json", "img", "ckpt")
+    with pytest.raises(TypeError, match=r"TrainJob.model: expected a ModelOverrides, got dict \{'preset': 'slim'\}"):
+        dataclasses.replace(job, model={"preset": "slim"})
     with pytest.raises(ValueError, match="on_step must be 'module:function'"):
         resolve_hook("tests.train.probe")
-    with pytest.raises(ValueError, match="has no function 'nope'"):
-        resolve_hook("json:nope")
+    with pytest.raises(ValueError, match="on_checkpoint 'json:nope': json has no function 'nope'"):
+        resolve_hook("json:nope", "on_checkpoint")
 
 
 def test_failed_launch_reports_exit_code_tail_and_the_ranks_error(tmp_path, capsys):
@@ -100,11 +108,13 @@ def test_two_cpu_ranks_train_as_one_and_resume_on_one(tmp_path, monkeypatch):
     probe.mkdir()
     monkeypatch.setenv("OMNIDISTILL_PROBE_DIR", str(probe))
     ckpt = str(tmp_path / "student")
-    job = TrainJob("keypoints", *labeled, ckpt, pseudo_annotations=pseudo[0], pseudo_images=pseudo[1],
+    job = TrainJob(task="keypoints", labeled_annotations=labeled[0], labeled_images=labeled[1], checkpoint_dir=ckpt,
+                   pseudo_annotations=pseudo[0], pseudo_images=pseudo[1],
                    labeled_ratio=0.5, train=TrainConfig(iterations=4, batch_size=2, lr=0.005, warmup_iters=1,
                                                         checkpoint_every=2, seed=0),
-                   model={"test_size": 64, "min_size": (56, 64, 72), "max_size": 96}, stop_after=3,
-                   progress=False, on_step="tests.train.probe:record_step")
+                   model=ModelOverrides(test_size=64, min_size=(56, 64, 72), max_size=96), stop_after=3,
+                   progress=False, on_step="tests.train.probe:record_step",
+                   on_checkpoint="tests.train.probe:record_checkpoint")
     t0 = time.perf_counter()
     result = launch_distributed(job, nproc_per_node=2, backend="gloo")
     print(f"2 ranks, 3 steps through torchrun: {time.perf_counter() - t0:.1f} s")
@@ -124,36 +134,46 @@ def test_two_cpu_ranks_train_as_one_and_resume_on_one(tmp_path, monkeypatch):
     drawn = [i for batch in expected[:3] for i in batch]
     assert any(i < 100 for i in drawn) and any(i > 100 for i in drawn)  # both kinds reached the ranks
     # Rank 0 alone wrote the checkpoints (at checkpoint_every and at the early stop).
-    assert {s["rank"] for s in saved} == {0} and [s["saved"] for s in saved] == [checkpoint_url(ckpt, i) for i in (2, 3)]
+    assert {s["rank"] for s in saved} == {0}
+    assert [(s["saved_iteration"], s["saved"]) for s in saved] == [(i, checkpoint_url(ckpt, i)) for i in (2, 3)]
     assert [i for i, _ in list_checkpoints(ckpt)] == [2, 3]
 
     # The 2-rank run resumes on 1 process, with the global batch it would have drawn next.
     seen = []
-    done = run_job(dataclasses.replace(job, stop_after=None, on_step=None),
+    done = run_job(dataclasses.replace(job, stop_after=None, on_step=None, on_checkpoint=None),
                    on_step=lambda it, model, targets: seen.append((it, [int(t["image_id"]) for t in targets])))
     assert done.iteration == 4 and done.checkpoint == checkpoint_url(ckpt, 4)
     assert seen == [(4, expected[3])]
 
 
-def test_train_model_with_several_processes_goes_through_torchrun(tmp_path, monkeypatch):
+def test_train_model_resolves_the_device_and_with_several_processes_goes_through_torchrun(monkeypatch):
     import tasks.train
-    from dd_core.config import DistributedConfig, LabeledConfig, ModelConfig, TrainStageConfig
+    from dd_core.config import DistributedConfig
 
     calls = []
 
-    def fake_launch(job, nproc_per_node, backend):
-        calls.append((job, nproc_per_node, backend))
+    def fake_launch(job, nproc_per_node, *, backend):
+        calls.append(("torchrun", job, nproc_per_node, backend))
+        return TrainResult(5, "ckpt/model_0000005.pth", 1.0, {})
+
+    def fake_run(job):
+        calls.append(("in process", job))
         return TrainResult(5, "ckpt/model_0000005.pth", 1.0, {})
 
     monkeypatch.setattr(tasks.train, "launch_distributed", fake_launch)
-    labeled = LabeledConfig(annotations="a.json", images="img")
-    stage = TrainStageConfig(iterations=5, batch_size=4)
-    url = tasks.train.train_model.fn("teacher", "keypoints", labeled, ModelConfig(min_size=[64]), stage, "ckpt", 7,
-                                     "cpu", {}, distributed=DistributedConfig(nproc_per_node=2, backend="gloo"))
+    monkeypatch.setattr(tasks.train, "run_job", fake_run)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # "auto" is resolved where the task runs
+    job = TrainJob(task="keypoints", labeled_annotations="a.json", labeled_images="img", checkpoint_dir="ckpt",
+                   train=TrainConfig(iterations=5, batch_size=4, seed=7), model=ModelOverrides(min_size=(64,)),
+                   device="auto")
+    url = tasks.train.train_model.fn("teacher", job, distributed=DistributedConfig(nproc_per_node=2, backend="gloo"))
     assert url == "ckpt/model_0000005.pth"
-    job, nproc, backend = calls[0]
-    assert (nproc, backend, job.checkpoint_dir, job.train.batch_size, job.train.seed) == (2, "gloo", "ckpt", 4, 7)
-    assert job.model["min_size"] == (64,) and job.labeled_annotations == "a.json"
+    assert calls.pop() == ("torchrun", dataclasses.replace(job, device="cuda"), 2, "gloo")
+    for distributed in (None, DistributedConfig(nproc_per_node=1)):
+        assert tasks.train.train_model.fn("teacher", job, distributed) == "ckpt/model_0000005.pth"
+        assert calls.pop() == ("in process", dataclasses.replace(job, device="cuda"))
+    assert tasks.train.train_model.fn("teacher", dataclasses.replace(job, device="cpu")) == "ckpt/model_0000005.pth"
+    assert calls.pop()[1].device == "cpu"
 
 
 def test_storage_credentials_reach_the_ranks_through_the_environment_not_a_file(tmp_path, monkeypatch):
@@ -173,6 +193,6 @@ def test_storage_credentials_reach_the_ranks_through_the_environment_not_a_file(
                    checkpoint_dir=str(tmp_path / "ck"), train=TrainConfig(iterations=1, batch_size=2),
                    options={"secret": "canary-8f3a"})
     with pytest.raises(RuntimeError, match="exited with code 1"):
-        launch.launch_distributed(job, 2, "gloo")
+        launch.launch_distributed(job, 2, backend="gloo")
     assert "canary-8f3a" not in seen["job"]
     assert json.loads(seen["env"]) == {"secret": "canary-8f3a"}

@@ -1,8 +1,12 @@
+import os
+
 import pytest
 import torch
 
 from dd_core.data.coco import load_coco
-from dd_core.train import TrainConfig, load_latest_checkpoint
+from dd_core.models import ModelOverrides
+from dd_core.train import TrainConfig, load_latest_checkpoint, model_from_checkpoint, save_checkpoint, train
+from dd_core.train.checkpoint import checkpoint_url, load_checkpoint
 from dd_core.train.detector import spec_for, train_detector
 
 CFG = dict(iterations=4, batch_size=2, lr=0.005, warmup_iters=1, checkpoint_every=2, seed=0)
@@ -10,7 +14,7 @@ CFG = dict(iterations=4, batch_size=2, lr=0.005, warmup_iters=1, checkpoint_ever
 
 def _train(tiny_coco, ckpt_dir, stop_after=None, **kw):
     coco = load_coco(*tiny_coco)
-    spec = spec_for("keypoints", coco, test_size=64, min_size=(56, 64, 72), max_size=96)
+    spec = spec_for("keypoints", coco, ModelOverrides(test_size=64, min_size=(56, 64, 72), max_size=96))
     return train_detector(spec, coco, TrainConfig(**{**CFG, **kw}), ckpt_dir, progress=False, stop_after=stop_after)
 
 
@@ -52,3 +56,62 @@ def test_resuming_with_other_settings_is_refused(tiny_coco, tmp_path):
     with pytest.raises(ValueError, match=r"other settings or data \(schedule.lr: 0.005 -> 0.01\); start a new run id"):
         _train(tiny_coco, str(tmp_path / "c"), lr=0.01)
     _train(tiny_coco, str(tmp_path / "c"))  # the same settings resume fine
+
+
+def test_a_run_of_an_earlier_version_resumes_and_its_checkpoints_load(tiny_coco, tmp_path):
+    """Earlier versions wrote TrainConfig.grad_clip (always None) and ModelSpec.extra (always {})."""
+    d = str(tmp_path / "c")
+    _train(tiny_coco, d, stop_after=2)
+    state = load_checkpoint(checkpoint_url(d, 2))
+    state["spec"] = {**state["spec"], "extra": {}}
+    state["signature"]["schedule"]["grad_clip"] = None
+    state["signature"]["model"]["extra"] = {}
+    save_checkpoint(checkpoint_url(d, 2), state)
+    assert model_from_checkpoint(load_checkpoint(checkpoint_url(d, 2))).roi_heads.keypoint_predictor is not None
+    assert _train(tiny_coco, d).iteration == 4
+
+
+def test_spec_for_fits_the_labeled_set_and_defaults_to_the_slim_preset(tiny_coco):
+    coco = load_coco(*tiny_coco)
+    spec = spec_for("keypoints", coco, ModelOverrides(preset="r50-fpn", test_size=64))
+    assert (spec.preset, spec.num_classes, spec.num_keypoints, spec.test_size) == ("r50-fpn", 2, 17, 64)
+    assert spec_for("keypoints", coco) == spec_for("keypoints", coco, ModelOverrides()) == \
+        ModelOverrides().spec("keypoints", 2, 17)
+
+
+class _Scale(torch.nn.Module):
+    """A one-weight "detector": its loss is the mean squared weighted image sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, images, targets):
+        return {"loss": (self.w * torch.stack([im.sum() for im in images])).pow(2).mean()}
+
+
+_IMAGES = [(torch.full((1, 2, 2), 0.1 * i), {"image_id": torch.tensor(i)}) for i in range(4)]
+
+
+def test_on_checkpoint_is_called_with_each_written_checkpoint(tmp_path):
+    d, calls = str(tmp_path / "ck"), []
+
+    def seen(iteration, url):
+        assert os.path.exists(url) and load_checkpoint(url)["iteration"] == iteration  # written before the call
+        calls.append((iteration, url))
+
+    cfg = TrainConfig(iterations=5, batch_size=2, lr=0.01, warmup_iters=0, checkpoint_every=2)
+    result = train(_Scale(), _IMAGES, cfg, checkpoint_dir=d, progress=False, stop_after=3, on_checkpoint=seen)
+    assert result.checkpoint == checkpoint_url(d, 3)
+    assert calls == [(2, checkpoint_url(d, 2)), (3, checkpoint_url(d, 3))]  # every 2 steps, and the early stop
+    calls.clear()
+    assert train(_Scale(), _IMAGES, cfg, checkpoint_dir=d, progress=False, on_checkpoint=seen).iteration == 5
+    assert calls == [(4, checkpoint_url(d, 4)), (5, checkpoint_url(d, 5))]  # resumed; the last step is written
+    calls.clear()
+    assert train(_Scale(), _IMAGES, cfg, progress=False, on_checkpoint=seen).checkpoint is None
+    assert calls == []  # no folder, no checkpoints
+
+
+def test_train_takes_its_options_by_keyword_only():
+    with pytest.raises(TypeError, match="positional"):
+        train(_Scale(), _IMAGES, TrainConfig(), None)

@@ -7,6 +7,7 @@ import torch
 
 from dd_core.models import ModelSpec, build_model
 from dd_core.tta import TestTransform, base_transform, hflip_boxes, hflip_image, multi_transform_boxes, transform_set
+from dd_core.tta.boxes import merge_boxes
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,25 @@ def test_a_repeated_transform_merges_into_one(model: torch.nn.Module, images: li
         assert b["num_transforms"] == 2 and len(a["boxes"]) > 0
         for x, y in zip(by_score(a), by_score(b)):
             torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
+
+
+def test_merge_boxes_never_leaves_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The union is merged as tensors where the model left them: no round trip through numpy."""
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("merge_boxes converted a tensor to numpy")
+
+    monkeypatch.setattr(torch.Tensor, "numpy", refuse)
+    parts = [
+        {"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[11.0, 10.0, 51.0, 50.0]]), "scores": torch.tensor([0.6]), "labels": torch.tensor([1])},
+    ]
+    merged = merge_boxes(parts, scoring="AVG")
+    # (0.9 * [10, 10, 50, 50] + 0.6 * [11, 10, 51, 50]) / 1.5 = [10.4, 10, 50.4, 50]; (0.9 + 0.6) / 2
+    torch.testing.assert_close(merged["boxes"], torch.tensor([[10.4, 10.0, 50.4, 50.0]]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(merged["scores"], torch.tensor([0.75]), rtol=0, atol=1e-6)
+    assert merged["boxes"].dtype == merged["scores"].dtype == torch.float32
+    assert merged["labels"].tolist() == [1] and merged["labels"].dtype == torch.int64
 
 
 def test_no_detections_gives_empty_tensors(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision.models.detection.roi_heads import heatmaps_to_keypoints
 
 from dd_core.data.keypoints import COCO_PERSON_FLIP_INDICES as FLIP
 from dd_core.models import ModelSpec, build_model
@@ -15,13 +16,13 @@ from dd_core.tta import (
     hflip_heatmaps,
     hflip_image,
     hflip_keypoints,
-    keypoint_logits,
     multi_transform_keypoints,
     multi_transform_keypoints_on_boxes,
     predictor_stages,
     transform_set,
     upsample_heatmaps,
 )
+from dd_core.tta.keypoints import base_detections
 from dd_core.tta.transforms import boxes_to_frame, scale_batches
 
 KEYS = ("boxes", "labels", "scores", "keypoints", "keypoints_scores")
@@ -68,16 +69,17 @@ def test_flip_symmetric_set_is_mirror_equivariant(
     # shift) and the right/bottom batch padding break the symmetry of any one pass by up to a
     # feature pixel. What remains is float rounding (W - (W - x) in the box maps, summation
     # order), which can move a near-tied argmax by one decoding bin, at most one pixel of the
-    # base frame (<= 1 px here). Measured: 7.6e-6 px.
+    # base frame. On this fixed model and image no argmax moves: measured 7.6e-6 px and 2.9e-6 in
+    # the scores, so the tolerances are those, not a decoding bin.
     transforms = transform_set([96, 128], flip=True)
     image, width = images[0], images[0].shape[-1]
     original = multi_transform_keypoints_on_boxes(model, [image], [boxes], transforms, FLIP)[0]
-    mirrored = multi_transform_keypoints_on_boxes(model, [hflip_image(image)], [hflip_boxes(boxes, width)], transforms, FLIP)[0]
+    mirrored = multi_transform_keypoints_on_boxes(model, [hflip_image(image)], [hflip_boxes(boxes, width)],
+                                                  transforms, FLIP)[0]
     expected = hflip_keypoints(original["keypoints"], width, FLIP)
-    error = (mirrored["keypoints"] - expected)[..., :2].abs()
-    assert error.max() <= 1.5
-    assert (error <= 1e-2).float().mean() >= 0.95
-    torch.testing.assert_close(mirrored["keypoints_scores"], original["keypoints_scores"][:, list(FLIP)], rtol=0, atol=1e-3)
+    torch.testing.assert_close(mirrored["keypoints"][..., :2], expected[..., :2], rtol=0, atol=1e-5)
+    torch.testing.assert_close(mirrored["keypoints_scores"], original["keypoints_scores"][:, list(FLIP)],
+                               rtol=0, atol=1e-5)
 
 
 def test_a_flip_transform_is_undone(model: torch.nn.Module, images: list[torch.Tensor], boxes: torch.Tensor) -> None:
@@ -87,18 +89,24 @@ def test_a_flip_transform_is_undone(model: torch.nn.Module, images: list[torch.T
     unflipped = multi_transform_keypoints_on_boxes(
         model, [hflip_image(image)], [hflip_boxes(boxes, width)], [TestTransform(128, hflip=True)], FLIP
     )[0]
-    error = (unflipped["keypoints"] - hflip_keypoints(plain["keypoints"], width, FLIP))[..., :2].abs()
-    assert error.max() <= 1.5 and (error <= 1e-2).float().mean() >= 0.95
+    expected = hflip_keypoints(plain["keypoints"], width, FLIP)
+    torch.testing.assert_close(unflipped["keypoints"][..., :2], expected[..., :2], rtol=0, atol=1e-5)  # measured 7.6e-6
 
 
-def test_more_transforms_change_the_keypoints(model: torch.nn.Module, images: list[torch.Tensor]) -> None:
+def test_more_transforms_average_their_heatmaps_on_the_base_pass_s_rois(model: torch.nn.Module, images: list[torch.Tensor]) -> None:
     single = multi_transform_keypoints(model, images, [base_transform(model)], FLIP)
     multi = multi_transform_keypoints(model, images, transform_set([96, 128, 160], flip=True), FLIP)
-    for a, b in zip(single, multi):
+    with torch.inference_mode():
+        detections, frames = base_detections(model, images)
+        base_boxes = [d["boxes"] for d in detections]
+        # The six transforms' heatmaps averaged on the base pass's RoIs (checked against torchvision's
+        # own head below), decoded as torchvision decodes: the scores are the averaged maps' maxima.
+        logits = average_keypoint_logits(model, images, base_boxes, frames,
+                                         transform_set([96, 128, 160], flip=True), FLIP)
+    for a, b, maps, rois in zip(single, multi, logits.split([len(r) for r in base_boxes]), base_boxes):
         assert b["num_transforms"] == 6
         assert torch.equal(a["boxes"], b["boxes"])  # the RoIs come from the single base pass
-        assert b["keypoints"].shape == a["keypoints"].shape
-    assert not torch.equal(single[0]["keypoints_scores"], multi[0]["keypoints_scores"])
+        torch.testing.assert_close(b["keypoints_scores"], heatmaps_to_keypoints(maps, rois)[1], rtol=0, atol=1e-5)
 
 
 def test_no_detections_gives_empty_tensors(
@@ -198,7 +206,9 @@ def test_averaging_before_the_upsampling_is_averaging_the_final_heatmaps(
         maps = []
         for batch in scale_batches(model, [image], transforms):
             rois = [boxes_to_frame(boxes, t, frame, f) for t, _, f in batch.entries()]
-            logits = keypoint_logits(model, batch.features, rois, batch.images.image_sizes)
+            heads = model.roi_heads  # torchvision's whole keypoint head, final upsampling included
+            logits = heads.keypoint_predictor(heads.keypoint_head(
+                heads.keypoint_roi_pool(batch.features, rois, batch.images.image_sizes)))
             for t, m in zip(batch.transforms, logits.split(len(boxes))):
                 maps.append(hflip_heatmaps(m, FLIP) if t.hflip else m)
         expected = torch.stack(maps).mean(0)

@@ -51,7 +51,7 @@ def test_transform_set_is_scales_times_flip() -> None:
     assert [str(t) for t in ts] == ["s96", "s96-flip", "s128", "s128-flip"]
     assert transform_set([128], flip=False) == [TestTransform(128, False)]
     assert group_by_scale(ts) == {96: ts[:2], 128: ts[2:]}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="TestTransform.scale must be a positive number of pixels, got 0"):
         TestTransform(0)
 
 

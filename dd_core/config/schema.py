@@ -1,26 +1,18 @@
-"""The run configuration: one YAML file, validated by pydantic, turned into typed arguments here.
+"""The run configuration's schema: one pydantic model per section, every value bounded.
 
-Unknown keys are errors; ``--set a.b=value`` overrides any field (the value is parsed as YAML).
-Errors name the field's path, e.g. ``student.labeled_ratio``.
+Unknown keys are errors; errors name the field's path, e.g. ``student.labeled_ratio``. The
+sections are the contract in DESIGN.md; :mod:`dd_core.config.adapters` turns them into the typed
+arguments of dd_core's functions.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dd_core.data.coco import MIN_BOX_SIDE
-
-if TYPE_CHECKING:
-    from dd_core.data.coco import CocoData
-    from dd_core.train import TrainConfig
-
-log = logging.getLogger(__name__)
+from dd_core.tta.settings import DEFAULT_SCALES
 
 # Bounds that turn a typo into an error at once instead of hours later. Checkpoints are named
 # model_<7 digits>.pth, so no schedule may pass 9,999,999 iterations; no image side (training or
@@ -65,7 +57,8 @@ class UnlabeledConfig(_Strict):
 class ModelConfig(_Strict):
     preset: Literal["slim", "r50-fpn", "r101-fpn", "x101-32x4d-fpn", "x101-64x4d-fpn"] = "slim"
     backbone_weights: str | None = None  # a local/URL torchvision ImageNet state dict; never downloaded
-    min_size: list[Side] | None = Field(default=None, min_length=1)  # training scales (shorter side); default: the preset's
+    # Training scales (shorter side, px); default: the preset's.
+    min_size: list[Side] | None = Field(default=None, min_length=1)
     test_size: Side | None = None
     max_size: int | None = Field(default=None, gt=0, le=MAX_LONG_SIDE)
 
@@ -104,7 +97,7 @@ class StudentConfig(TrainStageConfig):
 
 
 class TTAConfig(_Strict):
-    scales: list[int] = Field(default_factory=lambda: [96, 128, 160], max_length=64)
+    scales: list[int] = Field(default_factory=lambda: list(DEFAULT_SCALES), max_length=64)
     flip: bool = True
     nms_threshold: float = Field(default=0.5, gt=0, le=1)
     voting_threshold: float = Field(default=0.8, gt=0, le=1)
@@ -203,172 +196,3 @@ class RunConfig(_Strict):
             raise ValueError(f"student.schedule_factor {self.student.schedule_factor} x teacher.iterations "
                              f"{self.teacher.iterations} = {iterations} iterations, more than {MAX_ITERATIONS:,}")
         return self
-
-
-class ConfigError(ValueError):
-    """A run configuration that does not validate; the message lists each field's path."""
-
-
-def _format(exc: ValidationError, source: str) -> str:
-    """One line: ``run.yaml: invalid configuration: teacher.lr: Input should be greater than 0; ...``."""
-    problems = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        problems.append(f"{path}: {err['msg']}")
-    return f"{source}: invalid configuration: " + "; ".join(problems)
-
-
-def _override_value(raw: str) -> Any:
-    """A ``--set`` value parsed as YAML (3, 0.5, [1,2], true); text YAML cannot read (``*``, ``[1,``)
-    stays text, so the field's own check names what is wrong with it."""
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` strings to a nested dict (values parsed as YAML: 3, 0.5, [1,2], true)."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. teacher.iterations=100")
-        key, raw = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: '{part}' is not a section")
-            node = child
-        node[parts[-1]] = _override_value(raw)
-    return data
-
-
-def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format(exc, source)) from None
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML run config, apply ``--set`` overrides, validate."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    return parse_config(apply_overrides(data, overrides or []), str(path))
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-# --- config -> typed arguments of dd_core functions (the one place where this happens) ---
-
-def train_config(stage: TrainStageConfig, seed: int) -> "TrainConfig":
-    from dd_core.train import TrainConfig
-
-    return TrainConfig(iterations=stage.iterations, batch_size=stage.batch_size, lr=stage.lr,
-                       warmup_iters=min(stage.warmup_iters, stage.iterations),
-                       checkpoint_every=min(stage.checkpoint_every, stage.iterations),
-                       num_workers=stage.num_workers, seed=seed)
-
-
-def model_overrides(model: ModelConfig) -> dict[str, Any]:
-    """Keyword arguments for :func:`dd_core.train.detector.spec_for`."""
-    out: dict[str, Any] = {"preset": model.preset}
-    if model.backbone_weights:
-        out["backbone_weights"] = model.backbone_weights
-    if model.min_size:
-        out["min_size"] = tuple(model.min_size)
-    if model.test_size:
-        out["test_size"] = model.test_size
-    if model.max_size:
-        out["max_size"] = model.max_size
-    return out
-
-
-def tta_options(tta: TTAConfig, task: str) -> dict[str, Any]:
-    """Keyword arguments for :func:`dd_core.evaluate.checkpoint_eval.tta_predict_fn`.
-
-    Only what the task uses: box merging settings do not change keypoint shards (whose
-    fingerprint these options are part of), so they are left out for keypoints.
-    """
-    options: dict[str, Any] = {"scales": list(tta.scales), "flip": tta.flip}
-    if task == "detection":
-        options.update(nms_threshold=tta.nms_threshold, voting_threshold=tta.voting_threshold, scoring=tta.scoring)
-    return options
-
-
-def check_run_inputs(config: RunConfig) -> dict[str, int]:
-    """Validate the labeled, validation (and upper-bound) sets and the unlabeled source of a run.
-
-    Called before anything is trained or written, so bad input fails in seconds with an error
-    naming the file, record and field. Returns image counts of the labeled sets. A ``.txt`` list
-    or image-only json of unlabeled images is read and every entry checked (names, ids): cheap
-    next to labeling, and an entry that could never be labeled would otherwise fail the run
-    hours later. A folder or prefix is only checked to exist: listing it (120k images on COCO) is
-    the shard planner's job, and names that come from the storage itself need no checking.
-    """
-    from dd_core.data.coco import check_compatible, load_coco
-    from dd_core.data.unlabeled import is_listing, list_unlabeled
-    from dd_core.storage import exists
-
-    options = config.storage.options
-    labeled = load_coco(config.labeled.annotations, config.labeled.images, options)
-    reference = f"the labeled set {labeled.source}"
-    check_compatible(labeled, labeled.categories, config.task, reference)
-    counts = {"labeled": len(labeled.images)}
-    _warn_untrainable(labeled)
-    _check_image_sizes(labeled, config.model)
-    for name in ("val", "upper_bound"):
-        source = getattr(config, name)
-        if source is not None:
-            data = load_coco(source.annotations, source.images, options)
-            check_compatible(data, labeled.categories, config.task, reference)
-            _check_image_sizes(data, config.model)
-            counts[name] = len(data.images)
-            if name == "upper_bound":
-                _warn_untrainable(data)
-    unlabeled = config.unlabeled
-    if not exists(unlabeled.images, options):
-        raise FileNotFoundError(f"{unlabeled.images}: unlabeled images not found (unlabeled.images)")
-    if is_listing(unlabeled.images):
-        list_unlabeled(unlabeled.images, unlabeled.root, options, unlabeled.limit)
-    return counts
-
-
-def _check_image_sizes(data: "CocoData", model: ModelConfig) -> None:
-    """Refuse an image (by the size its json gives) that a training or test scale would resize to
-    nothing: torchvision fails on it, mid-training, on every retry."""
-    from dd_core.data.coco import CocoFormatError
-    from dd_core.data.transforms import vanishing_scale
-    from dd_core.models.presets import PRESETS
-
-    preset = PRESETS[model.preset]
-    scales = sorted({*(model.min_size or preset.min_size), model.test_size or preset.test_size})
-    max_size = model.max_size or preset.max_size
-    for i, image in enumerate(data.images):
-        if image.get("width") and image.get("height"):
-            scale = vanishing_scale((image["height"], image["width"]), scales, max_size)
-            if scale is not None:
-                raise CocoFormatError(
-                    f"{data.source}: images[{i}] (id {image['id']}): {image['width']}x{image['height']} px (width x "
-                    f"height) is too thin for the model: it resizes to 0 px at scale {scale} (max_size {max_size})")
-
-
-def _warn_untrainable(data: "CocoData") -> None:
-    untrainable = data.untrainable
-    if untrainable:
-        first = untrainable[0]
-        log.warning("%s: %d annotation(s) have a box smaller than %s px (e.g. id %s, bbox %s): kept for "
-                    "evaluation, not trained on", data.source, len(untrainable), MIN_BOX_SIDE, first["id"],
-                    first["bbox"])

@@ -1,0 +1,61 @@
+"""The run config turned into the typed arguments of dd_core's functions: the one place this happens.
+
+Flows, the plain benchmark loop and the CLI call these; dd_core's functions never see a config.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dd_core.config.schema import LabeledConfig, ModelConfig, RunConfig, TrainStageConfig
+from dd_core.tta.settings import BoxMergeSettings, MultiTransformSettings
+
+if TYPE_CHECKING:
+    from dd_core.models import ModelOverrides
+    from dd_core.train import TrainConfig
+    from dd_core.train.job import TrainJob
+
+
+def multi_transform_settings(config: RunConfig) -> MultiTransformSettings:
+    """The teacher's (and evaluation's) multi-transform inference settings of a run."""
+    tta = config.tta
+    boxes = BoxMergeSettings(tta.nms_threshold, tta.voting_threshold, tta.scoring)
+    return MultiTransformSettings.for_task(config.task, tta.scales, tta.flip, boxes)
+
+
+def train_config(stage: TrainStageConfig, seed: int) -> "TrainConfig":
+    """One training stage's schedule; warmup and checkpoint interval never exceed its length."""
+    from dd_core.train import TrainConfig
+
+    return TrainConfig(iterations=stage.iterations, batch_size=stage.batch_size, lr=stage.lr,
+                       warmup_iters=min(stage.warmup_iters, stage.iterations),
+                       checkpoint_every=min(stage.checkpoint_every, stage.iterations),
+                       num_workers=stage.num_workers, seed=seed)
+
+
+def model_overrides(model: ModelConfig) -> "ModelOverrides":
+    """The run's architecture settings for :func:`dd_core.train.detector.spec_for` (``None``: the preset's)."""
+    from dd_core.models import ModelOverrides
+
+    return ModelOverrides(preset=model.preset, backbone_weights=model.backbone_weights or None,
+                          min_size=tuple(model.min_size) if model.min_size else None,
+                          test_size=model.test_size, max_size=model.max_size)
+
+
+def train_job(config: RunConfig, *, checkpoint_dir: str, stage: TrainStageConfig, labeled: LabeledConfig | None = None,
+              pseudo_annotations: str | None = None, pseudo_images: str | None = None,
+              init_checkpoint: str | None = None) -> "TrainJob":
+    """One training of a run: the teacher (labeled data only), a student (with ``pseudo_annotations``,
+    mixed in at ``student.labeled_ratio``) or the upper bound (``labeled``: its fully labeled set).
+
+    ``device`` stays as configured (``auto``): the training task resolves it where it runs.
+    """
+    from dd_core.train.job import TrainJob
+
+    labeled = labeled or config.labeled
+    mix = {"pseudo_annotations": pseudo_annotations, "pseudo_images": pseudo_images,
+           "labeled_ratio": config.student.labeled_ratio} if pseudo_annotations else {}
+    return TrainJob(task=config.task, labeled_annotations=labeled.annotations, labeled_images=labeled.images,
+                    checkpoint_dir=checkpoint_dir, train=train_config(stage, config.seed),
+                    model=model_overrides(config.model), device=config.device, options=config.storage.options,
+                    init_checkpoint=init_checkpoint, **mix)

@@ -1,0 +1,118 @@
+"""What a model is, as plain data: :class:`ModelSpec` (stored in every checkpoint) and the run's
+:class:`ModelOverrides` of it (what the configuration chooses; the data fixes the rest).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from dd_core.models.presets import PRESETS
+
+TASKS = ("keypoints", "detection")
+NORMS = ("batch", "frozen")
+
+
+def _known_fields(cls: type, d: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``d`` as keyword arguments of ``cls``; unknown keys are refused by name."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"{what}: unknown fields {sorted(unknown)} (expected some of {sorted(known)})")
+    out = dict(d)
+    if out.get("min_size") is not None:  # JSON has lists; specs (and training signatures) have tuples
+        out["min_size"] = tuple(out["min_size"])
+    return out
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model; saved (as a dict) in every checkpoint.
+
+    ``num_classes`` counts the background, as torchvision does. ``min_size`` is the training
+    scale range (one picked at random per batch by ``GeneralizedRCNNTransform``) and
+    ``test_size`` the single inference scale; both default to the preset's.
+    """
+
+    task: str = "keypoints"
+    preset: str = "slim"
+    num_classes: int = 2
+    num_keypoints: int = 17
+    min_size: tuple[int, ...] | None = None
+    test_size: int | None = None
+    max_size: int | None = None
+    norm: str | None = None  # "batch" | "frozen"; default: frozen with weights, batch without
+    backbone_weights: str | None = None
+    box_detections_per_img: int = 100
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"ModelSpec.task: expected one of {TASKS}, got {self.task!r}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"ModelSpec.preset: expected one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.num_classes < 2:
+            raise ValueError(f"ModelSpec.num_classes: must count the background and at least one class, got {self.num_classes}")
+        if self.norm not in (None, *NORMS):
+            raise ValueError(f"ModelSpec.norm: expected one of {NORMS} (or None), got {self.norm!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def for_restore(self) -> "ModelSpec":
+        """The same architecture without re-reading ``backbone_weights``: a checkpoint is about to
+        overwrite every weight, and the weights file may not exist where the checkpoint is used."""
+        return dataclasses.replace(self, norm=self.resolved_norm, backbone_weights=None)
+
+    @property
+    def resolved_norm(self) -> str:
+        """Frozen BatchNorm over pretrained statistics, trainable BatchNorm from scratch (torchvision's choice)."""
+        return self.norm or ("frozen" if self.backbone_weights else "batch")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
+        """A spec from :meth:`to_dict`, or from a checkpoint of an earlier version.
+
+        Earlier versions wrote an ``extra`` field, always empty: an empty one is dropped, any
+        other is refused (nothing here would know what to build from it).
+        """
+        d = dict(d)
+        extra = d.pop("extra", None)
+        if extra:
+            raise ValueError(f"model spec: extra {extra!r} is not supported (an earlier version's field, only "
+                             f"ever empty); expected no extra settings")
+        return cls(**_known_fields(cls, d, "model spec"))
+
+
+@dataclass(frozen=True)
+class ModelOverrides:
+    """The architecture settings a run chooses; the labeled set fixes the classes and keypoints.
+
+    ``None`` keeps the preset's value (see :class:`ModelSpec`). Round-trips through JSON (the job
+    file every torchrun rank reads) with :meth:`to_dict` / :meth:`from_dict`.
+    """
+
+    preset: str = "slim"
+    backbone_weights: str | None = None  # a torchvision ImageNet state dict (local path or URL)
+    min_size: tuple[int, ...] | None = None  # training scales (shorter side)
+    test_size: int | None = None
+    max_size: int | None = None  # cap on the longer side
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"ModelOverrides.preset: expected one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.min_size is not None:  # a list (JSON, pydantic) becomes the spec's tuple
+            object.__setattr__(self, "min_size", tuple(self.min_size))
+
+    def spec(self, task: str, num_classes: int, num_keypoints: int) -> ModelSpec:
+        """The full spec of a ``task`` model with these settings."""
+        return ModelSpec(task=task, preset=self.preset, num_classes=num_classes, num_keypoints=num_keypoints,
+                         min_size=self.min_size, test_size=self.test_size, max_size=self.max_size,
+                         backbone_weights=self.backbone_weights)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelOverrides":
+        return cls(**_known_fields(cls, d, "model overrides"))

@@ -1,0 +1,107 @@
+"""The pseudo-labeling pipeline, one function per step: plan -> label shards -> manifest -> select.
+
+The Prefect tasks (``tasks/infer.py``, ``tasks/select.py``), ``omnidistill label``
+(:mod:`dd_core.pseudo.standalone`) and the benchmarks' plain loop (``bench/pipeline.py``) all
+call these, so each step is written once:
+
+1. :func:`plan` lists the unlabeled images, writes the shard plan and removes shards of an
+   earlier plan;
+2. :func:`~dd_core.pseudo.infer.pseudo_label_planned_shard` labels one shard (one task each);
+3. :func:`~dd_core.pseudo.manifest.write_manifest` lists the finished shards, last;
+4. :func:`select` reads the shards, chooses the thresholds (calibrated on the labeled set, or
+   fixed) and writes ``thresholds.json``, the pseudo-label json and the rejected-images table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dd_core.data.unlabeled import list_unlabeled, write_plan
+from dd_core.pseudo.manifest import remove_unplanned_shards
+from dd_core.pseudo.select import (
+    Predictions,
+    Selection,
+    apply_selection,
+    calibrate_selection,
+    fixed_selection,
+    read_predictions,
+)
+from dd_core.storage import join, parent, write_json_atomic
+from dd_core.storage.layout import RunLayout
+from dd_core.storage.parquet import write_rejected
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """What :func:`plan` wrote: how many shards and images, and where the images' names are rooted."""
+
+    num_shards: int
+    num_images: int
+    root: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def plan(images: str, plan_url: str, shard_size: int, *, root: str | None = None, limit: int | None = None,
+         options: Mapping[str, Any] | None = None) -> PlanSummary:
+    """List the unlabeled images, write the shard plan beside the shards (``plan_url``'s folder)
+    and remove the shard files of an earlier plan that this one does not have."""
+    unlabeled = list_unlabeled(images, root, options, limit)
+    num_shards = write_plan(unlabeled, shard_size, plan_url, options)
+    remove_unplanned_shards(parent(plan_url), num_shards, options)
+    return PlanSummary(num_shards, len(unlabeled.images), unlabeled.root)
+
+
+@dataclass(frozen=True)
+class SelectionOutputs:
+    """Where :func:`select` writes: the pseudo-label json, the thresholds, the rejected images."""
+
+    annotations: str
+    thresholds: str
+    rejected: str
+
+    @classmethod
+    def of_run(cls, layout: RunLayout) -> "SelectionOutputs":
+        return cls(layout.pseudo_annotations, layout.thresholds, layout.rejected)
+
+    @classmethod
+    def beside(cls, annotations: str, predictions_dir: str) -> "SelectionOutputs":
+        """``a/pseudo.json`` -> ``a/pseudo.thresholds.json`` and ``<predictions_dir>/_rejected.parquet``."""
+        return cls(annotations, annotations.removesuffix(".json") + ".thresholds.json",
+                   join(predictions_dir, "_rejected.parquet"))
+
+
+@dataclass(frozen=True)
+class FixedThresholds:
+    """Thresholds given by hand, for when no labeled set says how dense pseudo-labels should be."""
+
+    score: float
+    keypoint: float | None = None
+
+
+def select(shard_urls: Sequence[str], categories: list[dict[str, Any]], task: str, outputs: SelectionOutputs, *,
+           labeled: Mapping[str, Any] | None = None, fixed: FixedThresholds | None = None,
+           options: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], Selection, Predictions]:
+    """Read every shard, choose thresholds, write the three outputs; (pseudo-label COCO dict, selection,
+    predictions read).
+
+    With ``labeled`` (a COCO dict) thresholds follow the paper: per category, as many instances
+    per image as the labeled set, and as many keypoints per instance. Otherwise ``fixed`` applies.
+    """
+    if (labeled is None) == (fixed is None):
+        raise ValueError("select needs either a labeled set to calibrate on or fixed thresholds, not both")
+    if fixed is not None and task == "keypoints" and fixed.keypoint is None:
+        raise ValueError("fixed thresholds for keypoints need a keypoint threshold too")
+    predictions = read_predictions(shard_urls, options)
+    if labeled is not None:
+        selection = calibrate_selection(predictions, labeled, task)
+    else:
+        selection = fixed_selection(predictions, categories, task, fixed.score, fixed.keypoint)
+    coco = apply_selection(predictions, categories, selection.thresholds, selection.keypoint_threshold)
+    write_json_atomic(outputs.thresholds, selection.to_dict(), options, indent=1)
+    write_json_atomic(outputs.annotations, coco, options)
+    write_rejected(outputs.rejected, predictions.rejected, options)
+    return coco, selection, predictions

@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+from dd_core.models import ModelOverrides, ModelSpec
+
+
+def test_model_overrides_round_trip_through_json():
+    overrides = ModelOverrides(preset="r50-fpn", backbone_weights="s3://w/resnet50.pth", min_size=[600, 800],
+                               test_size=800, max_size=1333)
+    assert overrides.min_size == (600, 800)  # lists (JSON, config) become the spec's tuple
+    assert ModelOverrides.from_dict(json.loads(json.dumps(overrides.to_dict()))) == overrides
+    assert ModelOverrides.from_dict({}) == ModelOverrides()
+    with pytest.raises(ValueError, match=r"model overrides: unknown fields \['depth'\]"):
+        ModelOverrides.from_dict({"preset": "slim", "depth": 3})
+    with pytest.raises(ValueError, match="ModelOverrides.preset: expected one of .* got 'r34'"):
+        ModelOverrides(preset="r34")
+
+
+def test_model_overrides_fill_in_a_spec():
+    overrides = ModelOverrides(preset="r50-fpn", backbone_weights="w.pth", min_size=(600, 800), test_size=800,
+                               max_size=1333)
+    assert overrides.spec("detection", num_classes=3, num_keypoints=1) == ModelSpec(
+        task="detection", preset="r50-fpn", num_classes=3, num_keypoints=1, min_size=(600, 800), test_size=800,
+        max_size=1333, backbone_weights="w.pth")
+    assert ModelOverrides().spec("keypoints", 2, 17) == ModelSpec()
+
+
+def test_a_spec_of_an_earlier_version_loads_without_its_empty_extra():
+    spec = ModelSpec(task="detection", num_classes=3, min_size=(100, 120))
+    assert ModelSpec.from_dict({**spec.to_dict(), "extra": {}, "norm": None}) == spec
+    with pytest.raises(ValueError, match=r"model spec: extra \{'depth': 3\} is not supported"):
+        ModelSpec.from_dict({**spec.to_dict(), "extra": {"depth": 3}})
+
+
+def test_norm_is_batch_or_frozen():
+    assert ModelSpec().resolved_norm == "batch" and ModelSpec(backbone_weights="w.pth").resolved_norm == "frozen"
+    assert ModelSpec(backbone_weights="w.pth").for_restore() == ModelSpec(norm="frozen")
+    with pytest.raises(ValueError, match=r"ModelSpec.norm: expected one of \('batch', 'frozen'\)"):
+        ModelSpec(norm="group")

@@ -1,0 +1,37 @@
+import hashlib
+import json
+
+from dd_core.data.unlabeled import Shard, UnlabeledImage
+from dd_core.pseudo.fingerprint import fingerprint, shard_fingerprint
+from dd_core.tta.settings import BoxMergeSettings, MultiTransformSettings
+
+
+def _before(digest: str, tta: dict) -> str:
+    """The fingerprint as it was computed from the untyped TTA dict, before the settings were typed."""
+    return hashlib.sha256(json.dumps({"model": digest, "tta": tta}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_fingerprints_are_those_of_shards_written_before_the_settings_were_typed():
+    keypoints = MultiTransformSettings((96, 128, 160), True)
+    assert fingerprint("abc", keypoints) == _before("abc", {"scales": [96, 128, 160], "flip": True})
+    boxes = MultiTransformSettings.for_task("detection", [64], False, BoxMergeSettings(0.5, 0.7, "AVG"))
+    assert fingerprint("abc", boxes) == _before("abc", {"scales": [64], "flip": False, "nms_threshold": 0.5,
+                                                        "voting_threshold": 0.7, "scoring": "AVG"})
+
+
+def test_box_merging_changes_a_detection_teacher_s_fingerprint_only():
+    base = MultiTransformSettings.for_task("detection", [64])
+    other = MultiTransformSettings.for_task("detection", [64], boxes=BoxMergeSettings(voting_threshold=0.9))
+    assert fingerprint("abc", base) != fingerprint("abc", other)
+    assert MultiTransformSettings.for_task("keypoints", [64], boxes=BoxMergeSettings(voting_threshold=0.9)) == \
+        MultiTransformSettings.for_task("keypoints", [64])
+    assert fingerprint("abc", base) != fingerprint("abd", base)
+
+
+def test_a_shard_s_fingerprint_covers_its_images_and_root():
+    shard = Shard(0, [UnlabeledImage(1, "a.png"), UnlabeledImage(2, "b.png")])
+    same = shard_fingerprint("fp", "s3://b/pile", shard)
+    assert same == shard_fingerprint("fp", "s3://b/pile", Shard(7, list(shard.images)))  # the index is not identity
+    assert same != shard_fingerprint("fp", "s3://b/other", shard)
+    assert same != shard_fingerprint("fp", "s3://b/pile", Shard(0, shard.images[:1]))
+    assert same != shard_fingerprint("fq", "s3://b/pile", shard)

@@ -1,0 +1,63 @@
+import pytest
+
+from dd_core.pseudo.fingerprint import checkpoint_fingerprint
+from dd_core.pseudo.pipeline import FixedThresholds, SelectionOutputs, plan, select
+from dd_core.storage import read_json, write_bytes_atomic
+from dd_core.storage.layout import RunLayout
+from tests.pseudo.helpers import TTA, planned, setup_pile
+
+
+def test_plan_writes_the_plan_and_removes_an_earlier_plan_s_extra_shards(tmp_path):
+    setup_pile(tmp_path, n=5)
+    out = tmp_path / "inference"
+    for name in ("shard-00002.parquet", "shard-00003.parquet", "_rejected.parquet"):
+        write_bytes_atomic(str(out / name), b"old")
+    summary = plan(str(tmp_path / "pile" / "images"), str(out / "_plan.json"), 3, limit=4)
+    assert (summary.num_shards, summary.num_images, summary.root) == (2, 4, str(tmp_path / "pile" / "images"))
+    assert [len(images) for images in read_json(str(out / "_plan.json"))["shards"]] == [3, 1]
+    assert sorted(p.name for p in out.iterdir()) == ["_plan.json", "_rejected.parquet"]
+
+
+@pytest.fixture
+def shards(tmp_path):
+    coco, ckpt, unlabeled = setup_pile(tmp_path, n=4)
+    out = tmp_path / "inference"
+    summary = plan(unlabeled.root, str(out / "_plan.json"), 2)
+    fingerprint = checkpoint_fingerprint(ckpt, TTA)
+    urls = [planned(ckpt, str(out / "_plan.json"), str(out), fingerprint, i).url for i in range(summary.num_shards)]
+    return coco, urls
+
+
+def test_select_calibrates_on_the_labeled_set_and_writes_its_three_outputs(tmp_path, shards):
+    coco, urls = shards
+    outputs = SelectionOutputs.of_run(RunLayout(str(tmp_path / "store"), "r"))
+    pseudo, selection, predictions = select(urls, coco["categories"], "keypoints", outputs, labeled=coco)
+    assert read_json(outputs.annotations) == pseudo and len(pseudo["annotations"]) == 4  # 1 person per image
+    assert read_json(outputs.thresholds) == selection.to_dict() and selection.target_per_image == {1: 1.0}
+    assert selection.target_keypoints_per_instance == 17.0  # every keypoint of the tiny set is labeled
+    assert len(predictions.images) == 4 and outputs.rejected.endswith("runs/r/inference/_rejected.parquet")
+    assert (tmp_path / "store/runs/r/inference/_rejected.parquet").exists()
+
+
+def test_select_with_fixed_thresholds_keeps_what_scores_above_them(tmp_path, shards):
+    coco, urls = shards
+    outputs = SelectionOutputs.beside(str(tmp_path / "out" / "pseudo.json"), str(tmp_path / "out" / "pseudo.predictions"))
+    assert outputs.thresholds == str(tmp_path / "out" / "pseudo.thresholds.json")
+    everything, selection, predictions = select(urls, coco["categories"], "keypoints", outputs,
+                                                fixed=FixedThresholds(0.0, -1e9))
+    assert len(everything["annotations"]) == predictions.table.num_rows == selection.kept_per_category[1]
+    assert all(a["num_keypoints"] == 17 for a in everything["annotations"])
+    nothing, _, _ = select(urls, coco["categories"], "keypoints", outputs, fixed=FixedThresholds(1.1, 0.0))
+    assert nothing["annotations"] == [] and len(nothing["images"]) == 4
+
+
+def test_select_needs_one_way_to_choose_thresholds(tmp_path, shards):
+    coco, urls = shards
+    outputs = SelectionOutputs.of_run(RunLayout(str(tmp_path / "store"), "r"))
+    with pytest.raises(ValueError, match="either a labeled set to calibrate on or fixed thresholds, not both"):
+        select(urls, coco["categories"], "keypoints", outputs)
+    with pytest.raises(ValueError, match="either a labeled set"):
+        select(urls, coco["categories"], "keypoints", outputs, labeled=coco, fixed=FixedThresholds(0.5, 0.0))
+    with pytest.raises(ValueError, match="fixed thresholds for keypoints need a keypoint threshold too"):
+        select(urls, coco["categories"], "keypoints", outputs, fixed=FixedThresholds(0.5))
+    assert not (tmp_path / "store").exists()
