@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; a GPU asked for but absent is an error.
@@ -11,6 +13,8 @@ def resolve_device(device: str) -> str:
     """
     import torch
 
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", device):
+        raise ValueError(f"device {device!r:.40}: expected auto, cpu, cuda, cuda:N or mps")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     kind, _, index = device.partition(":")

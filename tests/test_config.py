@@ -237,3 +237,93 @@ def test_labeled_images_too_thin_for_the_training_scales_are_refused_before_a_ru
     with pytest.raises(ValueError, match=r"labeled/annotations.json: images\[1\] \(id 2\): 2000x1 px \(width x height\) "
                                          r"is too thin for the model: it resizes to 0 px at scale 64 \(max_size 96\)"):
         check_run_inputs(local_config(tmp_path))
+
+
+def test_a_run_id_resumes_only_with_the_settings_it_started_with(tmp_path):
+    from dd_core.config.resume import check_resume, record_settings, result_settings
+    from dd_core.storage import read_json
+
+    url = str(tmp_path / "runs/r/_settings.json")
+    started = parse_config(_config(run_id="r", tta={"scales": [64]}))
+    record_settings(started, url)
+    assert read_json(url) == result_settings(started) and "run_id" not in read_json(url)
+    # How it runs may change: device, workers, runner, checkpoints, where storage is, the validation set.
+    record_settings(parse_config(_config(run_id="r", tta={"scales": [64]}, device="cpu", shards={"workers": 4},
+                                         teacher={"checkpoint_every": 7, "report_every": 5},
+                                         val={"annotations": "other.json", "images": "o"})), url)
+    with pytest.raises(ValueError, match=r"_settings.json: run r was started with other settings \(shards.size: 64 -> "
+                                         r"32; tta.scales: \[64\] -> \[64, 80\]\); resume it with those"):
+        check_resume(parse_config(_config(run_id="r", tta={"scales": [64, 80]}, shards={"size": 32})), url)
+    assert read_json(url) == result_settings(started)  # refused: the record is the first start's
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("run_id=007", "007"), ("run_id=2026-01-01", "2026-01-01"), ("run_id=yes", "yes"),
+    ("storage.root=/x/a #b", "/x/a #b"),
+])
+def test_text_fields_take_a_set_value_as_written(tmp_path, override, expected):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(_config()))
+    key = override.split("=", 1)[0]
+    config = load_config(path, [override])
+    assert (config.run_id if key == "run_id" else config.storage.root) == expected
+
+
+def test_an_empty_run_id_is_refused_not_a_new_run(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(_config()))
+    with pytest.raises(ConfigError, match=r"run_id: Value error, must be a plain name .* got ''"):
+        load_config(path, ["run_id="])
+
+
+def test_a_key_given_twice_and_a_file_that_is_not_utf8_are_refused(tmp_path):
+    (tmp_path / "twice.yaml").write_text("teacher: {iterations: 5}\nteacher: {iterations: 50}\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML \(.*key 'teacher' is given twice"):
+        load_config(tmp_path / "twice.yaml")
+    (tmp_path / "latin1.yaml").write_bytes("run_id: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text"):
+        load_config(tmp_path / "latin1.yaml")
+
+
+def _inputs(tmp_path, **extra):
+    from dd_core.config import check_run_inputs
+    from tests.flows.conftest import local_config, make_sets
+
+    make_sets(tmp_path, (2, 1, 1))
+    return check_run_inputs(local_config(tmp_path, **extra))
+
+
+def test_labeled_images_that_are_not_where_the_json_says_are_found_before_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere/000001.png: no such file: the first image of .*labeled/"
+                                                r"annotations.json is not under labeled.images"):
+        _inputs(tmp_path, labeled={"annotations": f"{tmp_path}/labeled/annotations.json", "images": f"{tmp_path}/nowhere"})
+
+
+def test_an_empty_labeled_set_or_unlabeled_folder_is_found_before_a_run(tmp_path):
+    from dd_core.storage import write_json_atomic
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty: no images in this folder .*unlabeled.images"):
+        _inputs(tmp_path, unlabeled={"images": f"{tmp_path}/empty"})
+    write_json_atomic(str(tmp_path / "none.json"), {"images": [], "annotations": [], "categories": []})
+    with pytest.raises(ValueError, match=r"none.json: no images \(labeled.annotations\)"):
+        _inputs(tmp_path, labeled={"annotations": f"{tmp_path}/none.json", "images": f"{tmp_path}/labeled/images"})
+
+
+def test_a_gpu_asked_for_on_a_machine_without_one_is_refused_before_a_run(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match=r"device 'cuda': this machine has 0 CUDA device\(s\)"):
+        _inputs(tmp_path, device="cuda")
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"storage": {"root": ""}}, r"storage.root: Value error, needs a path or URL that names something, got ''"),
+    ({"storage": {"root": "file://"}}, r"storage.root: Value error, needs a path or URL"),
+    ({"unlabeled": {"images": "u", "root": " "}}, r"unlabeled.root: Value error, needs a path or URL"),
+])
+def test_empty_locations_are_refused(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(_config(**extra))

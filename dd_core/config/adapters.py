@@ -58,4 +58,4 @@ def train_job(config: RunConfig, *, checkpoint_dir: str, stage: TrainStageConfig
     return TrainJob(task=config.task, labeled_annotations=labeled.annotations, labeled_images=labeled.images,
                     checkpoint_dir=checkpoint_dir, train=train_config(stage, config.seed),
                     model=model_overrides(config.model), device=config.device, options=config.storage.options,
-                    init_checkpoint=init_checkpoint, **mix)
+                    init_checkpoint=init_checkpoint, report_every=stage.report_every, **mix)

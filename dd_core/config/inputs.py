@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import logging
 
-from dd_core.config.schema import ModelConfig, RunConfig
+from dd_core.config.resume import check_resume
+from dd_core.config.schema import LabeledConfig, ModelConfig, RunConfig, UnlabeledConfig
 from dd_core.data.coco import MIN_BOX_SIDE, CocoData, CocoFormatError, check_compatible, load_coco
+from dd_core.data.images import IMAGE_SUFFIXES
 from dd_core.data.transforms import vanishing_scale
-from dd_core.data.unlabeled import is_listing, list_unlabeled
+from dd_core.data.unlabeled import has_image, is_listing, list_unlabeled
+from dd_core.device import resolve_device
 from dd_core.models.presets import PRESETS
-from dd_core.storage import exists
+from dd_core.storage import exists, join
+from dd_core.storage.fs import Options
+from dd_core.storage.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +30,13 @@ def check_run_inputs(config: RunConfig) -> dict[str, int]:
     naming the file, record and field. Returns image counts of the labeled sets. A ``.txt`` list
     or image-only json of unlabeled images is read and every entry checked (names, ids): cheap
     next to labeling, and an entry that could never be labeled would otherwise fail the run
-    hours later. A folder or prefix is only checked to exist: listing it (120k images on COCO) is
-    the shard planner's job, and names that come from the storage itself need no checking.
+    hours later. A folder or prefix is only looked into until its first image: listing it (120k
+    images on COCO) is the shard planner's job, and names that come from the storage itself need
+    no checking.
     """
     options = config.storage.options
-    labeled = load_coco(config.labeled.annotations, config.labeled.images, options)
+    resolve_device(config.device)  # a GPU asked for on a machine without one: now, not after retries
+    labeled = _load_set(config.labeled, "labeled", options)
     reference = f"the labeled set {labeled.source}"
     check_compatible(labeled, labeled.categories, config.task, reference)
     counts = {"labeled": len(labeled.images)}
@@ -38,18 +45,38 @@ def check_run_inputs(config: RunConfig) -> dict[str, int]:
     for name in ("val", "upper_bound"):
         source = getattr(config, name)
         if source is not None:
-            data = load_coco(source.annotations, source.images, options)
+            data = _load_set(source, name, options)
             check_compatible(data, labeled.categories, config.task, reference)
             _check_image_sizes(data, config.model)
             counts[name] = len(data.images)
             if name == "upper_bound":
                 _warn_untrainable(data)
-    unlabeled = config.unlabeled
+    if config.run_id:  # a run id again: the same result settings, or nothing happens
+        check_resume(config, RunLayout(config.storage.root, config.run_id).settings, options)
+    _check_unlabeled(config.unlabeled, options)
+    return counts
+
+
+def _load_set(source: LabeledConfig, name: str, options: Options) -> CocoData:
+    """A labeled-style set: its json valid, not empty, and its first image where the json says."""
+    data = load_coco(source.annotations, source.images, options)
+    if not data.images:
+        raise CocoFormatError(f"{data.source}: no images ({name}.annotations)")
+    first = join(source.images, data.images[0]["file_name"])
+    if not exists(first, options):
+        raise FileNotFoundError(f"{first}: no such file: the first image of {data.source} is not under "
+                                f"{name}.images ({source.images})")
+    return data
+
+
+def _check_unlabeled(unlabeled: UnlabeledConfig, options: Options) -> None:
     if not exists(unlabeled.images, options):
         raise FileNotFoundError(f"{unlabeled.images}: unlabeled images not found (unlabeled.images)")
     if is_listing(unlabeled.images):
         list_unlabeled(unlabeled.images, unlabeled.root, options, unlabeled.limit)
-    return counts
+    elif not has_image(unlabeled.images, options):
+        raise ValueError(f"{unlabeled.images}: no images in this folder (expected {', '.join(IMAGE_SUFFIXES)} "
+                         f"files; unlabeled.images)")
 
 
 def _check_image_sizes(data: CocoData, model: ModelConfig) -> None:

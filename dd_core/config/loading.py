@@ -24,13 +24,40 @@ def _format(exc: ValidationError, source: str) -> str:
     return f"{source}: invalid configuration: " + "; ".join(problems)
 
 
-def _override_value(raw: str) -> Any:
-    """A ``--set`` value parsed as YAML (3, 0.5, [1,2], true); text YAML cannot read (``*``, ``[1,``)
-    stays text, so the field's own check names what is wrong with it."""
+# Fields whose value is text whatever it looks like: YAML would read run_id=007 as 7, run_id= as
+# null (a new run instead of a resumed one) and "a #b" as "a".
+TEXT_FIELDS = {"run_id", "device", "task", "storage.root", "labeled.annotations", "labeled.images",
+               "unlabeled.images", "unlabeled.root", "val.annotations", "val.images", "upper_bound.annotations",
+               "upper_bound.images", "model.preset", "model.backbone_weights", "shards.dask_address",
+               "shards.deployment"}
+
+
+def _override_value(key: str, raw: str) -> Any:
+    """A ``--set`` value: text for :data:`TEXT_FIELDS`, else parsed as YAML (3, 0.5, [1,2], true);
+    text YAML cannot read (``*``, ``[1,``) stays text, so the field's own check names what is wrong."""
+    if key in TEXT_FIELDS:
+        return raw.strip()
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError:
         return raw
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (YAML itself keeps the last, silently)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -46,7 +73,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: '{part}' is not a section")
             node = child
-        node[parts[-1]] = _override_value(raw)
+        node[parts[-1]] = _override_value(".".join(p.strip() for p in parts), raw)
     return data
 
 
@@ -60,9 +87,11 @@ def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML run config, apply ``--set`` overrides, validate."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.load(Path(path).read_bytes().decode("utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     return parse_config(apply_overrides(data, overrides or []), str(path))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dd_core.tta.settings import DEFAULT_SCALES
 
@@ -33,24 +33,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+def _names_something(value: str) -> str:
+    if not value.strip() or re.fullmatch(r"\w+://", value.strip()):
+        raise ValueError(f"needs a path or URL that names something, got {value!r}")
+    return value
+
+
+Location = Annotated[str, AfterValidator(_names_something)]
+"""A path or URL that names something: not empty, not a bare ``file://`` or ``s3://``."""
+
+
 class StorageConfig(_Strict):
-    root: str = "./runs"
+    root: Location = "./runs"
     # Passed to fsspec (endpoint_url, key, secret, client_kwargs, ...). Never logged or reported.
     # exclude=True: they stay out of every serialisation, so out of Prefect's flow-run parameters.
     options: dict[str, Any] = Field(default_factory=dict, repr=False, exclude=True)
 
 
 class LabeledConfig(_Strict):
-    annotations: str
-    images: str
+    annotations: Location
+    images: Location
 
 
 class UnlabeledConfig(_Strict):
     # A folder or prefix of images, a .txt file with one relative image path per line, or an
     # image-only COCO json (e.g. image_info_unlabeled2017.json).
-    images: str
+    images: Location
     # Where the names of a .txt list or json live (default: the list's folder; images/ beside a json).
-    root: str | None = None
+    root: Location | None = None
     limit: int | None = Field(default=None, gt=0)
 
 
@@ -85,6 +95,9 @@ class TrainStageConfig(_Strict):
     warmup_iters: int = Field(default=100, ge=0, le=MAX_ITERATIONS)
     checkpoint_every: Iterations = 500
     num_workers: int = Field(default=0, ge=0, le=256)
+    # Seconds between the progress lines a training task logs (the UI's progress artifact moves
+    # every few seconds regardless): a run of days logs every few minutes, not every step.
+    report_every: float = Field(default=180.0, gt=0, le=86400)
 
 
 class StudentConfig(TrainStageConfig):

@@ -23,6 +23,9 @@ class CocoFormatError(ValueError):
 MAX_ID = 2**63 - 1
 # S3 keys hold at most 1,024 bytes; no real image name comes near it.
 MAX_FILE_NAME_BYTES = 1024
+# Pixel coordinates beyond this are a unit mistake, not an image: float32 (torch) turns 1e39 into
+# inf, and 1e10 into a box no RoIAlign can sample.
+MAX_COORDINATE = 1e6
 # Boxes narrower or lower than this (COCO writes boxes to 0.01 px) are kept for evaluation but
 # left out of training, as Detectron and torchvision's references drop degenerate boxes: COCO's
 # own train2017 holds two boxes of height 0, one of them a person.
@@ -98,7 +101,11 @@ def check_file_name(file_name: str, source: str, where: str, field: str = "field
     no storage can hold (control characters such as NUL, more than 1,024 bytes)."""
     if not file_name or file_name.startswith(("/", "\\")) or "://" in file_name or (len(file_name) > 1 and file_name[1] == ":"):
         raise _fail(source, where, f"{field} must be a relative path inside the image root, got {file_name!r:.120}")
-    if len(file_name.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES:
+    try:
+        file_name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no storage can take it as a name
+        raise _fail(source, where, f"{field} is not valid Unicode text: {file_name!r:.120}") from None
+    if len(file_name.encode("utf-8")) > MAX_FILE_NAME_BYTES:
         raise _fail(source, where, f"{field} is longer than {MAX_FILE_NAME_BYTES} bytes "
                                    f"({len(file_name):,} characters, starting {file_name[:40]!r:.60})")
     if any(ord(c) < 32 or ord(c) == 127 for c in file_name):
@@ -168,6 +175,8 @@ def _validate_annotation(ann: Any, i: int, image_ids: set[int], num_keypoints: d
     bbox = _require(ann, "bbox", list, source, where)
     if len(bbox) != 4 or not all(_is_number(v) for v in bbox):
         raise _fail(source, where, f"field 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r:.80}")
+    if any(abs(v) > MAX_COORDINATE for v in bbox):
+        raise _fail(source, where, f"field 'bbox' must be pixel sizes within ±{MAX_COORDINATE:g}, got {bbox!r:.80}")
     if bbox[2] < 0 or bbox[3] < 0:
         raise _fail(source, where, f"field 'bbox' must have a width and height >= 0, got w={bbox[2]}, h={bbox[3]}")
     if ann.get("iscrowd", 0) not in (0, 1):
@@ -181,6 +190,8 @@ def _validate_annotation(ann: Any, i: int, image_ids: set[int], num_keypoints: d
             raise _fail(source, where, f"field 'keypoints' must have {3 * k} numbers (x, y, v for {k} keypoints), got {len(kps)}")
         if not all(_is_number(v) for v in kps):
             raise _fail(source, where, "field 'keypoints' must hold finite numbers")
+        if any(abs(v) > MAX_COORDINATE for v in kps):
+            raise _fail(source, where, f"field 'keypoints' must be pixel coordinates within ±{MAX_COORDINATE:g}")
         if any(v not in (0, 1, 2) for v in kps[2::3]):
             raise _fail(source, where, "field 'keypoints' visibility flags must be 0, 1 or 2")
 

@@ -49,12 +49,14 @@ class CocoDataset(Dataset):
     """
 
     def __init__(self, coco: CocoData, transforms: Callable | None = None,
-                 options: Mapping[str, Any] | None = None, cat_to_label: Mapping[int, int] | None = None):
+                 options: Mapping[str, Any] | None = None, cat_to_label: Mapping[int, int] | None = None,
+                 check_size: Callable[[int, int], str | None] | None = None):
         self.coco = coco
         self.transforms = transforms
         self.options = dict(options or {})
         self.cat_to_label = dict(cat_to_label or category_to_label(coco))
         self.num_keypoints = len(coco.keypoint_names)
+        self.check_size = check_size  # (height, width) -> why the model cannot take it, or None
 
     def __len__(self) -> int:
         return len(self.coco.images)
@@ -70,11 +72,26 @@ class CocoDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         info = self.coco.images[index]
         image = read_image(self.image_url(index), self.options)
+        self._check(index, info, int(image.shape[-2]), int(image.shape[-1]))
         target = annotations_to_target(self.coco.annotations_by_image[info["id"]], self.cat_to_label,
                                        self.num_keypoints, info["id"])
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+    def _check(self, index: int, info: Mapping[str, Any], height: int, width: int) -> None:
+        """Refuse an image whose annotations cannot be right (the json gives another size) or that the
+        model cannot take (too thin for its scales), naming it: torchvision would fail deep in a
+        forward pass, without a name, on every retry."""
+        where = f"{self.image_url(index)} ({self.coco.source}: images[{index}], id {info['id']})"
+        expected = (info.get("height"), info.get("width"))
+        if None not in expected and expected != (height, width):
+            raise ValueError(f"{where}: the file is {width}x{height} px (width x height) but the json says "
+                             f"{expected[1]}x{expected[0]}: its annotations would be misplaced")
+        reason = self.check_size(height, width) if self.check_size is not None else None
+        if reason is not None:
+            raise ValueError(f"{where}: {reason}")
 
 
 def collate(batch: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:

@@ -47,9 +47,14 @@ def decode_image(data: bytes, url: str = "<bytes>") -> torch.Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
+MAX_IMAGE_BYTES = 512 * 2**20
+"""No image file of a data set is this large (COCO's largest is under 1 MB): a larger local file is
+refused before it is read into memory."""
+
+
 def read_image(url: str, options: Mapping[str, Any] | None = None) -> torch.Tensor:
     """Read and decode the image at ``url`` (local path, ``file://`` or ``s3://``)."""
-    return decode_image(read_bytes(url, options), url)
+    return decode_image(read_bytes(url, options, max_bytes=MAX_IMAGE_BYTES), url)
 
 
 def upright(im: Image.Image) -> Image.Image:

@@ -7,12 +7,15 @@ as ``image_info_unlabeled2017.json`` (its ids are kept; ``root`` defaults to ``i
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from dd_core.data.coco import check_file_name, load_coco
 from dd_core.data.images import IMAGE_SUFFIXES
-from dd_core.storage import join, list_files, parent, read_bytes
+from dd_core.storage import iter_files, join, list_files, parent, read_bytes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,9 @@ class UnlabeledSet:
 
 
 def _from_listing(text: str, source: str) -> list[UnlabeledImage]:
-    lines = [(n + 1, line.strip()) for n, line in enumerate(text.splitlines())]
+    # One name per "\n"-ended line (str.splitlines would also split names at U+2028, \x85, \x1c);
+    # lines starting with "#" are comments.
+    lines = [(n + 1, line.strip()) for n, line in enumerate(text.split("\n"))]
     names = [name for _, name in lines if name and not name.startswith("#")]
     for number, name in lines:
         if name and not name.startswith("#"):
@@ -51,7 +56,26 @@ def _from_listing(text: str, source: str) -> list[UnlabeledImage]:
 
 def is_listing(images: str) -> bool:
     """Whether an unlabeled source is a list of names (``.txt`` or image-only ``.json``), not a folder."""
-    return images.endswith((".json", ".txt"))
+    return images.lower().endswith((".json", ".txt"))
+
+
+def has_image(folder: str, options: Mapping[str, Any] | None = None) -> bool:
+    """Whether a folder or prefix holds at least one image file (looked for until the first)."""
+    return any(True for _ in iter_files(folder, IMAGE_SUFFIXES, options))
+
+
+def _storable(names: list[str], folder: str) -> list[str]:
+    """The names of a folder that can be written down (in Parquet, json): a local file whose name is
+    not valid UTF-8 is left out, with a warning naming it."""
+    kept = []
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            log.warning("%s: skipping %r: its name is not valid UTF-8", folder, name)
+            continue
+        kept.append(name)
+    return kept
 
 
 def _read_listing(url: str, options: Mapping[str, Any] | None) -> str:
@@ -68,16 +92,16 @@ def list_unlabeled(images: str, root: str | None = None, options: Mapping[str, A
     Ids of a folder or list are 1..N in sorted name order, so listing the same pile twice gives
     the same ids (and the same shards).
     """
-    if images.endswith(".json"):
+    if images.lower().endswith(".json"):
         coco = load_coco(images, root or join(parent(images), "images"), options, require_annotations=False)
         out = [UnlabeledImage(img["id"], img["file_name"], img.get("width"), img.get("height"))
                for img in sorted(coco.images, key=lambda im: im["id"])]
         found = UnlabeledSet(coco.images_root, out)
-    elif images.endswith(".txt"):
+    elif images.lower().endswith(".txt"):
         text = _read_listing(images, options)
         found = UnlabeledSet(root or parent(images), _from_listing(text, images))
     else:
-        names = list_files(images, suffixes=IMAGE_SUFFIXES, options=options)
+        names = _storable(list_files(images, suffixes=IMAGE_SUFFIXES, options=options), images)
         found = UnlabeledSet(images.rstrip("/"), [UnlabeledImage(i + 1, n) for i, n in enumerate(names)])
     if not found.images:
         raise ValueError(f"{images}: no unlabeled images found (expected {', '.join(IMAGE_SUFFIXES)} files, "

@@ -14,6 +14,7 @@ call these, so each step is written once:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +29,13 @@ from dd_core.pseudo.select import (
     fixed_selection,
     read_predictions,
 )
-from dd_core.storage import join, parent, write_json_atomic
+from dd_core.storage import join, parent, remove, write_json_atomic
 from dd_core.storage.layout import RunLayout
 from dd_core.storage.parquet import write_rejected
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "_manifest.json"  # beside the plan and the shards (see dd_core.storage.layout.RunLayout)
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,13 @@ class PlanSummary:
 def plan(images: str, plan_url: str, shard_size: int, *, root: str | None = None, limit: int | None = None,
          options: Mapping[str, Any] | None = None) -> PlanSummary:
     """List the unlabeled images, write the shard plan beside the shards (``plan_url``'s folder)
-    and remove the shard files of an earlier plan that this one does not have."""
+    and remove the shard files of an earlier plan that this one does not have.
+
+    An earlier manifest goes first: until labeling writes the new one, no manifest can list a
+    shard that this plan removes or rewrites.
+    """
     unlabeled = list_unlabeled(images, root, options, limit)
+    remove(join(parent(plan_url), MANIFEST), options)
     num_shards = write_plan(unlabeled, shard_size, plan_url, options)
     remove_unplanned_shards(parent(plan_url), num_shards, options)
     return PlanSummary(num_shards, len(unlabeled.images), unlabeled.root)
@@ -74,6 +84,19 @@ class SelectionOutputs:
                    join(predictions_dir, "_rejected.parquet"))
 
 
+def _check_rejections(predictions: Predictions) -> None:
+    """Warn about rejected images; refuse a pile where every image was rejected (a wrong root,
+    missing files): a student trained without a single pseudo-label is not what was asked for."""
+    rejected, total = len(predictions.rejected), len(predictions.rejected) + len(predictions.images)
+    if not rejected:
+        return
+    first = predictions.rejected[0]["reason"]
+    if rejected == total:
+        raise ValueError(f"every one of the {total} unlabeled images was rejected, e.g. {first} (check "
+                         f"unlabeled.images and unlabeled.root; the reasons are in inference/_rejected.parquet)")
+    log.warning("%d of %d unlabeled images rejected (listed in _rejected.parquet), e.g. %s", rejected, total, first)
+
+
 @dataclass(frozen=True)
 class FixedThresholds:
     """Thresholds given by hand, for when no labeled set says how dense pseudo-labels should be."""
@@ -86,7 +109,7 @@ def select(shard_urls: Sequence[str], categories: list[dict[str, Any]], task: st
            labeled: Mapping[str, Any] | None = None, fixed: FixedThresholds | None = None,
            options: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], Selection, Predictions]:
     """Read every shard, choose thresholds, write the three outputs; (pseudo-label COCO dict, selection,
-    predictions read).
+    predictions read). Every image rejected is an error (after the rejected table is written).
 
     With ``labeled`` (a COCO dict) thresholds follow the paper: per category, as many instances
     per image as the labeled set, and as many keypoints per instance. Otherwise ``fixed`` applies.
@@ -96,6 +119,8 @@ def select(shard_urls: Sequence[str], categories: list[dict[str, Any]], task: st
     if fixed is not None and task == "keypoints" and fixed.keypoint is None:
         raise ValueError("fixed thresholds for keypoints need a keypoint threshold too")
     predictions = read_predictions(shard_urls, options)
+    write_rejected(outputs.rejected, predictions.rejected, options)
+    _check_rejections(predictions)
     if labeled is not None:
         selection = calibrate_selection(predictions, labeled, task)
     else:
@@ -103,5 +128,4 @@ def select(shard_urls: Sequence[str], categories: list[dict[str, Any]], task: st
     coco = apply_selection(predictions, categories, selection.thresholds, selection.keypoint_threshold)
     write_json_atomic(outputs.thresholds, selection.to_dict(), options, indent=1)
     write_json_atomic(outputs.annotations, coco, options)
-    write_rejected(outputs.rejected, predictions.rejected, options)
     return coco, selection, predictions

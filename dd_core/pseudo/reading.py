@@ -18,12 +18,16 @@ from dd_core.data.unlabeled import UnlabeledImage
 from dd_core.pseudo.teacher import ImageCheck, any_size
 from dd_core.storage import StorageError, join
 
+# Failures of the storage, not of an image: the shard fails and its task is retried.
+TRANSIENT = (StorageError, ConnectionError, TimeoutError)
+
 
 class ImageRejected(Exception):
     """An image that cannot be pseudo-labeled, for a reason that concerns it alone (the message, naming its URL)."""
 
 
-# How reading one image fails for reasons of its own. StorageError (an OSError as well: the endpoint
+# How reading one image fails for reasons of its own (any other OSError or ValueError is one too:
+# a FIFO, a name too long, a key s3fs cannot take). StorageError (an OSError as well: the endpoint
 # cannot be reached) is not among them: it concerns every image, and the shard task is retried.
 _UNREADABLE: dict[type[OSError], str] = {
     FileNotFoundError: "no such file",
@@ -37,15 +41,16 @@ def load_image(url: str, options: Mapping[str, Any] | None, check_image: ImageCh
     """The image at ``url`` as multi-transform inference takes it: float CHW in [0, 1] on ``device``.
 
     Raises :class:`ImageRejected` for an image that cannot be read, decoded, or resized by the
-    teacher's transforms (``check_image``); :class:`~dd_core.storage.StorageError` goes through.
+    teacher's transforms (``check_image``); :data:`TRANSIENT` errors (unreachable storage, a
+    connection reset, a timeout) go through.
     """
     try:
         pixels = read_image(url, options)
-    except StorageError:
+    except TRANSIENT:
         raise
     except ImageDecodeError as exc:
         raise ImageRejected(str(exc)) from exc
-    except tuple(_UNREADABLE) as exc:
+    except (OSError, ValueError) as exc:  # missing, a folder, forbidden, a FIFO, a name too long, ...
         raise ImageRejected(_unreadable(url, exc)) from exc
     reason = check_image(int(pixels.shape[-2]), int(pixels.shape[-1]))
     if reason is not None:
@@ -53,11 +58,11 @@ def load_image(url: str, options: Mapping[str, Any] | None, check_image: ImageCh
     return pixels.to(device).float().div_(255.0)
 
 
-def _unreadable(url: str, exc: OSError) -> str:
+def _unreadable(url: str, exc: Exception) -> str:
     detail = str(exc)
-    if detail.startswith(url):  # read_bytes' FileNotFoundError names the URL already
+    if detail.startswith(url):  # read_bytes' errors name the URL already
         return detail
-    what = next(text for kind, text in _UNREADABLE.items() if isinstance(exc, kind))
+    what = next((text for kind, text in _UNREADABLE.items() if isinstance(exc, kind)), "not readable")
     return f"{url}: {what} ({detail})"
 
 

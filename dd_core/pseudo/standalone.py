@@ -12,7 +12,7 @@ from dd_core.data.coco import load_coco
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint
 from dd_core.pseudo.infer import ShardJob, pseudo_label_planned_shard
 from dd_core.pseudo.manifest import write_manifest
-from dd_core.pseudo.pipeline import FixedThresholds, SelectionOutputs, plan, select
+from dd_core.pseudo.pipeline import MANIFEST, FixedThresholds, SelectionOutputs, plan, select
 from dd_core.pseudo.teacher import TeacherCache
 from dd_core.storage import join
 from dd_core.train.checkpoint import load_checkpoint
@@ -51,7 +51,7 @@ def pseudo_label_images(checkpoint: str, images: str, out: str, tta: MultiTransf
     summaries = [pseudo_label_planned_shard(job, i, cache=cache, device=device, options=options,
                                             progress=progress).to_dict() for i in range(planned.num_shards)]
     cache.clear()
-    write_manifest(join(predictions_dir, "_manifest.json"), summaries, job.fingerprint, options)
+    write_manifest(join(predictions_dir, MANIFEST), summaries, job.fingerprint, options)
     calibration = load_coco(labeled, labeled_images or "", options).to_dict() if labeled else None
     pseudo, selection, predictions = select(
         [s["url"] for s in summaries], state["categories"], state["spec"]["task"],

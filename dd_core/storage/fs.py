@@ -18,8 +18,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import stat
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -74,8 +75,14 @@ def filesystem(url: str, options: Options = None) -> tuple[fsspec.AbstractFileSy
     file). Local paths are made absolute, as fsspec's own local paths are.
     """
     protocol, rest = _split_url(url)
+    settings = dict(options or {})
+    if protocol in ("s3", "s3a"):
+        # No cached listings: shards are written by other processes and machines, and a listing
+        # cached in this one (remove_unplanned_shards lists the inference folder) made s3fs answer
+        # "no such file" for shards written after it.
+        settings.setdefault("use_listings_cache", False)
     try:
-        fs = fsspec.filesystem(protocol, **dict(options or {}))
+        fs = fsspec.filesystem(protocol, **settings)
     except ValueError as exc:  # fsspec: "Protocol not known"
         raise ValueError(f"{url}: unknown storage protocol {protocol!r}") from exc
     if _is_local(fs):
@@ -119,13 +126,30 @@ def exists(url: str, options: Options = None) -> bool:
 
 
 @reachable
-def read_bytes(url: str, options: Options = None) -> bytes:
-    """The whole object at ``url``; ``FileNotFoundError`` names the URL when it is missing."""
+def read_bytes(url: str, options: Options = None, max_bytes: int | None = None) -> bytes:
+    """The whole object at ``url``; ``FileNotFoundError`` names the URL when it is missing.
+
+    A local path must be a regular file: a FIFO would block forever and ``/dev/zero`` never end.
+    With ``max_bytes``, a larger object is refused (``ValueError``) before it is read.
+    """
     fs, path = filesystem(url, options)
     try:
+        if _is_local(fs):
+            size = _regular_file_size(url, path)
+            if max_bytes is not None and size > max_bytes:
+                raise ValueError(f"{url}: larger than {max_bytes:,} bytes ({size:,})")
         return fs.cat_file(path)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{url}: no such file") from exc
+
+
+def _regular_file_size(url: str, path: str) -> int:
+    info = os.stat(path)  # follows symlinks: a link to /dev/zero is not a regular file
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(21, "a folder, not a file", url)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(f"{url}: not a regular file (a FIFO, socket or device)")
+    return info.st_size
 
 
 def read_json(url: str, options: Options = None) -> Any:
@@ -134,6 +158,8 @@ def read_json(url: str, options: Options = None) -> Any:
         return json.loads(data)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{url}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    except (ValueError, RecursionError) as exc:  # not UTF-8, an integer of 5,000 digits, nesting too deep
+        raise ValueError(f"{url}: not readable JSON ({exc})") from exc
 
 
 @reachable
@@ -141,23 +167,32 @@ def write_bytes_atomic(url: str, data: bytes, options: Options = None) -> None:
     """Write ``data`` so that readers see either the old object or the whole new one."""
     fs, path = filesystem(url, options)
     if _is_local(fs):
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+            _replace_local(path, data)
+        except OSError as exc:  # a full disk, a read-only folder: name the file
+            if exc.errno is None:
+                raise
+            raise type(exc)(exc.errno, f"{url}: could not write ({exc.strerror})") from exc
     else:
         # One PUT: S3 makes the object visible only once it is complete.
         fs.pipe_file(path, data)
+
+
+def _replace_local(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _umask() -> int:
@@ -249,3 +284,16 @@ def list_files(url: str, suffixes: tuple[str, ...] | None = None, options: Optio
     if suffixes:
         names = [n for n in names if n.lower().endswith(suffixes)]
     return sorted(names)
+
+
+def iter_files(url: str, suffixes: tuple[str, ...] | None = None, options: Options = None) -> Iterator[str]:
+    """Paths of the files below ``url`` (a literal prefix), found folder by folder: for looking
+    until the first, where :func:`list_files` lists everything first."""
+    fs, path = filesystem(url, options)
+    try:
+        for root, _, files in fs.walk(path):
+            for name in files:
+                if not suffixes or name.lower().endswith(suffixes):
+                    yield f"{root.rstrip('/')}/{name}"
+    except _UNREACHABLE as exc:
+        raise StorageError(f"{url}: storage unreachable ({exc})") from exc

@@ -72,6 +72,11 @@ class RunLayout:
         return join(self.run_dir, "upper_bound")
 
     @property
+    def settings(self) -> str:
+        """The settings the run was started with (:mod:`dd_core.config.resume`)."""
+        return join(self.run_dir, "_settings.json")
+
+    @property
     def lock(self) -> str:
         return join(self.run_dir, "_lock.json")
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -41,23 +42,48 @@ class RunLockedError(ValueError):
     """Another live run holds this run id (a bad ``run_id`` for this start)."""
 
 
-def _pid_alive(pid: int) -> bool:
+PROCESS = uuid.uuid4().hex
+"""This process among all that ever had its pid on this host (a restarted container reuses pids)."""
+
+
+def _pid_alive(pid: int, process: Any = None) -> bool:
+    """Whether process ``pid`` of this host runs. Our own pid is alive only for a lock of this very
+    process (``process`` is :data:`PROCESS`): a container restarted with the same host name starts
+    with the pid of the run it replaced, and that run is gone."""
+    if pid == os.getpid():
+        return process in (None, PROCESS)  # None: a lock written before locks named their process
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, ValueError, OverflowError):  # gone, or not a pid at all
         return False
     except PermissionError:
         return True
     return True
 
 
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def lock_is_live(lock: Mapping[str, Any], stale_after: float, now: float | None = None) -> bool:
-    """Whether a lock record still belongs to a running run."""
+    """Whether a lock record still belongs to a running run.
+
+    Stale: a heartbeat older than ``stale_after`` seconds, or one that is not a time (missing, NaN)
+    or lies further in the future than a clock could be off (``stale_after``); a pid of this host
+    that is gone (or is this very process).
+    """
     now = time.time() if now is None else now
-    if now - float(lock.get("heartbeat", 0)) > stale_after:
+    heartbeat = _number(lock.get("heartbeat"))
+    if heartbeat is None or abs(now - heartbeat) > stale_after:
         return False
-    if lock.get("host") == socket.gethostname() and not _pid_alive(int(lock.get("pid", -1))):
-        return False
+    if lock.get("host") == socket.gethostname():
+        pid = _number(lock.get("pid"))
+        if pid is None or pid != int(pid) or not _pid_alive(int(pid), lock.get("process")):
+            return False
     return True
 
 
@@ -74,7 +100,7 @@ class RunLock:
         self.url, self.options = url, options
         self.stale_after, self.heartbeat = stale_after, heartbeat
         self.record = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
-                       "holder": holder, "started": time.time()}
+                       "process": PROCESS, "holder": holder, "started": time.time()}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -129,7 +155,8 @@ class RunLock:
                 pass
 
     def _refusal(self, held: Mapping[str, Any]) -> RunLockedError:
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(held.get("started", 0))))
+        started = _number(held.get("started"))
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)) if started and 0 < started < 4e9 else "?"
         who = held.get("holder") or held.get("label") or "a run"  # "label": locks of earlier versions
         return RunLockedError(
             f"{self.url}: this run id is live in another process ({who} on "

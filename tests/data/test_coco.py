@@ -95,6 +95,12 @@ def _broken(mutate):
     (lambda d: d["images"][0].update(file_name="a\x00.jpg"), r"images\[0\] .*file_name' holds a control character"),
     (lambda d: d["images"][0].update(file_name="a\nb.jpg"), r"images\[0\] .*file_name' holds a control character"),
     (lambda d: d["images"][0].update(file_name="x" * 10_000_000), r"images\[0\] .*longer than 1024 bytes \(10,000,000 char"),
+    (lambda d: d["images"][0].update(file_name="x\ud800.jpg"), r"images\[0\] .*file_name' is not valid Unicode text"),
+    # Finite in JSON, not in float32 (1e39 becomes inf) or not an image at all (1e10 px).
+    (lambda d: d["annotations"][0].update(bbox=[0, 0, 1e39, 1e39]), r"field 'bbox' must be pixel sizes within ±1e\+06"),
+    (lambda d: d["annotations"][0].update(bbox=[-1e39, 0, 5, 5]), r"field 'bbox' must be pixel sizes within ±1e\+06"),
+    (lambda d: d["annotations"][0].update(bbox=[0, 0, 1e10, 5]), r"field 'bbox' must be pixel sizes within ±1e\+06"),
+    (lambda d: d["annotations"][0]["keypoints"].__setitem__(9, 1e39), r"field 'keypoints' must be pixel coordinates"),
     (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"field 'bbox' must be 4 finite numbers"),
     (lambda d: d["annotations"][0].update(keypoints=[0] * 50), r"annotations\[0\] \(id 183126\): field 'keypoints' must have 51 numbers"),
     (lambda d: d["annotations"][0].pop("keypoints"), r"annotations\[0\] \(id 183126\): missing field 'keypoints'"),

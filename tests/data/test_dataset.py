@@ -60,3 +60,30 @@ def test_decompression_bomb_is_refused(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # anything over 2x this is a "bomb"
     with pytest.raises(ImageDecodeError, match="too large to decode safely"):
         decode_image(buffer.getvalue(), "big.png")
+
+
+def test_an_image_whose_json_size_is_wrong_or_too_thin_for_the_model_is_named(tmp_path):
+    from PIL import Image
+
+    from dd_core.data.coco import coco_from_dict
+    from dd_core.data.dataset import CocoDataset
+    from dd_core.data.transforms import vanishing_scale
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "images" / "a.png")
+    Image.new("RGB", (2000, 1)).save(tmp_path / "images" / "thin.png")
+    images = [{"id": 1, "file_name": "a.png", "width": 30, "height": 40},  # width and height swapped
+              {"id": 2, "file_name": "thin.png"}]                          # no size in the json
+    data = coco_from_dict({"images": images, "annotations": [], "categories": [{"id": 1, "name": "x"}]},
+                          "train.json", str(tmp_path / "images"))
+
+    def check(h, w):
+        scale = vanishing_scale((h, w), [64], 96)
+        return None if scale is None else f"too thin at scale {scale}"
+
+    dataset = CocoDataset(data, check_size=check)
+    with pytest.raises(ValueError, match=r"a.png \(train.json: images\[0\], id 1\): the file is 40x30 px \(width x "
+                                         r"height\) but the json says 30x40: its annotations would be misplaced"):
+        dataset[0]
+    with pytest.raises(ValueError, match=r"thin.png \(train.json: images\[1\], id 2\): too thin at scale 64"):
+        dataset[1]

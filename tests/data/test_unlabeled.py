@@ -123,3 +123,20 @@ def test_any_image_id_of_an_image_only_json_fits_int64_or_is_refused(tmp_path, i
         assert any(not 0 <= i < 2**63 for i in ids)
         return
     assert sorted(ids) == [im.id for im in found.images] and all(0 <= i < 2**63 for i in ids)
+
+
+def test_a_folder_name_that_is_not_utf8_is_skipped_with_a_warning(tmp_path, caplog):
+    import os
+
+    _touch_images(tmp_path, ["a.png"])
+    os.close(os.open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.png"), os.O_CREAT | os.O_WRONLY))
+    with caplog.at_level("WARNING", logger="dd_core"):
+        found = list_unlabeled(str(tmp_path))
+    assert [im.file_name for im in found.images] == ["a.png"]
+    assert "skipping 'caf\\udce9.png': its name is not valid UTF-8" in caplog.text
+
+
+def test_list_names_end_at_newlines_only_and_upper_case_suffixes_are_lists(tmp_path):
+    (tmp_path / "LIST.TXT").write_text("a\u2028b.png\nc\x85d.png\r\n# a comment\n")
+    found = list_unlabeled(str(tmp_path / "LIST.TXT"))
+    assert [im.file_name for im in found.images] == ["a\u2028b.png", "c\x85d.png"]

@@ -314,3 +314,20 @@ def test_a_shard_job_travels_as_json_parameters_and_back():
     assert parameters["tta"] == {"scales": [56, 64], "flip": True, "nms_threshold": 0.5, "voting_threshold": 0.8,
                                  "scoring": "ID"}
     assert ShardJob.from_parameters(parameters) == job
+
+
+def test_a_fifo_a_device_and_a_name_too_long_are_rejected_not_a_hang_or_a_failed_shard(tmp_path):
+    images = tmp_path / "pile"
+    images.mkdir()
+    save_image(images / "a.png", 8, 8)
+    os.mkfifo(images / "fifo.png")
+    (images / "zero.png").symlink_to("/dev/zero")
+    long_name = "d" * 300 + "/x.png"  # under the 1,024-byte limit, but no file system takes a 300-byte name
+    root, shard = shard_of(images, ["a.png", "fifo.png", "zero.png", long_name])
+    summary = pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", stub_teacher)
+    meta = shard_meta(read_shard(summary.url))
+    assert [im["file_name"] for im in meta["images"]] == ["a.png"]
+    reasons = {r["file_name"]: r["reason"] for r in meta["rejected"]}
+    assert reasons["fifo.png"].endswith("fifo.png: not a regular file (a FIFO, socket or device)")
+    assert reasons["zero.png"].endswith("zero.png: not a regular file (a FIFO, socket or device)")
+    assert reasons[long_name].startswith(f"{images}/{long_name}: not readable (") and "too long" in reasons[long_name]

@@ -10,11 +10,12 @@ from tests.pseudo.helpers import TTA, planned, setup_pile
 def test_plan_writes_the_plan_and_removes_an_earlier_plan_s_extra_shards(tmp_path):
     setup_pile(tmp_path, n=5)
     out = tmp_path / "inference"
-    for name in ("shard-00002.parquet", "shard-00003.parquet", "_rejected.parquet"):
+    for name in ("shard-00002.parquet", "shard-00003.parquet", "_rejected.parquet", "_manifest.json"):
         write_bytes_atomic(str(out / name), b"old")
     summary = plan(str(tmp_path / "pile" / "images"), str(out / "_plan.json"), 3, limit=4)
     assert (summary.num_shards, summary.num_images, summary.root) == (2, 4, str(tmp_path / "pile" / "images"))
     assert [len(images) for images in read_json(str(out / "_plan.json"))["shards"]] == [3, 1]
+    # The old manifest went first: no reader may see it list shards this plan removes or rewrites.
     assert sorted(p.name for p in out.iterdir()) == ["_plan.json", "_rejected.parquet"]
 
 
@@ -61,3 +62,18 @@ def test_select_needs_one_way_to_choose_thresholds(tmp_path, shards):
     with pytest.raises(ValueError, match="fixed thresholds for keypoints need a keypoint threshold too"):
         select(urls, coco["categories"], "keypoints", outputs, fixed=FixedThresholds(0.5))
     assert not (tmp_path / "store").exists()
+
+
+def test_a_pile_where_every_image_was_rejected_is_an_error_not_a_run_without_pseudo_labels(tmp_path):
+    coco, ckpt, unlabeled = setup_pile(tmp_path, n=2)
+    (tmp_path / "list.txt").write_text("001.png\n002.png\n")  # names from the pile, root forgotten
+    out = tmp_path / "inference"
+    summary = plan(str(tmp_path / "list.txt"), str(out / "_plan.json"), 2)
+    url = planned(ckpt, str(out / "_plan.json"), str(out), checkpoint_fingerprint(ckpt, TTA), 0).url
+    assert summary.root == str(tmp_path)
+    outputs = SelectionOutputs.of_run(RunLayout(str(tmp_path / "store"), "r"))
+    with pytest.raises(ValueError, match=r"every one of the 2 unlabeled images was rejected, e.g. .*001.png: no such "
+                                         r"file \(check unlabeled.images and unlabeled.root"):
+        select([url], coco["categories"], "keypoints", outputs, labeled=coco)
+    assert (tmp_path / "store/runs/r/inference/_rejected.parquet").exists()  # the reasons are written first
+    assert not (tmp_path / "store/runs/r/pseudo").exists()

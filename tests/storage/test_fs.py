@@ -268,3 +268,43 @@ def test_any_local_name_round_trips_and_leaves_its_neighbours_alone(tmp_path, na
 def test_any_s3_name_round_trips_and_leaves_its_neighbours_alone(s3, name):
     bucket, options = s3
     _round_trip(bucket, name, options)
+
+
+def test_s3_listings_are_never_cached_so_objects_written_elsewhere_are_seen(s3):
+    import s3fs
+
+    from dd_core.storage import exists, list_files, read_bytes
+
+    bucket, options = s3
+    folder = join(bucket, "runs/r/inference")
+    write_bytes_atomic(join(folder, "_plan.json"), b"{}", options)
+    assert list_files(folder, options=options) == ["_plan.json"]  # a listing, as remove_unplanned_shards makes
+    # Another process (a worker labeling a shard) writes through a client of its own.
+    other = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+    other.pipe_file(f"{folder.removeprefix('s3://')}/shard-00000.parquet", b"shard")
+    assert exists(join(folder, "shard-00000.parquet"), options)
+    assert read_bytes(join(folder, "shard-00000.parquet"), options) == b"shard"
+    assert list_files(folder, options=options) == ["_plan.json", "shard-00000.parquet"]
+
+
+def test_only_regular_local_files_are_read(tmp_path):
+    import os
+
+    from dd_core.storage import read_bytes
+
+    os.mkfifo(tmp_path / "fifo.png")  # reading it would block forever
+    with pytest.raises(OSError, match=r"fifo.png: not a regular file \(a FIFO, socket or device\)"):
+        read_bytes(str(tmp_path / "fifo.png"))
+    (tmp_path / "zero.png").symlink_to("/dev/zero")  # reading it would never end
+    with pytest.raises(OSError, match=r"zero.png: not a regular file"):
+        read_bytes(str(tmp_path / "zero.png"))
+    (tmp_path / "big.png").write_bytes(b"x" * 2000)
+    with pytest.raises(ValueError, match=r"big.png: larger than 1,000 bytes \(2,000\)"):
+        read_bytes(str(tmp_path / "big.png"), max_bytes=1000)
+    assert read_bytes(str(tmp_path / "big.png"), max_bytes=2000) == b"x" * 2000
+
+
+def test_a_failed_write_names_the_file(tmp_path):
+    (tmp_path / "runs").write_text("a file where the run folder should be")
+    with pytest.raises(OSError, match=r"runs/r/x.json: could not write \((File exists|Not a directory)\)"):
+        write_json_atomic(str(tmp_path / "runs/r/x.json"), {"a": 1})

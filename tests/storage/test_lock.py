@@ -18,6 +18,7 @@ from dd_core.storage import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from dd_core.storage import lock as lock_module
 from dd_core.storage.lock import RunLock, RunLockedError, lock_is_live
 
 
@@ -200,3 +201,24 @@ def test_a_lost_s3_race_raises_file_exists_and_so_does_a_conflict(s3):
     conflict = ClientError({"Error": {"Code": "ConditionalRequestConflict", "Message": "retry"},
                             "ResponseMetadata": {"HTTPStatusCode": 409}}, "PutObject")
     assert _error_code(translate_boto_error(conflict)) == "ConditionalRequestConflict"
+
+
+@pytest.mark.parametrize("fields", [
+    {"pid": "abc"}, {"pid": 2**70}, {"pid": None}, {"heartbeat": None}, {"heartbeat": "soon"},
+    {"heartbeat": float("nan")}, {"heartbeat": 1e300}, {"started": 1e300, "heartbeat": 0},
+])
+def test_a_lock_with_fields_that_make_no_sense_is_stale_not_a_crash(tmp_path, fields):
+    now = time.time()
+    record = {"owner": "other", "host": socket.gethostname(), "pid": 1, "heartbeat": now, "started": now, **fields}
+    url = str(tmp_path / "_lock.json")
+    write_json_atomic(url, record)
+    with RunLock(url, holder="new"):
+        assert read_json(url)["holder"] == "new"
+
+
+def test_our_own_pid_in_a_lock_of_another_process_is_a_restarted_container_not_a_live_run(tmp_path):
+    now = time.time()
+    base = {"owner": "other", "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": now, "started": now}
+    assert not lock_is_live({**base, "process": "a-process-that-had-our-pid"}, 300)
+    assert lock_is_live({**base, "process": lock_module.PROCESS}, 300)  # another lock of this very process
+    assert lock_is_live(base, 300)  # written before locks named their process: taken as live

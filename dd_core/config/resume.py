@@ -1,0 +1,66 @@
+"""Resuming a run id only with the settings it was started with.
+
+A run id again resumes the run. Training already refuses checkpoints of other settings, but only
+when it gets there: by then a changed ``tta`` or ``shards.size`` has relabeled the pile and
+rewritten the pseudo-labels, and the report of the finished run no longer matches its files. So
+the settings that define a run's results are recorded when it starts (``runs/<id>/_settings.json``)
+and a later start with others is refused before anything is written. Settings of how it runs (the
+device, workers, runners, checkpoint interval) may change between starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dd_core.config.schema import RunConfig
+from dd_core.storage import exists, read_json, write_json_atomic
+
+# How a run runs, not what it computes: free to change when it is resumed. (shards.size and
+# shards.batch_size stay: they change which images share a batch, hence the padding and the
+# last bits of every prediction, and a relabeled pile would no longer match the student's.)
+OPERATIONAL = {
+    "run_id": None, "device": None, "storage": None, "val": None, "distributed": None,
+    "shards": {"workers", "runner", "dask_address", "gpus_per_shard", "deployment", "per_flow_run"},
+    "teacher": {"checkpoint_every", "num_workers", "report_every"},
+    "student": {"checkpoint_every", "num_workers", "report_every"},
+}
+
+
+def result_settings(config: RunConfig) -> dict[str, Any]:
+    """The settings that define what a run computes, as JSON values."""
+    out = config.model_dump(mode="json")
+    for section, fields in OPERATIONAL.items():
+        if fields is None:
+            out.pop(section, None)
+        elif isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in fields}
+    return out
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r:.40} -> {b!r:.40}")
+    return out
+
+
+def check_resume(config: RunConfig, url: str, options: Mapping[str, Any] | None = None) -> None:
+    """Refuse to resume the run recorded at ``url`` with other result settings (nothing recorded: fine)."""
+    if not exists(url, options):
+        return
+    changed = _differences(read_json(url, options), result_settings(config))
+    if changed:
+        raise ValueError(f"{url}: run {config.run_id} was started with other settings ({'; '.join(changed[:6])}); "
+                         f"resume it with those, or start a new run id")
+
+
+def record_settings(config: RunConfig, url: str, options: Mapping[str, Any] | None = None) -> None:
+    """Check a resumed run's settings (:func:`check_resume`); record a new run's."""
+    check_resume(config, url, options)
+    if not exists(url, options):
+        write_json_atomic(url, result_settings(config), options, indent=1)
