@@ -28,6 +28,7 @@ from dd_core.data.synthetic import make_keypoints_dataset
 from dd_core.models import ModelOverrides, build_model
 from dd_core.train import TrainConfig, train
 from dd_core.train.detector import spec_for, training_transforms
+from dd_core.train.loop import TrainHooks
 
 WARMUP_STEPS = 5
 LR = 0.0025  # torchvision's 0.02 for 16 images per step, scaled to 2
@@ -89,7 +90,7 @@ def our_loop(coco, batch: int, steps: int, device: torch.device, workers: int) -
         stamps.append(time.perf_counter())
 
     train(model, CocoDataset(coco, training_transforms(coco)), cfg, device=device, progress=False,
-          on_step=stamp)
+          hooks=TrainHooks(on_step=stamp))
     return _steady_rate(stamps)
 
 

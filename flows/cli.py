@@ -14,6 +14,8 @@ import time
 import traceback
 from typing import Any, Callable, Sequence
 
+from dd_core.stopping import clear_stop
+
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from dd_core.data.synthetic import make_detection_dataset, make_keypoints_dataset
@@ -45,21 +47,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
-    return run_demo(args.out, quick=args.quick, keep_server=args.keep_server)
+    return run_demo(args.out, quick=args.quick, keep_server=args.keep_server, verbose=args.verbose)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from dd_core.config import check_run_inputs, load_config
-    from flows.run import print_summary, run_distillation, with_run_id
-    from flows.server import prefect_api
+    from flows.run import run_and_report, with_run_id
 
     config = with_run_id(load_config(args.config, args.set))
     check_run_inputs(config)  # bad input fails here, in seconds, before a flow run exists
     print(f"run {config.run_id}: outputs in {config.storage.root}/runs/{config.run_id}", file=sys.stderr)
-    with prefect_api() as ui:
-        result = run_distillation(config)
-    print_summary(result, ui)
-    return 0
+    return run_and_report(config, args.config, args.set, verbose=args.verbose)
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
@@ -76,15 +74,32 @@ def _cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bounded(kind: type, low: float, high: float) -> Callable[[str], Any]:
+    """An argparse type: a ``kind`` number from ``low`` to ``high`` (the run config's bounds)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not low <= value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"expected {low:g} to {high:g}, got {text}")
+        return value
+
+    return parse
+
+
 def _add_inference_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
     """What ``evaluate`` and ``label`` share: the transform set and where and how inference runs."""
+    from dd_core.config.schema import MAX_SIDE
     from dd_core.tta.settings import DEFAULT_SCALES
 
-    parser.add_argument("--scales", type=int, nargs="+", default=list(DEFAULT_SCALES),
+    parser.add_argument("--scales", type=_bounded(int, 1, MAX_SIDE), nargs="+", default=list(DEFAULT_SCALES),
                         help=f"TTA scales (shorter side, px; default {' '.join(map(str, DEFAULT_SCALES))})")
     parser.add_argument("--no-flip", action="store_true", help="TTA without horizontal flip")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per batch (default {batch_size})")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
+    parser.add_argument("--batch-size", type=_bounded(int, 1, 1024), default=batch_size,
+                        help=f"images per batch (default {batch_size})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -132,9 +147,10 @@ def _add_label(sub: Any, common: argparse.ArgumentParser) -> None:
     lb.add_argument("--out", required=True, help="output json URL (or a folder: writes annotations.json in it)")
     lb.add_argument("--root", help="where relative names of a .txt list or json live")
     lb.add_argument("--labeled", help="labeled COCO json whose density the pseudo-labels should match")
-    lb.add_argument("--score-threshold", type=float, default=0.5, help="without --labeled: keep scores >= this")
-    lb.add_argument("--keypoint-threshold", type=float, default=0.0,
-                    help="without --labeled: keypoints with a score >= this get v=2")
+    lb.add_argument("--score-threshold", type=_bounded(float, 0.0, 1.0), default=0.5,
+                    help="without --labeled: keep instances scoring >= this (0 to 1, default 0.5)")
+    lb.add_argument("--keypoint-threshold", type=_bounded(float, -1e6, 1e6), default=0.0,
+                    help="without --labeled: keypoints whose score (a heatmap logit) is >= this get v=2")
     _add_inference_arguments(lb, batch_size=4)
     lb.set_defaults(func=_cmd_label)
 
@@ -163,39 +179,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-class _WithoutTraceback(logging.Formatter):
-    """A console formatter that leaves out tracebacks (the Prefect API and UI still get them)."""
-
-    def __init__(self, inner: logging.Formatter) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def format(self, record: logging.LogRecord) -> str:
-        saved = record.exc_info, record.exc_text, record.stack_info
-        record.exc_info = record.exc_text = record.stack_info = None
-        try:
-            return self.inner.format(record)
-        finally:  # other handlers (the API's) format the same record afterwards
-            record.exc_info, record.exc_text, record.stack_info = saved
-
-
-def _setup_logging(command: str, verbose: bool) -> None:
+def _setup_logging(command: str) -> None:
     """Flows log through Prefect (which also picks up dd_core's loggers); other commands to stderr.
 
-    A failed flow makes Prefect print each failing task's traceback on the console; without
-    ``--verbose`` the console shows the log lines alone and the run ends with one error line.
+    For a flow the console's formatting is set where the run starts (:func:`flows.run.run_and_report`).
     """
     if command in ("run", "demo"):
-        os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "dd_core")
-        if not verbose:
-            from prefect.logging.configuration import ensure_logging_setup
-            from prefect.logging.handlers import PrefectConsoleHandler
-
-            ensure_logging_setup()
-            for handler in logging.getLogger().handlers:
-                formatter = handler.formatter
-                if isinstance(handler, PrefectConsoleHandler) and formatter and not isinstance(formatter, _WithoutTraceback):
-                    handler.setFormatter(_WithoutTraceback(formatter))
+        os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "dd_core")  # before Prefect reads its settings
+        # Prefect gives extra loggers its API handler but not a level: without one they inherit the
+        # root's WARNING, and dd_core's INFO lines ("resumed from iteration ...") would reach neither
+        # the console nor the UI.
+        logging.getLogger("dd_core").setLevel(logging.INFO)
         return
     logger = logging.getLogger("dd_core")
     if not logger.handlers:
@@ -222,10 +216,14 @@ def error_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging(args.command, args.verbose)
+    _setup_logging(args.command)
     func: Callable[[argparse.Namespace], int] = args.func
+    clear_stop()  # a command starts afresh, whatever stopped before it in this process
     try:
         return func(args)
+    except KeyboardInterrupt:  # Ctrl-C outside a run (a run handles its own: flows.run.run_and_report)
+        print(f"omnidistill {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         if args.verbose:
             traceback.print_exc()

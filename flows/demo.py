@@ -53,18 +53,19 @@ def demo_config(out: Path, quick: bool) -> dict[str, Any]:
     return config
 
 
-def run_demo(out: str | Path = "./demo-runs", quick: bool = False, keep_server: bool = False) -> int:
-    from flows.run import print_summary, run_distillation, with_run_id
-    from flows.server import prefect_api
+def run_demo(out: str | Path = "./demo-runs", quick: bool = False, keep_server: bool = False,
+             verbose: bool = False) -> int:
+    from flows.run import run_and_report, with_run_id
 
     out = Path(out).resolve()
     t0 = time.perf_counter()
     config = with_run_id(parse_config(demo_config(out, quick), str(out / "demo.yaml")))
     print(f"demo: data in {out}, run {config.run_id} in {out / 'runs' / config.run_id}", file=sys.stderr)
-    with prefect_api(out / "prefect", keep=keep_server) as ui:
-        print(f"demo: watch it in the Prefect UI at {ui}", file=sys.stderr)
-        result = run_distillation(config)
-    print_summary(result, ui)
+    code = run_and_report(config, str(out / "demo.yaml"), server_home=out / "prefect", keep_server=keep_server,
+                          on_ui=lambda ui: print(f"demo: watch it in the Prefect UI at {ui}", file=sys.stderr),
+                          verbose=verbose)
+    if code:
+        return code
     minutes = (time.perf_counter() - t0) / 60
     print(f"demo finished in {minutes:.1f} min. Re-run it with: omnidistill run {out / 'demo.yaml'}")
     if not keep_server:

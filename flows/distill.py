@@ -11,17 +11,20 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
 from dd_core.config import RunConfig, multi_transform_settings, train_job
 from dd_core.pseudo.infer import ShardJob
 from dd_core.pseudo.pipeline import SelectionOutputs
+from dd_core.stopping import StopRequested, clear_stop, request_stop
 from dd_core.storage.layout import RunLayout
 from dd_core.storage.lock import RunLock
+from flows.interrupts import CancelWatch
 from flows.runners import shard_groups, shard_resources, shard_task_runner
 from tasks import cache
-from tasks.evaluate import evaluate, validate_inputs
+from tasks.evaluate import evaluate, record_run_settings, validate_inputs
 from tasks.fanout import label_shard_group
 from tasks.infer import (
     collect_shards,
@@ -36,15 +39,36 @@ from tasks.train import train_model
 
 
 def _wait_with_progress(futures: list[PrefectFuture], shards_per_future: list[int]) -> list[Any]:
-    """Results in completion order, with a progress artifact counting labeled shards."""
+    """Results in completion order, with a progress artifact counting labeled shards.
+
+    Leaving early (a failed shard, Ctrl-C, SIGTERM) asks the other shard threads to stop, so
+    the task runner does not wait for each to finish its shard.
+    """
     progress = create_progress_artifact(0.0, key="inference-progress", description="Unlabeled shards labeled")
     weight = {future.task_run_id: n for future, n in zip(futures, shards_per_future)}
     total, done, results = sum(shards_per_future), 0, []
-    for future in as_completed(futures):
-        results.append(future.result())
-        done += weight[future.task_run_id]
-        update_progress_artifact(progress, 100.0 * done / total)
+    try:
+        for future in as_completed(futures):
+            results.append(future.result())
+            done += weight[future.task_run_id]
+            update_progress_artifact(progress, 100.0 * done / total)
+    except BaseException as exc:
+        _stop_the_others(futures, exc)
+        raise
     return results
+
+
+def _stop_the_others(futures: list[PrefectFuture], exc: BaseException) -> None:
+    """One shard failed (or the run was interrupted): the other shard tasks stop at their next batch.
+
+    A shard's failure stops this labeling only: once its tasks have wound down (a batch each) the
+    request is withdrawn, so that whatever runs next in this process is not stopped too. A signal or
+    a cancel stops the whole run, and its request stays.
+    """
+    request_stop(f"labeling stopped ({type(exc).__name__})")
+    if isinstance(exc, Exception) and not isinstance(exc, StopRequested):
+        wait(futures)
+        clear_stop()
 
 
 def _label_on_task_runner(config: RunConfig, job: ShardJob, num_shards: int) -> list[dict[str, Any]]:
@@ -69,6 +93,7 @@ def _label_by_deployment(config: RunConfig, job: ShardJob, num_shards: int) -> l
 @flow(name="label-unlabeled")
 def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> dict[str, Any]:
     """Steps 2-3 for one teacher: plan shards, label each shard (retried, idempotent), select pseudo-labels."""
+    clear_stop()  # left by an earlier labeling in this process (a failed shard stops the others)
     options = config.storage.options
     tta = multi_transform_settings(config)
     plan = plan_shards(config.unlabeled, config.shards.size, layout.plan, options)
@@ -132,11 +157,18 @@ def distill(config: RunConfig) -> dict[str, Any]:
     """
     if not config.run_id:  # a scheduled deployment: name the run after the flow run, stable across retries
         config = config.model_copy(update={"run_id": f"flow-{flow_run.get_id()}"})
+    clear_stop()  # a run that stopped earlier in this process does not stop this one
     layout = RunLayout(config.storage.root, config.run_id)
     counts = validate_inputs(config)  # before anything is written under the run
-    with RunLock(layout.lock, config.storage.options, holder=f"flow run {flow_run.get_id()}"):
-        metrics, selections = _distill_stages(config, layout)
-        last = selections[-1]
-        counts.update(unlabeled=last["num_unlabeled"], rejected=last["num_rejected"], shards=last["num_shards"])
-        report = write_report(layout, config.task, metrics, selections, last["root"], counts, config.storage.options)
+    try:
+        with CancelWatch(flow_run.get_id()), RunLock(layout.lock, config.storage.options,
+                                                     holder=f"flow run {flow_run.get_id()}"):
+            record_run_settings(config, layout.settings)
+            metrics, selections = _distill_stages(config, layout)
+            last = selections[-1]
+            counts.update(unlabeled=last["num_unlabeled"], rejected=last["num_rejected"], shards=last["num_shards"])
+            report = write_report(layout, config.task, metrics, selections, last["root"], counts,
+                                  config.storage.options)
+    except StopRequested as exc:  # cancelled from the UI: finished checkpoints and shards stay for a resume
+        return Cancelled(message=f"run {config.run_id} {exc}; the same run id resumes it")
     return {"run_dir": layout.run_dir, "metrics": metrics, "report": report}

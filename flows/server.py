@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,11 +18,23 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from dd_core.stopping import stop_reason
+
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ends_with_parent() -> None:
+    """In the server's process before it starts (Linux): SIGTERM when the process that started it
+    dies, even by SIGKILL or a crash, so that no server is left behind holding its port and memory."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _wait_healthy(api_url: str, process: subprocess.Popen, timeout: float) -> None:
@@ -37,15 +50,27 @@ def _wait_healthy(api_url: str, process: subprocess.Popen, timeout: float) -> No
     raise TimeoutError(f"prefect server at {api_url} was not ready after {timeout:.0f} s")
 
 
-def _drain_to_server() -> None:
+def _drain_to_server(timeout: float = 10.0) -> None:
     """Send queued logs and events while the server is still up, not at exit after it stopped
-    (which prints "Error logging to API" after a successful run)."""
+    (which prints "Error logging to API" after the run's last line)."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
     for worker in (APILogWorker, EventsWorker):
         with contextlib.suppress(Exception):
-            worker.drain_all(timeout=10)
+            worker.drain_all(timeout=timeout)
+
+
+def _stop_server(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM to the server's process group (it started one of its own), SIGKILL after ``grace`` s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @contextlib.contextmanager
@@ -60,7 +85,7 @@ def local_prefect_server(home: str | Path, keep: bool = False, timeout: float = 
     log = open(home / "server.log", "ab")
     process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=None if keep else _ends_with_parent)
     api_url = f"http://127.0.0.1:{port}/api"
     previous = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
     try:
@@ -78,7 +103,7 @@ def local_prefect_server(home: str | Path, keep: bool = False, timeout: float = 
             try:
                 yield f"http://127.0.0.1:{port}"
             finally:  # a failed run's last logs too, or they are sent at exit to a stopped server
-                _drain_to_server()
+                _drain_to_server(timeout=2.0 if stop_reason() else 10.0)  # a stopped run must exit fast
     finally:
         for key, value in previous.items():
             if value is None:
@@ -86,20 +111,18 @@ def local_prefect_server(home: str | Path, keep: bool = False, timeout: float = 
             else:
                 os.environ[key] = value
         if not keep:
-            process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=20)
-            if process.poll() is None:
-                process.kill()
+            _stop_server(process, grace=3.0 if stop_reason() else 20.0)
         log.close()
 
 
 @contextlib.contextmanager
 def prefect_api(home: str | Path | None = None, keep: bool = False) -> Iterator[str]:
-    """Use ``PREFECT_API_URL`` when set; otherwise a local server under ``home`` (default ~/.prefect)."""
+    """Use ``PREFECT_API_URL`` when set; otherwise a local server under ``home`` (default: ``PREFECT_HOME``,
+    else ~/.prefect)."""
     url = os.environ.get("PREFECT_API_URL")
     if url:
         yield url.removesuffix("/api")
         return
-    with local_prefect_server(home or Path.home() / ".prefect", keep=keep) as ui:
+    home = home or os.environ.get("PREFECT_HOME") or Path.home() / ".prefect"
+    with local_prefect_server(home, keep=keep) as ui:
         yield ui

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-# Errors that say the input or the settings are wrong: trying again cannot help.
-NOT_RETRYABLE = (ValueError, FloatingPointError, TypeError, KeyError, IndexError)
+from dd_core.stopping import StopRequested
+
+# Errors that say the input or the settings are wrong (trying again cannot help), and a run asked to stop.
+NOT_RETRYABLE = (ValueError, FloatingPointError, TypeError, KeyError, IndexError, StopRequested)
 
 
 def retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
-    """``retry_condition_fn``: retry flaky failures (I/O, S3, a lost worker), not bad input."""
+    """``retry_condition_fn``: retry flaky failures (I/O, S3, a lost worker), not bad input nor a stop."""
     return not isinstance(state.data, NOT_RETRYABLE)
 
 

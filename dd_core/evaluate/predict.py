@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dd_core.data.dataset import CocoDataset, collate
+from dd_core.stopping import check_stop
 from dd_core.tta.predict import PredictFn
 
 
@@ -47,6 +48,7 @@ def predict(model: torch.nn.Module, dataset: CocoDataset, batch_size: int = 8, p
     results: list[dict[str, Any]] = []
     with tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for images, targets in loader:
+            check_stop()
             outputs = predict_fn(model, [im.to(device) for im in images])
             for output, target in zip(outputs, targets):
                 output = {k: v.cpu() for k, v in output.items() if isinstance(v, torch.Tensor)}

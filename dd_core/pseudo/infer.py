@@ -30,6 +30,7 @@ from dd_core.pseudo.columns import ShardColumns, check_image_id, outputs_to_host
 from dd_core.pseudo.fingerprint import shard_fingerprint
 from dd_core.pseudo.reading import read_batch
 from dd_core.pseudo.teacher import Teacher, TeacherCache, teacher_from_checkpoint
+from dd_core.stopping import check_stop
 from dd_core.storage import join
 from dd_core.storage.parquet import ShardError, predictions_table, read_shard_footer, write_shard
 from dd_core.tta.settings import MultiTransformSettings
@@ -197,6 +198,7 @@ def pseudo_label_shard(shard: Shard, root: str, out_dir: str, fingerprint: str, 
     columns, outcome = ShardColumns(teacher.label_to_category), ShardOutcome()
     batches = [shard.images[i:i + batch_size] for i in range(0, len(shard.images), batch_size)]
     for batch in tqdm(batches, desc=shard.name, disable=not progress, unit="batch"):
+        check_stop()  # a stopped run leaves this shard unwritten: it is redone when the run resumes
         _pseudo_label_batch(teacher, batch, root, columns, outcome, options, device, clock)
     outcome.check(shard)
     meta = {"fingerprint": expected, "shard": shard.name, "images": outcome.done, "rejected": outcome.rejected}

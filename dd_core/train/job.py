@@ -12,7 +12,7 @@ from dd_core.models import ModelOverrides
 from dd_core.train.checkpoint import load_checkpoint
 from dd_core.train.detector import spec_for, train_detector
 from dd_core.train.distributed import DistributedContext
-from dd_core.train.loop import CheckpointHook, StepHook, TrainConfig, TrainResult
+from dd_core.train.loop import TrainConfig, TrainHooks, TrainResult
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +39,7 @@ class TrainJob:
     init_checkpoint: str | None = None
     stop_after: int | None = None
     progress: bool = True
+    report_every: float = 180.0  # seconds between progress log lines of the training task
     on_step: str | None = None
     on_checkpoint: str | None = None
 
@@ -75,17 +76,22 @@ def resolve_hook(name: str | None, field_name: str = "on_step") -> Callable[...,
     return hook
 
 
-def run_job(job: TrainJob, *, world: DistributedContext | None = None, on_step: StepHook | None = None,
-            on_checkpoint: CheckpointHook | None = None) -> TrainResult:
+def job_hooks(job: TrainJob, given: TrainHooks = TrainHooks()) -> TrainHooks:
+    """The hooks of a run: those ``given`` (functions of this process), else the job's named ones."""
+    return TrainHooks(on_step=given.on_step or resolve_hook(job.on_step, "on_step"),
+                      on_checkpoint=given.on_checkpoint or resolve_hook(job.on_checkpoint, "on_checkpoint"),
+                      on_progress=given.on_progress)
+
+
+def run_job(job: TrainJob, *, world: DistributedContext | None = None, hooks: TrainHooks = TrainHooks()
+            ) -> TrainResult:
     """Read the job's data (and the student's initial weights) and train, as one rank of ``world``.
 
-    ``on_step`` / ``on_checkpoint`` given here (functions of this process) replace the job's named hooks.
+    ``hooks`` (functions of this process) replace the job's named ones.
     """
     coco = load_coco(job.labeled_annotations, job.labeled_images, job.options)
     pseudo = load_coco(job.pseudo_annotations, job.pseudo_images, job.options) if job.pseudo_annotations else None
     init = load_checkpoint(job.init_checkpoint, job.options)["model"] if job.init_checkpoint else None
     return train_detector(spec_for(job.task, coco, job.model), coco, job.train, job.checkpoint_dir, pseudo=pseudo,
                           labeled_ratio=job.labeled_ratio, init_state=init, options=job.options, device=job.device,
-                          progress=job.progress, stop_after=job.stop_after, world=world,
-                          on_step=on_step or resolve_hook(job.on_step, "on_step"),
-                          on_checkpoint=on_checkpoint or resolve_hook(job.on_checkpoint, "on_checkpoint"))
+                          progress=job.progress, stop_after=job.stop_after, world=world, hooks=job_hooks(job, hooks))

@@ -18,8 +18,10 @@ from tqdm.auto import tqdm
 from dd_core.data.dataset import collate
 from dd_core.data.sampler import GroupedBatchSampler, RankBatchSampler
 from dd_core.data.transforms import Target
+from dd_core.stopping import check_stop
 from dd_core.train.checkpoint import checkpoint_url, prune_checkpoints, save_checkpoint
 from dd_core.train.distributed import DistributedContext, barrier, data_parallel, rank_seed, sync_batchnorm
+from dd_core.train.progress import Progress, ProgressHook
 from dd_core.train.resume import check_same_start, resume, rng_state, seed_everything
 from dd_core.train.schedule import make_scheduler
 
@@ -29,6 +31,21 @@ BatchSamplerFactory = Callable[[int], Iterable[list[int]]]
 StepHook = Callable[[int, torch.nn.Module, list[Target]], None]
 # Called on the rank that writes the checkpoints (rank 0) once each is written: (iteration, its URL).
 CheckpointHook = Callable[[int, str], None]
+
+
+@dataclass(frozen=True)
+class TrainHooks:
+    """What a training run calls besides training: after each step on every rank (``on_step``), after
+    each checkpoint on rank 0 (``on_checkpoint``), with the run's :class:`~dd_core.train.progress.Progress`
+    after each step on rank 0 (``on_progress``). Hooks watch; they must not change the model."""
+
+    on_step: StepHook | None = None
+    on_checkpoint: CheckpointHook | None = None
+    on_progress: ProgressHook | None = None
+
+    def for_rank(self, world: DistributedContext) -> "TrainHooks":
+        """The hooks this rank calls: every rank steps, only rank 0 checkpoints and reports."""
+        return self if world.is_main else TrainHooks(on_step=self.on_step)
 
 
 @dataclass(frozen=True)
@@ -148,7 +165,7 @@ class StepLoop:
     checkpointer: Checkpointer
     device: torch.device
     progress: bool = True
-    on_step: StepHook | None = None
+    hooks: TrainHooks = TrainHooks()
 
     def step(self, images: list[torch.Tensor], targets: list[Target],
              iteration: int) -> tuple[dict[str, torch.Tensor], float]:
@@ -161,18 +178,23 @@ class StepLoop:
         return losses, value
 
     def run(self, loader: Iterable[tuple[list[torch.Tensor], list[Target]]], start: int, end: int) -> TrainResult:
-        """Steps ``start`` to ``end``; stopping before ``cfg.iterations`` checkpoints where it stopped."""
+        """Steps ``start`` to ``end``; stopping before ``cfg.iterations`` checkpoints where it stopped.
+
+        A stop request (:func:`dd_core.stopping.check_stop`) ends the run between two steps.
+        """
         cfg = self.cfg
         bar = tqdm(total=cfg.iterations, initial=start, disable=not self.progress, desc="train", unit="it",
                    dynamic_ncols=True)
         t0, last_losses, last_ckpt, iteration = time.perf_counter(), {}, None, start
         try:  # a failure closes the bar first, so the error starts a line of its own
             for images, targets in loader:
+                check_stop()
+                lr = self.optimization.lr  # this step's (the scheduler moves it on after the step)
                 losses, value = self.step(images, targets, iteration)
                 iteration += 1
-                if self.on_step is not None:
-                    self.on_step(iteration, self.model, targets)
                 last_losses = {k: float(v.detach()) for k, v in losses.items()}
+                self._after_step(iteration, targets, Progress(iteration, cfg.iterations, last_losses, lr,
+                                                              (time.perf_counter() - t0) / (iteration - start), start))
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{self.optimization.lr:.4f}", refresh=False)
                 bar.update(1)
                 if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
@@ -185,6 +207,12 @@ class StepLoop:
             # An early stop keeps its progress.
             last_ckpt = self.checkpointer.write(iteration, self.model, self.optimization)
         return TrainResult(iteration, last_ckpt, time.perf_counter() - t0, last_losses)
+
+    def _after_step(self, iteration: int, targets: list[Target], progress: Progress) -> None:
+        if self.hooks.on_step is not None:
+            self.hooks.on_step(iteration, self.model, targets)
+        if self.hooks.on_progress is not None:
+            self.hooks.on_progress(progress)
 
 
 def _check_global_batch(cfg: TrainConfig, world: DistributedContext) -> None:
@@ -230,7 +258,7 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, *, checkpo
           make_batches: BatchSamplerFactory | None = None, meta: Mapping[str, Any] | None = None,
           options: Mapping[str, Any] | None = None, device: str | torch.device = "cpu", progress: bool = True,
           stop_after: int | None = None, world: DistributedContext | None = None,
-          on_step: StepHook | None = None, on_checkpoint: CheckpointHook | None = None) -> TrainResult:
+          hooks: TrainHooks = TrainHooks()) -> TrainResult:
     """Train ``model`` for ``cfg.iterations`` SGD steps, resuming from ``checkpoint_dir`` if it has any.
 
     ``make_batches(start)`` yields lists of dataset indices from batch ``start`` on (default: an
@@ -240,9 +268,9 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, *, checkpo
 
     With ``world`` (a process group of several ranks, see :mod:`dd_core.train.distributed`) the
     model is trained with DistributedDataParallel: ``cfg.batch_size`` and ``cfg.lr`` stay those of
-    the global batch, each rank trains on its slice of it, only rank 0 writes checkpoints (and calls
-    ``on_checkpoint``) and shows progress, and every rank resumes from the same checkpoint, whatever
-    the number of ranks that wrote it.
+    the global batch, each rank trains on its slice of it, only rank 0 writes checkpoints and shows
+    and reports progress (see :class:`TrainHooks`), and every rank resumes from the same checkpoint,
+    whatever the number of ranks that wrote it.
     """
     world = world or DistributedContext()
     device = world.device(device)
@@ -256,8 +284,10 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, *, checkpo
         return TrainResult(start, checkpoint_url(checkpoint_dir, start) if checkpoint_dir else None, 0.0, {})
     loader_seed = _seed_rank(cfg.seed, world, start)
     loader = _loader(dataset, _batches(dataset, cfg, world, start, make_batches), cfg.num_workers, loader_seed)
-    checkpointer = Checkpointer(checkpoint_dir, cfg.keep_checkpoints, dict(meta or {}), world, options, on_checkpoint)
+    hooks = hooks.for_rank(world)
+    checkpointer = Checkpointer(checkpoint_dir, cfg.keep_checkpoints, dict(meta or {}), world, options,
+                                hooks.on_checkpoint)
     steps = StepLoop(cfg, model, data_parallel(model, world, device), optimization, checkpointer, device,
-                     progress=progress and world.is_main, on_step=on_step)
+                     progress=progress and world.is_main, hooks=hooks)
     end = cfg.iterations if stop_after is None else min(cfg.iterations, start + stop_after)
     return steps.run(loader, start, end)

@@ -143,3 +143,22 @@ def test_a_run_failing_inside_the_flow_ends_with_its_error_in_one_line(tmp_path,
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Error logging to API" not in err
     assert err.splitlines()[-1].startswith("omnidistill run: error: loss is nan at iteration 1"), err[-3000:]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "argument --batch-size: expected 1 to 1024, got 0"),
+    (["--scales", "64", "5000"], "argument --scales: expected 1 to 4096, got 5000"),
+    (["--score-threshold", "nan"], "argument --score-threshold: expected 0 to 1, got nan"),
+])
+def test_label_refuses_settings_run_would_refuse(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["label", "--checkpoint", "m.pth", "--images", str(tmp_path), "--out", str(tmp_path / "o"), *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_unknown_device_is_one_line(tmp_path, capsys):
+    write_tiny_coco(tmp_path / "val", num_images=1)
+    ckpt = save_random_checkpoint(str(tmp_path / "m.pth"), json.loads((tmp_path / "val/annotations.json").read_text()))
+    assert main(["evaluate", "--checkpoint", ckpt, "--data", str(tmp_path / "val"), "--device", "bogus"]) == 2
+    assert capsys.readouterr().err == ("omnidistill evaluate: error: device 'bogus': expected auto, cpu, cuda, "
+                                       "cuda:N or mps\n")

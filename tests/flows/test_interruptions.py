@@ -114,7 +114,7 @@ def test_training_killed_midway_resumes_and_reaches_its_iterations(data, prefect
     logger = logging.getLogger("dd_core")
     logger.addHandler(caplog.handler)
     try:
-        with caplog.at_level("INFO", logger="dd_core.train.loop"):
+        with caplog.at_level("INFO", logger="dd_core.train.resume"):
             run_distillation(config.model_copy(update={"run_id": "train-killed"}))
     finally:
         logger.removeHandler(caplog.handler)

@@ -11,11 +11,12 @@ from dd_core.data.coco import load_coco
 from dd_core.data.sampler import MixedBatchSampler
 from dd_core.models import ModelOverrides
 from dd_core.storage import write_json_atomic
-from dd_core.train import TrainConfig, TrainResult, train
+from dd_core.train import TrainConfig, train
 from dd_core.train.checkpoint import checkpoint_url, list_checkpoints
 from dd_core.train.distributed import DistributedContext, init_distributed, rank_seed, resolve_backend
 from dd_core.train.job import TrainJob, resolve_hook, run_job
 from dd_core.train.launch import _rank_error, _stream, launch_distributed
+from dd_core.train.loop import TrainHooks
 from tests.conftest import write_tiny_coco
 
 
@@ -141,39 +142,10 @@ def test_two_cpu_ranks_train_as_one_and_resume_on_one(tmp_path, monkeypatch):
     # The 2-rank run resumes on 1 process, with the global batch it would have drawn next.
     seen = []
     done = run_job(dataclasses.replace(job, stop_after=None, on_step=None, on_checkpoint=None),
-                   on_step=lambda it, model, targets: seen.append((it, [int(t["image_id"]) for t in targets])))
+                   hooks=TrainHooks(on_step=lambda it, model, targets: seen.append(
+                       (it, [int(t["image_id"]) for t in targets]))))
     assert done.iteration == 4 and done.checkpoint == checkpoint_url(ckpt, 4)
     assert seen == [(4, expected[3])]
-
-
-def test_train_model_resolves_the_device_and_with_several_processes_goes_through_torchrun(monkeypatch):
-    import tasks.train
-    from dd_core.config import DistributedConfig
-
-    calls = []
-
-    def fake_launch(job, nproc_per_node, *, backend):
-        calls.append(("torchrun", job, nproc_per_node, backend))
-        return TrainResult(5, "ckpt/model_0000005.pth", 1.0, {})
-
-    def fake_run(job):
-        calls.append(("in process", job))
-        return TrainResult(5, "ckpt/model_0000005.pth", 1.0, {})
-
-    monkeypatch.setattr(tasks.train, "launch_distributed", fake_launch)
-    monkeypatch.setattr(tasks.train, "run_job", fake_run)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # "auto" is resolved where the task runs
-    job = TrainJob(task="keypoints", labeled_annotations="a.json", labeled_images="img", checkpoint_dir="ckpt",
-                   train=TrainConfig(iterations=5, batch_size=4, seed=7), model=ModelOverrides(min_size=(64,)),
-                   device="auto")
-    url = tasks.train.train_model.fn("teacher", job, distributed=DistributedConfig(nproc_per_node=2, backend="gloo"))
-    assert url == "ckpt/model_0000005.pth"
-    assert calls.pop() == ("torchrun", dataclasses.replace(job, device="cuda"), 2, "gloo")
-    for distributed in (None, DistributedConfig(nproc_per_node=1)):
-        assert tasks.train.train_model.fn("teacher", job, distributed) == "ckpt/model_0000005.pth"
-        assert calls.pop() == ("in process", dataclasses.replace(job, device="cuda"))
-    assert tasks.train.train_model.fn("teacher", dataclasses.replace(job, device="cpu")) == "ckpt/model_0000005.pth"
-    assert calls.pop()[1].device == "cpu"
 
 
 def test_storage_credentials_reach_the_ranks_through_the_environment_not_a_file(tmp_path, monkeypatch):

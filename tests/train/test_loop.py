@@ -8,6 +8,7 @@ from dd_core.models import ModelOverrides
 from dd_core.train import TrainConfig, load_latest_checkpoint, model_from_checkpoint, save_checkpoint, train
 from dd_core.train.checkpoint import checkpoint_url, load_checkpoint
 from dd_core.train.detector import spec_for, train_detector
+from dd_core.train.loop import TrainHooks
 
 CFG = dict(iterations=4, batch_size=2, lr=0.005, warmup_iters=1, checkpoint_every=2, seed=0)
 
@@ -101,14 +102,14 @@ def test_on_checkpoint_is_called_with_each_written_checkpoint(tmp_path):
         calls.append((iteration, url))
 
     cfg = TrainConfig(iterations=5, batch_size=2, lr=0.01, warmup_iters=0, checkpoint_every=2)
-    result = train(_Scale(), _IMAGES, cfg, checkpoint_dir=d, progress=False, stop_after=3, on_checkpoint=seen)
+    result = train(_Scale(), _IMAGES, cfg, checkpoint_dir=d, progress=False, stop_after=3, hooks=TrainHooks(on_checkpoint=seen))
     assert result.checkpoint == checkpoint_url(d, 3)
     assert calls == [(2, checkpoint_url(d, 2)), (3, checkpoint_url(d, 3))]  # every 2 steps, and the early stop
     calls.clear()
-    assert train(_Scale(), _IMAGES, cfg, checkpoint_dir=d, progress=False, on_checkpoint=seen).iteration == 5
+    assert train(_Scale(), _IMAGES, cfg, checkpoint_dir=d, progress=False, hooks=TrainHooks(on_checkpoint=seen)).iteration == 5
     assert calls == [(4, checkpoint_url(d, 4)), (5, checkpoint_url(d, 5))]  # resumed; the last step is written
     calls.clear()
-    assert train(_Scale(), _IMAGES, cfg, progress=False, on_checkpoint=seen).checkpoint is None
+    assert train(_Scale(), _IMAGES, cfg, progress=False, hooks=TrainHooks(on_checkpoint=seen)).checkpoint is None
     assert calls == []  # no folder, no checkpoints
 
 

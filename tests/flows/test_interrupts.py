@@ -1,0 +1,175 @@
+"""Ctrl-C, SIGTERM and a cancel from the Prefect UI stop a real `omnidistill run` cleanly, and it resumes.
+
+Each test starts the CLI in a process of its own, as a user would, and stops it mid-stage.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from flows.interrupts import resume_command
+from tests.flows.conftest import local_config, make_sets
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _config(tmp_path: Path, run_id: str, **extra) -> str:
+    config = local_config(tmp_path, run_id=run_id, **extra).model_dump(mode="json")
+    path = tmp_path / f"{run_id}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _start(args: list[str], tmp_path: Path, api_url: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PYTHONPATH": str(ROOT)}
+    env.pop("PREFECT_API_URL", None)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _stop(process: subprocess.Popen, signum: int) -> tuple[int, float, str, set[int]]:
+    """Send ``signum``; (exit code, seconds to exit, stderr, the process's children still alive after)."""
+    children = _descendants(process.pid)
+    sent = time.monotonic()
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    took = time.monotonic() - sent
+    time.sleep(0.5)
+    return process.returncode, took, err, _alive(children)
+
+
+def _resume(err: str, tmp_path: Path, api_url: str | None = None) -> subprocess.CompletedProcess:
+    """Run the command the last line of ``err`` says resumes the run."""
+    command = shlex.split(err.strip().splitlines()[-1].split("resume it with: ", 1)[1])
+    assert command[:2] == ["omnidistill", "run"]
+    process = _start(command[1:], tmp_path, api_url)
+    out, err = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def test_the_resume_command_repeats_the_overrides_with_this_run_id():
+    assert resume_command("my run.yaml", ["teacher.iterations=5", "run_id=old"], "20261130-1") == \
+        "omnidistill run 'my run.yaml' --set teacher.iterations=5 --set run_id=20261130-1"
+
+
+def test_ctrl_c_while_labeling_stops_within_seconds_and_the_run_resumes(tmp_path):
+    make_sets(tmp_path, (4, 60, 2))
+    config = _config(tmp_path, "sigint", shards={"size": 2, "workers": 2},
+                     tta={"scales": [64, 96], "flip": True})
+    process = _start(["run", config, "--set", "teacher.iterations=2"], tmp_path)
+    inference = tmp_path / "store/runs/sigint/inference"
+    _wait_for(lambda: len(list(inference.glob("shard-*.parquet"))) >= 2 or process.poll() is not None, 240,
+              "the first shards")
+    code, took, err, left = _stop(process, signal.SIGINT)
+    assert code == 130 and took < 10, (code, took, err[-2000:])
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("omnidistill: run sigint stopped (interrupted by SIGINT); resume it with: omnidistill run ")
+    assert "Traceback" not in err and not left, left
+    assert not (tmp_path / "store/runs/sigint/_lock.json").exists()
+    finished = {p.name: p.stat().st_mtime_ns for p in inference.glob("shard-*.parquet")}
+    assert 2 <= len(finished) < 30
+
+    resumed = _resume(err, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (tmp_path / "store/runs/sigint/metrics.json").exists()
+    assert {name: (inference / name).stat().st_mtime_ns for name in finished} == finished  # kept, not redone
+    assert len(list(inference.glob("shard-*.parquet"))) == 30
+
+
+def test_sigterm_while_training_stops_within_seconds_and_frees_the_run_id(tmp_path):
+    make_sets(tmp_path, (4, 2, 2))
+    config = _config(tmp_path, "sigterm")
+    process = _start(["run", config, "--set", "teacher.iterations=5000", "--set", "teacher.checkpoint_every=5"],
+                     tmp_path)
+    teacher = tmp_path / "store/runs/sigterm/teacher"
+    _wait_for(lambda: any(teacher.glob("model_*.pth")) or process.poll() is not None, 240, "a teacher checkpoint")
+    code, took, err, left = _stop(process, signal.SIGTERM)
+    assert code == 143 and took < 10, (code, took, err[-2000:])
+    assert err.strip().splitlines()[-1].startswith("omnidistill: run sigterm stopped (interrupted by SIGTERM); "
+                                                   "resume it with: ")
+    assert "Traceback" not in err and not left, left
+    assert not (tmp_path / "store/runs/sigterm/_lock.json").exists()
+
+
+def test_a_run_cancelled_from_the_ui_stops_is_marked_cancelled_and_resumes(tmp_path, prefect_harness):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL
+    from prefect.states import Cancelling
+
+    api = PREFECT_API_URL.value()
+    make_sets(tmp_path, (4, 2, 2))
+    config = _config(tmp_path, "cancel", teacher={"iterations": 150, "batch_size": 2, "lr": 0.005,
+                                                  "warmup_iters": 0, "checkpoint_every": 5})
+    process = _start(["run", config], tmp_path, api)
+    teacher = tmp_path / "store/runs/cancel/teacher"
+    _wait_for(lambda: any(teacher.glob("model_*.pth")) or process.poll() is not None, 240, "a teacher checkpoint")
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["cancel"])))[0]
+        cancelled_at = time.monotonic()
+        client.set_flow_run_state(run.id, Cancelling(message="cancelled in a test"), force=True)
+        _, err = process.communicate(timeout=60)
+        took = time.monotonic() - cancelled_at
+        assert process.returncode == 1 and took < 15, (process.returncode, took, err[-2000:])
+        assert err.strip().splitlines()[-1].startswith("omnidistill: run cancel was cancelled; resume it with: ")
+        assert client.read_flow_run(run.id).state.is_cancelled()
+    assert not (tmp_path / "store/runs/cancel/_lock.json").exists()
+    stopped_at = max(int(p.stem.split("_")[1]) for p in teacher.glob("model_*.pth"))
+    assert 5 <= stopped_at < 150
+
+    resumed = _resume(err, tmp_path, api)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (tmp_path / "store/runs/cancel/metrics.json").exists()
+    with get_client(sync_client=True) as client:  # the teacher went on from its checkpoint, as the UI shows
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["cancel"])))
+        again = next(r for r in runs if r.id != run.id)
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[again.id])))
+    assert again.state.is_completed()
+    assert any(log.message.startswith(f"resumed from iteration {stopped_at} in ") for log in logs), sorted({log.message[:60] for log in logs})
