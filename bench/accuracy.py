@@ -16,6 +16,11 @@ Experiments (slim preset, 128-px synthetic images; ``--scale tiny`` is a smoke r
   bound, as in the paper's table). Its labeled share is the paper's (co-35 of co-115, 35/115) of a pool
   of 2,400: with 1/8 of 1,200 (150 images) the teacher learned its training set (box AP 57) and
   little else (2.5 on validation).
+* ``semi-coco`` and ``detection-coco``: ``semi`` and ``detection`` on COCO-like pools, where about half
+  of every set's images (labeled, unlabeled, validation) hold no person / shape
+  (``--empty-fraction``), each run twice: ``-filtered`` with the default training-image filter
+  (dd_core/data/filtering.py) and ``-unfiltered`` with ``training_images.keep_empty`` (every image
+  trained on, as before the filter).
 * Table 3 (test-time augmentation) is read off every run: each model is also evaluated with TTA.
 
 Each run goes through :func:`bench.pipeline.plain_distill` (the flow's dd_core calls, no Prefect)
@@ -46,7 +51,8 @@ from dd_core.config import parse_config  # noqa: E402
 from dd_core.data.coco import load_coco  # noqa: E402
 from dd_core.tta.settings import DEFAULT_SCALES, MultiTransformSettings  # noqa: E402
 
-EXPERIMENTS = ("semi", "omni-same", "omni-dissimilar", "schedule", "detection")
+EXPERIMENTS = ("semi", "omni-same", "omni-dissimilar", "schedule", "detection", "semi-coco", "detection-coco")
+COCO_LIKE_EMPTY_FRACTION = 0.5  # about half of COCO's train2017 images hold no person
 
 
 @dataclass(frozen=True)
@@ -69,13 +75,14 @@ LABELED_SHARE = {"keypoints": (1, 8), "detection": (35, 115)}  # labeled = numer
 
 # --- data ----------------------------------------------------------------------------------------
 
-def _make(folder: Path, task: str, n: int, seed: int, start_id: int, style: str = "coco") -> Path:
+def _make(folder: Path, task: str, n: int, seed: int, start_id: int, style: str = "coco",
+          empty_fraction: float = 0.0) -> Path:
     from dd_core.data.synthetic import make_detection_dataset, make_keypoints_dataset
 
     ann = folder / "annotations.json"
     if not ann.exists() or len(json.loads(ann.read_text())["images"]) != n:
         maker = make_keypoints_dataset if task == "keypoints" else make_detection_dataset
-        maker(folder, n, seed=seed, style=style, start_id=start_id)
+        maker(folder, n, seed=seed, style=style, start_id=start_id, empty_fraction=empty_fraction)
     return folder
 
 
@@ -102,12 +109,15 @@ def _labeled(annotations: Path, images: Path) -> dict[str, str]:
     return {"annotations": str(annotations), "images": str(images)}
 
 
-def datasets(out: Path, task: str, scale: Scale) -> dict[str, Any]:
-    """Pool, its labeled split (:data:`LABELED_SHARE`) and unlabeled rest, extra sets, validation set."""
-    data = out / "data" / task
+def datasets(out: Path, task: str, scale: Scale, empty_fraction: float = 0.0) -> dict[str, Any]:
+    """Pool, its labeled split (:data:`LABELED_SHARE`) and unlabeled rest, extra sets, validation set.
+
+    ``empty_fraction`` > 0: COCO-like sets (a folder of their own) with that share of empty images.
+    """
+    data = out / "data" / (task if not empty_fraction else f"{task}-empty{empty_fraction:g}")
     pool = _make(data / "pool", task, scale.pool if task == "keypoints" else scale.detection_pool, seed=11,
-                 start_id=1)
-    val = _make(data / "val", task, scale.val, seed=13, start_id=500_001)
+                 start_id=1, empty_fraction=empty_fraction)
+    val = _make(data / "val", task, scale.val, seed=13, start_id=500_001, empty_fraction=empty_fraction)
     ids = sorted(im["id"] for im in json.loads((pool / "annotations.json").read_text())["images"])
     num, den = LABELED_SHARE[task]
     labeled_ids = set(ids[: len(ids) * num // den])
@@ -120,7 +130,7 @@ def datasets(out: Path, task: str, scale: Scale) -> dict[str, Any]:
                       "root": str(pool / "images")},
         "val": _labeled(val / "annotations.json", val / "images"),
     }
-    if task == "keypoints":
+    if task == "keypoints" and not empty_fraction:
         for style, seed in (("coco", 12), ("sports", 14)):
             extra = _make(data / f"extra-{style}", task, scale.extra, seed=seed, start_id=100_001, style=style)
             sets[f"extra-{style}"] = {"images": str(extra / "images")}
@@ -170,13 +180,18 @@ def _share(out: Path, src_run: str, dst_run: str, parts: tuple[str, ...], teache
 
 def plans(out: Path, experiment: str, seed: int, scale: Scale, device: str) -> list[tuple[str, dict, list[str]]]:
     """(run name, config, runs to borrow the teacher from) for one experiment and seed."""
-    task = "detection" if experiment == "detection" else "keypoints"
-    sets = datasets(out, task, scale)
+    task = "detection" if experiment.startswith("detection") else "keypoints"
+    coco_like = experiment.endswith("-coco")
+    sets = datasets(out, task, scale, COCO_LIKE_EMPTY_FRACTION if coco_like else 0.0)
     semi = lambda name, factor: run_config(  # noqa: E731
         out, name, seed, task, sets["labeled"], sets["unlabeled"], sets["val"], scale.teacher, factor, scale, device,
-        upper_bound=sets["pool"] if factor == 2 and task == "keypoints" else None)  # Table 4a has none
+        upper_bound=sets["pool"] if factor == 2 and task == "keypoints" and not coco_like else None)  # 4a: none
     if experiment in ("semi", "detection"):
         return [(experiment, semi(experiment, 2), [])]
+    if coco_like:  # the same run with the training-image filter (the default) and without it
+        return [(f"{experiment}-filtered", semi(f"{experiment}-filtered", 2), []),
+                (f"{experiment}-unfiltered", {**semi(f"{experiment}-unfiltered", 2),
+                                              "training_images": {"keep_empty": True}}, [])]
     if experiment == "schedule":  # 2x is the semi run itself; 1x and 3x borrow its teacher and pseudo-labels
         return [(f"schedule-{f}x", semi(f"schedule-{f}x", f), ["semi"]) for f in (1, 3)]
     style = "coco" if experiment == "omni-same" else "sports"
@@ -214,6 +229,7 @@ def run(out: Path, experiments: list[str], seeds: list[int], scale_name: str, de
                        "wall_seconds_this_call": round(time.perf_counter() - t0, 1),
                        "selection": {k: (v if not isinstance(v, dict) else {str(a): b for a, b in v.items()})
                                      for k, v in result["selection"].items()},
+                       "trained_on": result["trained_on"],
                        "teacher_iterations": config["teacher"]["iterations"],
                        "student_iterations": round(config["teacher"]["iterations"]
                                                    * config["student"]["schedule_factor"]),

@@ -30,7 +30,8 @@ from dd_core.train.job import run_job
 def plain_distill(config: RunConfig, progress: bool = False, evaluate_teacher: bool = True) -> dict[str, Any]:
     """Teacher -> evaluate -> label shards -> select -> student -> evaluate (-> upper bound).
 
-    Returns ``{"metrics", "seconds", "selection", "checkpoints"}``; ``seconds`` times each stage.
+    Returns ``{"metrics", "seconds", "selection", "checkpoints", "trained_on"}``; ``seconds`` times each
+    stage, ``trained_on`` counts each training's images (per set: images, left out, trained on).
     """
     options, device = config.storage.options, resolve_device(config.device)
     layout = RunLayout(config.storage.root, config.run_id)
@@ -46,10 +47,14 @@ def plain_distill(config: RunConfig, progress: bool = False, evaluate_teacher: b
         seconds[name] = round(time.perf_counter() - clock, 1)
         clock = time.perf_counter()
 
+    trained_on: dict[str, Any] = {}
+
     def train(stage, out_dir, data=None, pseudo=None, init=None) -> str:
         job = train_job(config, checkpoint_dir=out_dir, stage=stage, labeled=data, pseudo_annotations=pseudo,
                         pseudo_images=planned.root if pseudo else None, init_checkpoint=init)
-        return run_job(dataclasses.replace(job, device=device, progress=progress)).checkpoint
+        result = run_job(dataclasses.replace(job, device=device, progress=progress))
+        trained_on[str(out_dir).rstrip("/").rsplit("/", 1)[-1]] = result.images
+        return result.checkpoint
 
     def evaluate(checkpoint: str, with_tta: bool) -> dict[str, float]:
         return evaluate_checkpoint(checkpoint, val, tta if with_tta else None, options=options, device=device,
@@ -86,9 +91,9 @@ def plain_distill(config: RunConfig, progress: bool = False, evaluate_teacher: b
     write_json_atomic(layout.metrics, metrics, options, indent=1)
     _write_report(layout, config.task, metrics, pseudo, planned.root, options)
     lap("report")
-    return {"metrics": metrics, "seconds": seconds, "checkpoints": checkpoints,
+    return {"metrics": metrics, "seconds": seconds, "checkpoints": checkpoints, "trained_on": trained_on,
             "selection": {"thresholds": selection.thresholds, "kept": selection.kept_per_category,
-                          "keypoint_threshold": selection.keypoint_threshold, "unlabeled": planned.num_images}}
+                          "keypoint_thresholds": selection.keypoint_thresholds, "unlabeled": planned.num_images}}
 
 
 def _write_report(layout: RunLayout, task: str, metrics: dict, pseudo: dict, pseudo_root: str, options) -> None:

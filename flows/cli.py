@@ -23,9 +23,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     make = make_keypoints_dataset if args.task == "keypoints" else make_detection_dataset
     t0 = time.perf_counter()
     coco = make(args.out, num_images=args.images, seed=args.seed, style=args.style, size=args.size,
-                start_id=args.start_id)
-    print(f"wrote {len(coco['images'])} images and {len(coco['annotations'])} annotations to {args.out} "
-          f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+                start_id=args.start_id, empty_fraction=args.empty_fraction)
+    empty = len(coco["images"]) - len({a["image_id"] for a in coco["annotations"]})
+    print(f"wrote {len(coco['images'])} images ({empty} without objects) and {len(coco['annotations'])} "
+          f"annotations to {args.out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -113,6 +114,9 @@ def _add_synth(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--style", default="coco", help="image style: coco or sports (default coco)")
     s.add_argument("--size", type=int, default=128, help="shorter image side in pixels (default 128)")
     s.add_argument("--start-id", type=int, default=1, help="first image id (default 1)")
+    s.add_argument("--empty-fraction", type=_bounded(float, 0.0, 1.0), default=0.0,
+                   help="share of images drawn with no person / shape, only background and clutter, as in real "
+                   "pools (about half of COCO's images hold no person); 0 to 1, default 0")
     s.set_defaults(func=_cmd_synth)
 
 
@@ -149,8 +153,10 @@ def _add_label(sub: Any, common: argparse.ArgumentParser) -> None:
     lb.add_argument("--labeled", help="labeled COCO json whose density the pseudo-labels should match")
     lb.add_argument("--score-threshold", type=_bounded(float, 0.0, 1.0), default=0.5,
                     help="without --labeled: keep instances scoring >= this (0 to 1, default 0.5)")
-    lb.add_argument("--keypoint-threshold", type=_bounded(float, -1e6, 1e6), default=0.0,
-                    help="without --labeled: keypoints whose score (a heatmap logit) is >= this get v=2")
+    lb.add_argument("--keypoint-threshold", type=_bounded(float, 0.0, 1.0), default=0.5,
+                    help="without --labeled: keypoints whose probability-like score (the sigmoid of the heatmap "
+                    "logit) is >= this get v=2 (0 to 1, default 0.5). With --labeled both thresholds are "
+                    "calibrated instead, as the paper does: prefer that")
     _add_inference_arguments(lb, batch_size=4)
     lb.set_defaults(func=_cmd_label)
 

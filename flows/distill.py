@@ -21,6 +21,7 @@ from dd_core.pseudo.pipeline import SelectionOutputs
 from dd_core.stopping import StopRequested, clear_stop, request_stop
 from dd_core.storage.layout import RunLayout
 from dd_core.storage.lock import RunLock
+from dd_core.train.job import TrainJob
 from flows.interrupts import CancelWatch
 from flows.runners import shard_groups, shard_resources, shard_task_runner
 from tasks import cache
@@ -116,10 +117,20 @@ def _evaluate_pair(name: str, checkpoint: str, config: RunConfig) -> dict[str, d
                                     config.device, options)}
 
 
-def _distill_stages(config: RunConfig, layout: RunLayout) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
-    """Teacher, then per round: label the unlabeled shards and train a student; then evaluate."""
-    teacher = train_model("teacher", train_job(config, checkpoint_dir=layout.teacher, stage=config.teacher),
-                          config.distributed)
+def _distill_stages(config: RunConfig, layout: RunLayout
+                    ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]], dict[str, Any]]:
+    """Teacher, then per round: label the unlabeled shards and train a student; then evaluate.
+
+    Returns the metrics, each round's selection, and per training the images it learned from.
+    """
+    trained: dict[str, Any] = {}
+
+    def train(role: str, job: TrainJob) -> str:
+        result = train_model(role, job, config.distributed)
+        trained[role] = result["images"]
+        return result["checkpoint"]
+
+    teacher = train("teacher", train_job(config, checkpoint_dir=layout.teacher, stage=config.teacher))
     metrics = _evaluate_pair("teacher", teacher, config)
     selections, current = [], teacher
     for r in range(1, config.rounds + 1):
@@ -131,14 +142,14 @@ def _distill_stages(config: RunConfig, layout: RunLayout) -> tuple[dict[str, dic
         student = train_job(config, checkpoint_dir=round_layout.student, stage=config.student_stage(),
                             pseudo_annotations=round_layout.pseudo_annotations, pseudo_images=selection["root"],
                             init_checkpoint=current if config.student.init == "teacher" else None)
-        current = train_model("student" if r == 1 else f"student round {r}", student, config.distributed)
+        current = train("student" if r == 1 else f"student round {r}", student)
     metrics.update(_evaluate_pair("student", current, config))
     if config.upper_bound:
         stage = config.teacher.model_copy(update={"iterations": config.student_stage().iterations})
-        upper = train_model("upper bound", train_job(config, checkpoint_dir=layout.upper_bound, stage=stage,
-                                                     labeled=config.upper_bound), config.distributed)
+        upper = train("upper bound", train_job(config, checkpoint_dir=layout.upper_bound, stage=stage,
+                                               labeled=config.upper_bound))
         metrics["upper_bound"] = evaluate("upper_bound", upper, config.val, None, config.device, config.storage.options)
-    return metrics, selections
+    return metrics, selections, trained
 
 
 def _flow_run_name() -> str:
@@ -164,9 +175,10 @@ def distill(config: RunConfig) -> dict[str, Any]:
         with CancelWatch(flow_run.get_id()), RunLock(layout.lock, config.storage.options,
                                                      holder=f"flow run {flow_run.get_id()}"):
             record_run_settings(config, layout.settings)
-            metrics, selections = _distill_stages(config, layout)
+            metrics, selections, trained = _distill_stages(config, layout)
             last = selections[-1]
-            counts.update(unlabeled=last["num_unlabeled"], rejected=last["num_rejected"], shards=last["num_shards"])
+            counts.update(unlabeled=last["num_unlabeled"], rejected=last["num_rejected"], shards=last["num_shards"],
+                          trained_on=trained)
             report = write_report(layout, config.task, metrics, selections, last["root"], counts,
                                   config.storage.options)
     except StopRequested as exc:  # cancelled from the UI: finished checkpoints and shards stay for a resume

@@ -29,8 +29,11 @@ def print_summary(result: dict[str, Any], ui: str | None) -> None:
     import sys
 
     from dd_core.report import metrics_table
+    from dd_core.report.markdown import KEYPOINT_AREAS
 
     print(metrics_table(result["metrics"]))
+    if "APs" not in next(iter(result["metrics"].values()), {}):  # keypoint stats have no APs
+        print(f"\n{KEYPOINT_AREAS}")
     print(f"\nreport: {result['report']}")
     if ui:
         print(f"Prefect UI: {ui} (flow run of run id {result['run_dir'].rstrip('/').rsplit('/', 1)[-1]})")

@@ -10,6 +10,11 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from dd_core.train.progress import Progress, ReportPacing
 
 
+def progress_key(role: str) -> str:
+    """The artifact key of a training role: ``student round 2`` -> ``student-round-2-training``."""
+    return re.sub(r"[^a-z0-9]+", "-", role.lower()).strip("-") + "-training"
+
+
 class TrainingProgress:
     """The :data:`~dd_core.train.progress.ProgressHook` of a training task.
 
@@ -21,7 +26,7 @@ class TrainingProgress:
 
     def __init__(self, role: str, pacing: ReportPacing | None = None) -> None:
         self.role = role
-        self.key = re.sub(r"[^a-z0-9]+", "-", role.lower()).strip("-") + "-training"
+        self.key = progress_key(role)
         self.pacing = pacing or ReportPacing()
         self.artifact = None
         self.logger = get_run_logger()

@@ -31,7 +31,9 @@ def select_pseudo(manifest_url: str, labeled: LabeledConfig, task: str, outputs:
 def _threshold_artifact(selection: Selection, names: dict[int, str]) -> None:
     rows = [{"category": names.get(c, c), "threshold": round(t, 4),
              "labeled per image": round(selection.target_per_image[c], 3),
-             "predicted": selection.predicted_per_category[c], "kept": selection.kept_per_category[c]}
+             "predicted": selection.predicted_per_category[c], "kept": selection.kept_per_category[c],
+             **({"keypoint threshold (logit)": round(selection.keypoint_thresholds[c], 4)}
+                if c in selection.keypoint_thresholds else {})}
             for c, t in selection.thresholds.items()]
     create_table_artifact(rows, key="pseudo-label-thresholds",
                           description="Per-category score thresholds and what they kept")

@@ -13,6 +13,7 @@ from dd_core.config.schema import (
     ShardsConfig,
     StorageConfig,
     StudentConfig,
+    TrainingImagesConfig,
     TrainStageConfig,
     TTAConfig,
     UnlabeledConfig,
@@ -20,6 +21,6 @@ from dd_core.config.schema import (
 
 __all__ = [
     "ConfigError", "DistributedConfig", "LabeledConfig", "ModelConfig", "RunConfig", "ShardsConfig", "StorageConfig",
-    "StudentConfig", "TTAConfig", "TrainStageConfig", "UnlabeledConfig", "apply_overrides", "check_run_inputs",
+    "StudentConfig", "TTAConfig", "TrainStageConfig", "TrainingImagesConfig", "UnlabeledConfig", "apply_overrides", "check_run_inputs",
     "load_config", "model_overrides", "multi_transform_settings", "parse_config", "train_config", "train_job",
 ]

@@ -11,6 +11,7 @@ from dd_core.config.schema import LabeledConfig, ModelConfig, RunConfig, TrainSt
 from dd_core.tta.settings import BoxMergeSettings, MultiTransformSettings
 
 if TYPE_CHECKING:
+    from dd_core.data.filtering import TrainingImageFilter
     from dd_core.models import ModelOverrides
     from dd_core.train import TrainConfig
     from dd_core.train.job import TrainJob
@@ -58,4 +59,13 @@ def train_job(config: RunConfig, *, checkpoint_dir: str, stage: TrainStageConfig
     return TrainJob(task=config.task, labeled_annotations=labeled.annotations, labeled_images=labeled.images,
                     checkpoint_dir=checkpoint_dir, train=train_config(stage, config.seed),
                     model=model_overrides(config.model), device=config.device, options=config.storage.options,
-                    init_checkpoint=init_checkpoint, report_every=stage.report_every, **mix)
+                    init_checkpoint=init_checkpoint, report_every=stage.report_every,
+                    images=training_image_filter(config), **mix)
+
+
+def training_image_filter(config: RunConfig) -> "TrainingImageFilter":
+    """Which images the run's trainings learn from (``training_images``)."""
+    from dd_core.data.filtering import TrainingImageFilter
+
+    rule = config.training_images
+    return TrainingImageFilter(keep_empty=rule.keep_empty, min_visible_keypoints=rule.min_visible_keypoints)

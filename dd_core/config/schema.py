@@ -152,6 +152,16 @@ class ShardsConfig(_Strict):
         return self
 
 
+class TrainingImagesConfig(_Strict):
+    """Which images every training (teacher, student, upper bound) learns from, labeled and
+    pseudo-labeled alike (dd_core/data/filtering.py): images with nothing to learn from are left out."""
+
+    keep_empty: bool = False  # true: train on every image, background ones included
+    # Keypoints only: an image needs this many visible keypoints over its instances (Detectron: 1;
+    # torchvision's references: 10). Box sets need one instance.
+    min_visible_keypoints: int = Field(default=1, ge=0, le=1000)
+
+
 class DistributedConfig(_Strict):
     """Training across processes with torch.distributed (DDP), launched by torchrun."""
 
@@ -176,6 +186,7 @@ class RunConfig(_Strict):
     student: StudentConfig = Field(default_factory=StudentConfig)
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    training_images: TrainingImagesConfig = Field(default_factory=TrainingImagesConfig)
     rounds: int = Field(default=1, gt=0, le=100)
     upper_bound: LabeledConfig | None = None  # optionally also train on this fully-labeled set
 

@@ -15,6 +15,7 @@ call these, so each step is written once:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -99,10 +100,29 @@ def _check_rejections(predictions: Predictions) -> None:
 
 @dataclass(frozen=True)
 class FixedThresholds:
-    """Thresholds given by hand, for when no labeled set says how dense pseudo-labels should be."""
+    """Thresholds given by hand, for when no labeled set says how dense pseudo-labels should be.
+
+    ``score`` is an instance's score (a probability). ``keypoint`` is a probability-like score too,
+    from 0 to 1, compared with the sigmoid of a keypoint's heatmap logit (torchvision's keypoint
+    score is that logit, which has no calibrated meaning of its own); 0.5 is a logit of 0.
+    """
 
     score: float
     keypoint: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("score", "keypoint"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"FixedThresholds.{name} must be from 0 to 1, got {value}")
+
+    @property
+    def keypoint_logit(self) -> float | None:
+        """The keypoint threshold as a heatmap logit (the inverse of the sigmoid)."""
+        p = self.keypoint
+        if p is None:
+            return None
+        return -math.inf if p == 0.0 else math.inf if p == 1.0 else math.log(p / (1.0 - p))
 
 
 def select(shard_urls: Sequence[str], categories: list[dict[str, Any]], task: str, outputs: SelectionOutputs, *,
@@ -124,8 +144,8 @@ def select(shard_urls: Sequence[str], categories: list[dict[str, Any]], task: st
     if labeled is not None:
         selection = calibrate_selection(predictions, labeled, task)
     else:
-        selection = fixed_selection(predictions, categories, task, fixed.score, fixed.keypoint)
-    coco = apply_selection(predictions, categories, selection.thresholds, selection.keypoint_threshold)
+        selection = fixed_selection(predictions, categories, task, fixed.score, fixed.keypoint_logit)
+    coco = apply_selection(predictions, categories, selection.thresholds, selection.keypoint_thresholds)
     write_json_atomic(outputs.thresholds, selection.to_dict(), options, indent=1)
     write_json_atomic(outputs.annotations, coco, options)
     return coco, selection, predictions

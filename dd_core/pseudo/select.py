@@ -58,9 +58,10 @@ class Selection:
     kept_per_category: dict[int, int]
     predicted_per_category: dict[int, int]
     num_images: int
-    keypoint_threshold: float | None = None
-    target_keypoints_per_instance: float | None = None
-    kept_keypoints_per_instance: float | None = None
+    # Per keypoint category (one threshold each: categories differ in how many keypoints they show).
+    keypoint_thresholds: dict[int, float] = field(default_factory=dict)
+    target_keypoints_per_instance: dict[int, float] = field(default_factory=dict)
+    kept_keypoints_per_instance: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: ({str(c): v for c, v in val.items()} if isinstance(val, dict) else val)
@@ -108,29 +109,39 @@ def _selection(predictions: Predictions, thresholds: dict[int, float], targets: 
                      {c: int((cats == c).sum()) for c in thresholds}, len(predictions.images))
 
 
-def _keep_keypoints(selection: Selection, predictions: Predictions, threshold: float | None,
+def _keypoint_categories(categories: Sequence[Mapping[str, Any]]) -> list[int]:
+    return [int(c["id"]) for c in categories if c.get("keypoints")]
+
+
+def _keep_keypoints(selection: Selection, predictions: Predictions, category: int, threshold: float | None,
                     target: float | None) -> None:
-    """Fill in the keypoint threshold (``None``: calibrate it to ``target`` keypoints per instance)."""
+    """Fill in ``category``'s keypoint threshold (``None``: calibrated to ``target`` keypoints per instance)."""
     scores, cats = _columns(predictions)
-    idx = _kept(scores, cats, selection.thresholds)
+    idx = _kept(scores, cats, {category: selection.thresholds.get(category, np.inf)})
     if not len(idx):
-        selection.keypoint_threshold = threshold
+        if threshold is not None:
+            selection.keypoint_thresholds[category] = threshold
         return
     _, kp_scores = _keypoint_columns(predictions, idx)
     if threshold is None:
         threshold = keypoint_score_threshold(kp_scores, target)
-    selection.keypoint_threshold, selection.target_keypoints_per_instance = threshold, target
-    selection.kept_keypoints_per_instance = float((kp_scores >= threshold).sum(1).mean())
+        selection.target_keypoints_per_instance[category] = target
+    selection.keypoint_thresholds[category] = threshold
+    selection.kept_keypoints_per_instance[category] = float((kp_scores >= threshold).sum(1).mean())
 
 
 def calibrate_selection(predictions: Predictions, labeled: Mapping[str, Any], task: str) -> Selection:
-    """Thresholds that make pseudo-labels as dense as the labeled set (instances/image, keypoints/instance)."""
+    """Thresholds that make pseudo-labels as dense as the labeled set: per category, instances per image
+    and keypoints per instance."""
     scores, cats = _columns(predictions)
     targets = labeled_instances_per_image(labeled)
     thresholds = per_category_thresholds(scores, cats, max(len(predictions.images), 1), targets)
     selection = _selection(predictions, thresholds, targets)
     if task == "keypoints":
-        _keep_keypoints(selection, predictions, None, labeled_keypoints_per_instance(labeled))
+        for category in _keypoint_categories(labeled["categories"]):
+            of_category = [a for a in labeled.get("annotations") or [] if a["category_id"] == category]
+            target = labeled_keypoints_per_instance({"annotations": of_category})
+            _keep_keypoints(selection, predictions, category, None, target)
     return selection
 
 
@@ -139,23 +150,25 @@ def fixed_selection(predictions: Predictions, categories: list[dict[str, Any]], 
     """The same score threshold for every category (and one keypoint threshold): no labeled set to match."""
     selection = _selection(predictions, {int(c["id"]): score_threshold for c in categories}, {})
     if task == "keypoints":
-        _keep_keypoints(selection, predictions, keypoint_threshold, None)
+        for category in _keypoint_categories(categories):
+            _keep_keypoints(selection, predictions, category, keypoint_threshold, None)
     return selection
 
 
 def apply_selection(predictions: Predictions, categories: list[dict[str, Any]], thresholds: Mapping[int, float],
-                    keypoint_threshold: float | None) -> dict[str, Any]:
-    """The pseudo-label COCO dict: instances above their category's threshold; keypoints above
-    ``keypoint_threshold`` get v=2, the others v=0. Every labeled-by-teacher image is listed."""
+                    keypoint_thresholds: Mapping[int, float] | None = None) -> dict[str, Any]:
+    """The pseudo-label COCO dict: instances above their category's threshold; keypoints above their
+    category's ``keypoint_thresholds`` get v=2, the others v=0. Every labeled-by-teacher image is listed."""
     scores, cats = _columns(predictions)
     idx = _kept(scores, cats, thresholds)
     anns = []
     if len(idx):
         t = predictions.table
         kps, vis = None, None
-        if keypoint_threshold is not None:
+        if keypoint_thresholds:
             kps, kp_scores = _keypoint_columns(predictions, idx)
-            vis = kp_scores >= keypoint_threshold
+            per_row = np.array([keypoint_thresholds.get(int(c), np.inf) for c in cats[idx]], dtype=np.float64)
+            vis = kp_scores >= per_row[:, None]
         image_ids = column_values(t, "image_id")
         boxes = t.column("box").to_pylist()
         anns = [_annotation(n + 1, int(image_ids[i]), int(cats[i]), boxes[i], float(scores[i]),
@@ -171,5 +184,5 @@ def select_pseudo_labels(predictions: Predictions, labeled: Mapping[str, Any], t
                          ) -> tuple[dict[str, Any], Selection]:
     """Calibrate on the labeled set, then select: the pseudo-label COCO dict and the selection report."""
     selection = calibrate_selection(predictions, labeled, task)
-    coco = apply_selection(predictions, labeled["categories"], selection.thresholds, selection.keypoint_threshold)
+    coco = apply_selection(predictions, labeled["categories"], selection.thresholds, selection.keypoint_thresholds)
     return coco, selection

@@ -56,8 +56,8 @@ def pseudo_label_images(checkpoint: str, images: str, out: str, tta: MultiTransf
     pseudo, selection, predictions = select(
         [s["url"] for s in summaries], state["categories"], state["spec"]["task"],
         SelectionOutputs.beside(json_url, predictions_dir), labeled=calibration,
-        fixed=None if labeled else (fixed or FixedThresholds(0.5, 0.0)), options=options)
+        fixed=None if labeled else (fixed or FixedThresholds(0.5, 0.5)), options=options)
     return {"annotations": json_url, "images_root": planned.root, "images": len(pseudo["images"]),
             "instances": len(pseudo["annotations"]), "rejected": len(predictions.rejected),
             "thresholds": {str(k): v for k, v in selection.thresholds.items()},
-            "keypoint_threshold": selection.keypoint_threshold}
+            "keypoint_thresholds": {str(k): v for k, v in selection.keypoint_thresholds.items()}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from typing import Any, Callable, Mapping
 
 import torch
@@ -12,6 +13,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from dd_core.data.coco import CocoData
 from dd_core.data.dataset import CocoDataset, category_to_label
+from dd_core.data.filtering import TrainingImageFilter, filter_for_training
 from dd_core.data.keypoints import flip_indices
 from dd_core.data.sampler import MixedBatchSampler
 from dd_core.data.transforms import Compose, RandomHorizontalFlip, to_float, vanishing_scale
@@ -19,6 +21,8 @@ from dd_core.models import ModelOverrides, ModelSpec, build_model
 from dd_core.models.presets import PRESETS
 from dd_core.train.distributed import DistributedContext
 from dd_core.train.loop import BatchSamplerFactory, TrainConfig, TrainHooks, TrainResult, train
+
+log = logging.getLogger(__name__)
 
 
 def spec_for(task: str, coco: CocoData, overrides: ModelOverrides | None = None) -> ModelSpec:
@@ -51,14 +55,35 @@ def _state_digest(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def training_signature(spec: ModelSpec, cfg: TrainConfig, labeled: CocoData, pseudo: CocoData | None,
-                       labeled_ratio: float, init_state: Mapping[str, torch.Tensor] | None) -> dict[str, Any]:
-    """What a checkpoint must have been trained with to be resumed: model, schedule, data, mix, init."""
+                       labeled_ratio: float, init_state: Mapping[str, torch.Tensor] | None,
+                       image_filter: TrainingImageFilter = TrainingImageFilter()) -> dict[str, Any]:
+    """What a checkpoint must have been trained with to be resumed: model, schedule, data, the
+    images trained on, mix, init."""
     schedule = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("checkpoint_every", "keep_checkpoints",
                                                                                "num_workers")}
     return {"model": spec.to_dict(), "schedule": schedule, "labeled": _digest(labeled.to_dict()),
             "pseudo": _digest(pseudo.to_dict()) if pseudo else None,
             "labeled_ratio": labeled_ratio if pseudo else None,
-            "init": _state_digest(init_state) if init_state is not None else None}
+            "init": _state_digest(init_state) if init_state is not None else None,
+            "images": image_filter.to_dict()}
+
+
+def _sets_to_train_on(labeled: CocoData, pseudo: CocoData | None, image_filter: TrainingImageFilter
+                      ) -> tuple[CocoData, CocoData | None, dict[str, dict[str, int]]]:
+    """The labeled and pseudo-labeled sets with the images the filter leaves out removed, and the counts."""
+    sets = {"labeled": filter_for_training(labeled, image_filter)}
+    if pseudo is not None:
+        sets["pseudo"] = filter_for_training(pseudo, image_filter)
+    rule = image_filter.rule(bool(labeled.keypoint_names))
+    for name, filtered in sets.items():
+        if filtered.left_out:
+            log.info("%s set %s: %d of %d images left out of training (%s)", name, filtered.data.source,
+                     filtered.left_out, filtered.total, rule)
+    if not sets["labeled"].data.images:
+        raise ValueError(f"{labeled.source}: every one of its {len(labeled.images)} images is left out of training "
+                         f"({rule}); keep them with training_images.keep_empty")
+    return (sets["labeled"].data, sets["pseudo"].data if pseudo is not None else None,
+            {name: filtered.summary() for name, filtered in sets.items()})
 
 
 def size_check(spec: ModelSpec) -> Callable[[int, int], str | None]:
@@ -98,19 +123,24 @@ def train_detector(spec: ModelSpec, labeled: CocoData, cfg: TrainConfig, checkpo
                    init_state: Mapping[str, torch.Tensor] | None = None,
                    options: Mapping[str, Any] | None = None, device: str = "cpu", progress: bool = True,
                    stop_after: int | None = None, world: DistributedContext | None = None,
-                   hooks: TrainHooks = TrainHooks()) -> TrainResult:
+                   hooks: TrainHooks = TrainHooks(), image_filter: TrainingImageFilter = TrainingImageFilter()
+                   ) -> TrainResult:
     """Train a teacher (``pseudo=None``) or a student that mixes ``pseudo`` in at ``1 - labeled_ratio``.
 
     A student is retrained from the initial weights unless ``init_state`` (the teacher's) is given,
-    as the paper found retraining better than fine-tuning. ``world`` trains as one rank of several;
-    ``stop_after`` and the hooks are those of :func:`dd_core.train.loop.train`.
+    as the paper found retraining better than fine-tuning. Both sets are trained on without the
+    images ``image_filter`` leaves out (:mod:`dd_core.data.filtering`); the result counts them.
+    ``world`` trains as one rank of several; ``stop_after`` and the hooks are those of
+    :func:`dd_core.train.loop.train`.
     """
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
     if init_state is not None:
         model.load_state_dict(init_state)
-    dataset, make_batches = training_data(labeled, pseudo, cfg, labeled_ratio, options, size_check(spec))
+    labeled_set, pseudo_set, counts = _sets_to_train_on(labeled, pseudo, image_filter)
+    dataset, make_batches = training_data(labeled_set, pseudo_set, cfg, labeled_ratio, options, size_check(spec))
     meta = {**checkpoint_meta(spec, labeled),
-            "signature": training_signature(spec, cfg, labeled, pseudo, labeled_ratio, init_state)}
-    return train(model, dataset, cfg, checkpoint_dir=checkpoint_dir, make_batches=make_batches, meta=meta,
-                 options=options, device=device, progress=progress, stop_after=stop_after, world=world, hooks=hooks)
+            "signature": training_signature(spec, cfg, labeled, pseudo, labeled_ratio, init_state, image_filter)}
+    result = train(model, dataset, cfg, checkpoint_dir=checkpoint_dir, make_batches=make_batches, meta=meta,
+                   options=options, device=device, progress=progress, stop_after=stop_after, world=world, hooks=hooks)
+    return dataclasses.replace(result, images=counts)

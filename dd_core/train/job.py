@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from dd_core.data.coco import load_coco
+from dd_core.data.filtering import TrainingImageFilter
 from dd_core.models import ModelOverrides
 from dd_core.train.checkpoint import load_checkpoint
 from dd_core.train.detector import spec_for, train_detector
@@ -40,11 +41,12 @@ class TrainJob:
     stop_after: int | None = None
     progress: bool = True
     report_every: float = 180.0  # seconds between progress log lines of the training task
+    images: TrainingImageFilter = field(default_factory=TrainingImageFilter)  # which images are trained on
     on_step: str | None = None
     on_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
-        for name, kind in (("train", TrainConfig), ("model", ModelOverrides)):
+        for name, kind in (("train", TrainConfig), ("model", ModelOverrides), ("images", TrainingImageFilter)):
             value = getattr(self, name)
             if not isinstance(value, kind):
                 raise TypeError(f"TrainJob.{name}: expected a {kind.__name__}, got {type(value).__name__} "
@@ -60,7 +62,8 @@ class TrainJob:
         if unknown:
             raise ValueError(f"training job: unknown fields {sorted(unknown)} (expected some of {sorted(known)})")
         return cls(**{**d, "train": TrainConfig(**d.get("train", {})),
-                      "model": ModelOverrides.from_dict(d.get("model", {}))})
+                      "model": ModelOverrides.from_dict(d.get("model", {})),
+                      "images": TrainingImageFilter(**d.get("images", {}))})
 
 
 def resolve_hook(name: str | None, field_name: str = "on_step") -> Callable[..., None] | None:
@@ -94,4 +97,5 @@ def run_job(job: TrainJob, *, world: DistributedContext | None = None, hooks: Tr
     init = load_checkpoint(job.init_checkpoint, job.options)["model"] if job.init_checkpoint else None
     return train_detector(spec_for(job.task, coco, job.model), coco, job.train, job.checkpoint_dir, pseudo=pseudo,
                           labeled_ratio=job.labeled_ratio, init_state=init, options=job.options, device=job.device,
-                          progress=job.progress, stop_after=job.stop_after, world=world, hooks=job_hooks(job, hooks))
+                          progress=job.progress, stop_after=job.stop_after, world=world, hooks=job_hooks(job, hooks),
+                          image_filter=job.images)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -78,6 +78,8 @@ class TrainResult:
     checkpoint: str | None
     seconds: float
     last_losses: dict[str, float]
+    # Per set ("labeled", "pseudo"): images, those left out of training, those trained on.
+    images: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class Optimization:

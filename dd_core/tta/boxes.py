@@ -2,11 +2,15 @@
 
 "We simply take the union set of the boxes predicted under different transformations, and
 combine them using bounding box voting." Each transform runs the whole detector (RPN and box
-head) on its own frame; the boxes are mapped back to the original image and merged by
-:func:`dd_core.ensemble.merge.merge_detections` (per-class NMS + Detectron's box voting).
+head) on its own frame and keeps its *raw* detections: every class score above the model's score
+threshold (0.05), before NMS and before the per-image cap (:func:`raw_detections_in_frame`). The
+boxes are mapped back to the original image and their union is merged once, as Detectron's
+``im_detect_bbox_aug`` does: per-class NMS, then box voting of each kept box by every raw box of
+every transform (:func:`dd_core.ensemble.merge.merge_detections`). Merging detections that each
+transform had already suppressed would leave a kept box at most one voter per transform.
 
 The steps, as in detectron2's TTA: augment (:func:`~dd_core.tta.transforms.scale_batches`),
-run (:func:`detect_in_frame`), invert (:func:`~dd_core.tta.transforms.boxes_from_frame`),
+run (:func:`raw_detections_in_frame`), invert (:func:`~dd_core.tta.transforms.boxes_from_frame`),
 merge (:func:`merge_boxes`).
 """
 
@@ -15,8 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import boxes as box_ops
 
 from dd_core.ensemble.merge import merge_detections
 from dd_core.tta.transforms import TestTransform, boxes_from_frame, image_size, scale_batches
@@ -46,6 +52,30 @@ def detect_in_frame(model: nn.Module, images: ImageList, features: dict[str, Ten
     return [{"boxes": b, "labels": lab, "scores": s} for b, lab, s in zip(boxes, labels, scores)]
 
 
+def raw_detections_in_frame(model: nn.Module, images: ImageList, features: dict[str, Tensor]) -> list[Detections]:
+    """RPN + box head on computed features: every detection before NMS, in the frame.
+
+    What ``RoIHeads.postprocess_detections`` computes before its NMS and cap: class-specific
+    boxes decoded from each proposal, clipped to the image, for every class whose score is above
+    ``roi_heads.score_thresh``, boxes under 0.01 px dropped.
+    """
+    proposals, _ = model.rpn(images, features)
+    heads = model.roi_heads
+    class_logits, box_regression = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals,
+                                                                                         images.image_sizes)))
+    boxes = heads.box_coder.decode(box_regression, proposals).split([len(p) for p in proposals])
+    scores = F.softmax(class_logits, -1).split([len(p) for p in proposals])
+    out = []
+    for image_boxes, image_scores, size in zip(boxes, scores, images.image_sizes):
+        image_boxes = box_ops.clip_boxes_to_image(image_boxes, size)[:, 1:].reshape(-1, 4)  # class 0: background
+        labels = torch.arange(1, image_scores.shape[-1], device=image_scores.device).expand(len(image_scores), -1)
+        image_scores, labels = image_scores[:, 1:].reshape(-1), labels.reshape(-1)
+        keep = torch.where(image_scores > heads.score_thresh)[0]
+        keep = keep[box_ops.remove_small_boxes(image_boxes[keep], min_size=1e-2)]
+        out.append({"boxes": image_boxes[keep], "labels": labels[keep], "scores": image_scores[keep]})
+    return out
+
+
 def merge_boxes(parts: Sequence[Detections], **merge_options: object) -> Detections:
     """Union of one image's detections over transforms, merged by ``merge_detections``.
 
@@ -69,19 +99,19 @@ def multi_transform_boxes(
     scoring: str = "ID",
     max_detections: int = 100,
 ) -> list[dict[str, Tensor | int]]:
-    """Detections of ``model`` on each image, ensembled over ``transforms``.
+    """Detections of ``model`` on each image, ensembled over ``transforms`` (union of the raw
+    detections, then NMS and box voting once).
 
     ``images`` are CHW float tensors in [0, 1], as for ``model(images)``. Returns per image
     ``boxes`` (xyxy, original image coordinates), ``labels``, ``scores`` and ``num_transforms``.
-    With the single identity transform and a voting threshold above the model's NMS threshold
-    this returns the model's own detections (NMS of already-NMSed boxes keeps them all, and each
-    box only votes for itself).
+    With the single identity transform, the model's own NMS threshold and cap, and a voting
+    threshold of 1 (each box votes for itself alone), this returns the model's own detections.
     """
     check_inference_ready(model, transforms)
     sizes = [image_size(image) for image in images]
     parts: list[list[Detections]] = [[] for _ in images]
     for batch in scale_batches(model, images, transforms):
-        detections = detect_in_frame(model, batch.images, batch.features)
+        detections = raw_detections_in_frame(model, batch.images, batch.features)
         for (transform, i, frame), det in zip(batch.entries(), detections):
             parts[i].append({**det, "boxes": boxes_from_frame(det["boxes"], transform, frame, sizes[i])})
     options = dict(nms_threshold=nms_threshold, voting_threshold=voting_threshold,

@@ -67,7 +67,7 @@ class MultiTransformSettings:
         """The settings back from :meth:`identity` (how they travel as a deployment's flow-run parameter)."""
         box_keys = {f.name for f in dataclasses.fields(BoxMergeSettings)}
         boxes = {k: v for k, v in identity.items() if k in box_keys}
-        unknown = set(identity) - box_keys - {"scales", "flip"}
+        unknown = set(identity) - box_keys - {"scales", "flip", "union"}
         if unknown:
             raise ValueError(f"multi-transform settings: unknown fields {sorted(unknown)}")
         return cls(tuple(identity["scales"]), bool(identity["flip"]), BoxMergeSettings(**boxes) if boxes else None)
@@ -76,10 +76,12 @@ class MultiTransformSettings:
         """What defines the predictions, as plain JSON values: part of every shard's fingerprint.
 
         The same keys as before these settings were typed (``scales``, ``flip``, and for
-        detection ``nms_threshold``, ``voting_threshold``, ``scoring``), so shards written then
-        are still recognised as finished.
+        detection ``nms_threshold``, ``voting_threshold``, ``scoring``, now with ``union``), so
+        keypoint shards written then are still recognised as finished.
         """
         out: dict[str, Any] = {"scales": list(self.scales), "flip": self.flip}
         if self.boxes is not None:
-            out.update(dataclasses.asdict(self.boxes))
+            # "union": every transform's raw detections merged once (shards made when each transform's
+            # NMSed detections were merged have no such key: their fingerprint differs, they are redone).
+            out.update(dataclasses.asdict(self.boxes), union="raw")
         return out

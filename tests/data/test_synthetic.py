@@ -17,6 +17,7 @@ from dd_core.data.synthetic import DETECTION_CATEGORIES, STYLES, make_detection_
 from dd_core.data.synthetic.figures import Body, build_figure
 from dd_core.data.synthetic.people import Person, paint_person, sample_palette
 from dd_core.data.synthetic.poses import Pose
+from dd_core.data.synthetic.writer import is_empty_image
 
 MAKERS = {"keypoints": make_keypoints_dataset, "detection": make_detection_dataset}
 KP = {name: i for i, name in enumerate(COCO_PERSON_KEYPOINT_NAMES)}
@@ -44,6 +45,47 @@ def test_same_arguments_give_identical_bytes_and_other_seeds_differ(tmp_path: Pa
     assert files_a.keys() == files_c.keys()
     assert all(files_a[k] != files_c[k] for k in files_a)
     assert json.loads(files_a["annotations.json"]) == a
+
+
+@pytest.mark.parametrize("task", sorted(MAKERS))
+def test_empty_fraction_empties_the_chosen_images_and_leaves_the_others_byte_identical(tmp_path: Path,
+                                                                                      task: str) -> None:
+    make = MAKERS[task]
+    full = make(tmp_path / "full", 12, seed=5)
+    half = make(tmp_path / "half", 12, seed=5, empty_fraction=0.5)
+    chosen = {i for i in range(1, 13) if is_empty_image(5, task, "coco", i, 0.5)}
+    assert 0 < len(chosen) < 12  # with this seed both kinds occur
+    assert [im["id"] for im in half["images"]] == list(range(1, 13))  # empty images stay listed
+    assert {a["image_id"] for a in half["annotations"]} == {a["image_id"] for a in full["annotations"]} - chosen
+    assert [a for a in half["annotations"] if a["image_id"] not in chosen] == \
+        [a for a in full["annotations"] if a["image_id"] not in chosen]
+    files_full, files_half = _files(tmp_path / "full"), _files(tmp_path / "half")
+    for i in range(1, 13):
+        name = f"images/{i:06d}.png"
+        assert (files_half[name] == files_full[name]) == (i not in chosen)
+    # same size and background: an empty image is the full one without its objects
+    empty = next(iter(chosen))
+    a = np.asarray(Image.open(tmp_path / "half" / "images" / f"{empty:06d}.png"))
+    b = np.asarray(Image.open(tmp_path / "full" / "images" / f"{empty:06d}.png"))
+    assert a.shape == b.shape
+    assert "empty_fraction=0.5" in half["info"]["description"]
+    assert make(tmp_path / "none", 12, seed=5, empty_fraction=0.0) == full
+    assert make(tmp_path / "all", 6, seed=5, empty_fraction=1.0)["annotations"] == []
+
+
+def test_a_larger_empty_fraction_empties_a_superset() -> None:
+    for fraction, larger in ((0.2, 0.5), (0.5, 0.9)):
+        small = {i for i in range(1, 200) if is_empty_image(0, "keypoints", "coco", i, fraction)}
+        big = {i for i in range(1, 200) if is_empty_image(0, "keypoints", "coco", i, larger)}
+        assert small < big
+    assert 70 <= len({i for i in range(1, 200) if is_empty_image(0, "keypoints", "coco", i, 0.5)}) <= 130
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan")])
+def test_empty_fraction_out_of_range_is_refused(tmp_path: Path, fraction: float) -> None:
+    with pytest.raises(ValueError, match="empty_fraction must be between 0 and 1"):
+        make_keypoints_dataset(tmp_path, 1, seed=0, empty_fraction=fraction)
+    assert not (tmp_path / "annotations.json").exists()
 
 
 @pytest.mark.parametrize("task", sorted(MAKERS))

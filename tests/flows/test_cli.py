@@ -23,6 +23,19 @@ def test_synth_writes_a_coco_set_pycocotools_reads(tmp_path):
     assert len(COCO(str(tmp_path / "det" / "annotations.json")).getCatIds()) >= 6
 
 
+def test_synth_empty_fraction_makes_images_without_objects(tmp_path, capsys):
+    assert main(["synth", "keypoints", str(tmp_path / "kp"), "--images", "12", "--seed", "5",
+                 "--empty-fraction", "0.5"]) == 0
+    coco = json.loads((tmp_path / "kp" / "annotations.json").read_text())
+    empty = len(coco["images"]) - len({a["image_id"] for a in coco["annotations"]})
+    assert 0 < empty < 12
+    assert f"wrote 12 images ({empty} without objects)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", "keypoints", str(tmp_path / "x"), "--empty-fraction", "1.5"])
+    assert exit_info.value.code == 2
+    assert "--empty-fraction" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def test_synth_unknown_style_is_a_clear_error(tmp_path, capsys):
     assert main(["synth", "keypoints", str(tmp_path / "x"), "--images", "1", "--style", "mars"]) == 2
     assert "unknown synthetic style 'mars'" in capsys.readouterr().err

@@ -11,12 +11,13 @@ def _before(digest: str, tta: dict) -> str:
     return hashlib.sha256(json.dumps({"model": digest, "tta": tta}, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def test_fingerprints_are_those_of_shards_written_before_the_settings_were_typed():
+def test_keypoint_shards_of_earlier_versions_stay_finished_detection_ones_are_redone():
     keypoints = MultiTransformSettings((96, 128, 160), True)
     assert fingerprint("abc", keypoints) == _before("abc", {"scales": [96, 128, 160], "flip": True})
+    # Detection shards were made by merging each transform's NMSed detections: now the raw union is.
     boxes = MultiTransformSettings.for_task("detection", [64], False, BoxMergeSettings(0.5, 0.7, "AVG"))
-    assert fingerprint("abc", boxes) == _before("abc", {"scales": [64], "flip": False, "nms_threshold": 0.5,
-                                                        "voting_threshold": 0.7, "scoring": "AVG"})
+    earlier = {"scales": [64], "flip": False, "nms_threshold": 0.5, "voting_threshold": 0.7, "scoring": "AVG"}
+    assert fingerprint("abc", boxes) == _before("abc", {**earlier, "union": "raw"}) != _before("abc", earlier)
 
 
 def test_box_merging_changes_a_detection_teacher_s_fingerprint_only():

@@ -312,7 +312,7 @@ def test_a_shard_job_travels_as_json_parameters_and_back():
     parameters = job.parameters()
     assert json.loads(json.dumps(parameters)) == parameters
     assert parameters["tta"] == {"scales": [56, 64], "flip": True, "nms_threshold": 0.5, "voting_threshold": 0.8,
-                                 "scoring": "ID"}
+                                 "scoring": "ID", "union": "raw"}
     assert ShardJob.from_parameters(parameters) == job
 
 

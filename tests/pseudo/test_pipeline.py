@@ -35,7 +35,7 @@ def test_select_calibrates_on_the_labeled_set_and_writes_its_three_outputs(tmp_p
     pseudo, selection, predictions = select(urls, coco["categories"], "keypoints", outputs, labeled=coco)
     assert read_json(outputs.annotations) == pseudo and len(pseudo["annotations"]) == 4  # 1 person per image
     assert read_json(outputs.thresholds) == selection.to_dict() and selection.target_per_image == {1: 1.0}
-    assert selection.target_keypoints_per_instance == 17.0  # every keypoint of the tiny set is labeled
+    assert selection.target_keypoints_per_instance == {1: 17.0}  # every keypoint of the tiny set is labeled
     assert len(predictions.images) == 4 and outputs.rejected.endswith("runs/r/inference/_rejected.parquet")
     assert (tmp_path / "store/runs/r/inference/_rejected.parquet").exists()
 
@@ -45,10 +45,10 @@ def test_select_with_fixed_thresholds_keeps_what_scores_above_them(tmp_path, sha
     outputs = SelectionOutputs.beside(str(tmp_path / "out" / "pseudo.json"), str(tmp_path / "out" / "pseudo.predictions"))
     assert outputs.thresholds == str(tmp_path / "out" / "pseudo.thresholds.json")
     everything, selection, predictions = select(urls, coco["categories"], "keypoints", outputs,
-                                                fixed=FixedThresholds(0.0, -1e9))
+                                                fixed=FixedThresholds(0.0, 0.0))
     assert len(everything["annotations"]) == predictions.table.num_rows == selection.kept_per_category[1]
     assert all(a["num_keypoints"] == 17 for a in everything["annotations"])
-    nothing, _, _ = select(urls, coco["categories"], "keypoints", outputs, fixed=FixedThresholds(1.1, 0.0))
+    nothing, _, _ = select(urls, coco["categories"], "keypoints", outputs, fixed=FixedThresholds(1.0, 0.5))
     assert nothing["annotations"] == [] and len(nothing["images"]) == 4
 
 

@@ -58,15 +58,45 @@ def test_keypoint_threshold_matches_labeled_keypoints_per_instance():
     labeled = _labeled({1: 2.0}, keypoints_per_instance=10)
     labeled["categories"] = [PERSON_CATEGORY]
     coco, selection = select_pseudo_labels(_predictions([0.9] * 8, [1] * 8, kp_scores), labeled, "keypoints")
-    assert selection.target_keypoints_per_instance == 10.0
-    assert abs(selection.kept_keypoints_per_instance - 10.0) <= 1 / 8 + 1e-9
+    assert selection.target_keypoints_per_instance == {1: 10.0}
+    assert abs(selection.kept_keypoints_per_instance[1] - 10.0) <= 1 / 8 + 1e-9
     for ann, scores in zip(coco["annotations"], kp_scores):
         v = np.asarray(ann["keypoints"]).reshape(17, 3)[:, 2]
         assert set(v) <= {0.0, 2.0}
-        assert np.array_equal(v == 2, np.asarray(scores, np.float32) >= selection.keypoint_threshold)  # stored as float32
+        assert np.array_equal(v == 2, np.asarray(scores, np.float32) >= selection.keypoint_thresholds[1])  # float32
         assert ann["num_keypoints"] == int((v == 2).sum())
         xy = np.asarray(ann["keypoints"]).reshape(17, 3)[:, :2]
         assert np.all(xy[v == 0] == 0)
+
+
+def test_each_keypoint_category_gets_its_own_keypoint_threshold():
+    # Two keypoint categories: labeled people show 12 of 17 keypoints, labeled "animals" 4 of 17. One
+    # pooled threshold would give each category's pseudo-labels 8 on average: too few and too many.
+    rng = np.random.default_rng(1)
+    kp_scores = rng.uniform(0, 1, (16, 17)).round(4).tolist()
+    labeled = _labeled({1: 2.0}, keypoints_per_instance=12)
+    animals = _labeled({2: 2.0}, keypoints_per_instance=4)
+    for ann in animals["annotations"]:
+        ann["id"] += 100
+    labeled["annotations"] += animals["annotations"]
+    labeled["categories"] = [PERSON_CATEGORY, {**PERSON_CATEGORY, "id": 2, "name": "animal"}]
+    coco, selection = select_pseudo_labels(_predictions([0.9] * 16, [1] * 8 + [2] * 8, kp_scores, num_images=4),
+                                           labeled, "keypoints")
+    assert selection.target_keypoints_per_instance == {1: 12.0, 2: 4.0}
+    assert selection.keypoint_thresholds[1] < selection.keypoint_thresholds[2]
+    for cat, target in ((1, 12.0), (2, 4.0)):
+        kept = [a["num_keypoints"] for a in coco["annotations"] if a["category_id"] == cat]
+        assert len(kept) == 8 and abs(np.mean(kept) - target) <= 1 / 8 + 1e-9
+
+
+def test_fixed_keypoint_thresholds_are_probability_like():
+    from dd_core.pseudo.pipeline import FixedThresholds
+
+    assert FixedThresholds(0.5, 0.5).keypoint_logit == 0.0  # a logit of 0: the former default
+    assert FixedThresholds(0.5, 0.8).keypoint_logit == pytest.approx(np.log(4.0))
+    assert FixedThresholds(0.5, 0.0).keypoint_logit == -np.inf and FixedThresholds(0.5, 1.0).keypoint_logit == np.inf
+    with pytest.raises(ValueError, match="FixedThresholds.keypoint must be from 0 to 1, got 2.0"):
+        FixedThresholds(0.5, 2.0)
 
 
 def test_no_predictions_gives_images_without_annotations():

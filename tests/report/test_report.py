@@ -33,11 +33,13 @@ def test_pseudo_label_grid_draws_images_with_keypoints(tmp_path):
 
 def test_render_report_has_metrics_selection_and_figures():
     selection = {"num_images": 10, "thresholds": {"1": 0.7}, "target_per_image": {"1": 1.5},
-                 "predicted_per_category": {"1": 40}, "kept_per_category": {"1": 15}, "keypoint_threshold": 0.2,
-                 "kept_keypoints_per_instance": 11.9, "target_keypoints_per_instance": 12.0}
+                 "predicted_per_category": {"1": 40}, "kept_per_category": {"1": 15}, "keypoint_thresholds": {"1": 0.2},
+                 "kept_keypoints_per_instance": {"1": 11.9}, "target_keypoints_per_instance": {"1": 12.0}}
     text = render_report("r1", "keypoints", METRICS, [selection], {1: "person"}, {"AP chart": "ap.png"},
                          {"labeled": 5, "unlabeled": 10, "rejected": 1, "shards": 2})
     assert "# Data distillation run `r1`" in text and "unlabeled images: 10 (1 rejected)" in text
     assert "| person | 0.700 | 1.50 | 40 | 15 | 1.50 |" in text
-    assert "11.90 keypoints per pseudo-labeled instance (labeled set: 12.00)" in text
+    assert "person: keypoint score threshold 0.200, 11.90 keypoints per pseudo-labeled instance (labeled set: 12.00)." \
+        in text
+    assert "APm and APl of keypoints size each detection by its box" in text
     assert "![AP chart](ap.png)" in text

@@ -1,7 +1,9 @@
 """The training task in a flow: the device resolved where it runs, torchrun for several processes,
 progress in the Prefect UI (an artifact kept up to date, a log line now and then)."""
 
+import json
 import time
+from pathlib import Path
 
 from prefect import flow
 from prefect.client.orchestration import get_client
@@ -47,11 +49,13 @@ def test_training_shows_its_progress_in_the_ui_while_it_trains(tiny_coco, tmp_pa
                on_step="tests.tasks.probe:read_progress_artifact")
 
     @flow
-    def teach() -> str:
+    def teach() -> dict:
         return train_model("teacher", job)
 
     state = teach(return_state=True)
-    assert state.result() == str(tmp_path / "teacher" / "model_0000012.pth")  # device "auto": this CPU
+    n = len(json.loads(Path(job.labeled_annotations).read_text())["images"])
+    assert state.result() == {"checkpoint": str(tmp_path / "teacher" / "model_0000012.pth"),  # device "auto": CPU
+                              "images": {"labeled": {"images": n, "left_out": 0, "trained_on": n}}}
     # Read through the API at step 8: the artifact had moved (step 1 of 12), training had not ended.
     assert len(probe.READINGS) == 1 and 0 < probe.READINGS[0][1] < 100
     with get_client(sync_client=True) as client:
@@ -66,11 +70,13 @@ def test_several_processes_train_through_torchrun_and_rank_0_reports(tiny_coco, 
     job = _job(tiny_coco, tmp_path, "student", 4, report_every=1e-6)
 
     @flow
-    def teach() -> str:
+    def teach() -> dict:
         return train_model("student round 2", job, DistributedConfig(nproc_per_node=2, backend="gloo"))
 
     state = teach(return_state=True)
-    assert state.result() == str(tmp_path / "student" / "model_0000004.pth")
+    assert state.result()["checkpoint"] == str(tmp_path / "student" / "model_0000004.pth")
+    n = len(json.loads(Path(job.labeled_annotations).read_text())["images"])
+    assert state.result()["images"] == {"labeled": {"images": n, "left_out": 0, "trained_on": n}}  # from rank 0
     with get_client(sync_client=True) as client:
         assert float(_artifact(client, "student-round-2-training").data) == 100.0
         lines = _log_lines(client, state.state_details.flow_run_id, "student round 2: iteration",

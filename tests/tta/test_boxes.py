@@ -30,17 +30,55 @@ def by_score(d: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def test_identity_transform_is_the_model_itself(model: torch.nn.Module, images: list[torch.Tensor]) -> None:
-    # The model's output is already per-class NMSed at 0.5: merging it again must keep every box
-    # (NMS is idempotent) and leave each unchanged (voting at IoU >= 0.8 finds only the box itself;
-    # s * b / s in float64 rounds back to b in float32). Measured: bit-identical.
+    # One transform's raw detections merged with the model's own NMS (0.5) and cap (10), each box
+    # voting for itself alone (threshold 1): the model's postprocess. Measured: bit-identical.
     with torch.inference_mode():
         expected = model(images)
-    got = multi_transform_boxes(model, images, [base_transform(model)], nms_threshold=0.5, voting_threshold=0.8)
+    got = multi_transform_boxes(model, images, [base_transform(model)], nms_threshold=0.5, voting_threshold=1.0,
+                                max_detections=10)
     for ours, theirs in zip(got, expected):
         assert len(theirs["boxes"]) > 0 and ours["num_transforms"] == 1
         assert ours["boxes"].dtype == torch.float32 and ours["labels"].dtype == torch.int64
         for a, b in zip(by_score(ours), by_score(theirs)):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_raw_detections_are_the_model_s_before_its_nms_and_cap(model: torch.nn.Module,
+                                                               images: list[torch.Tensor]) -> None:
+    from torchvision.ops import batched_nms
+
+    from dd_core.tta.boxes import detect_in_frame, raw_detections_in_frame
+    from dd_core.tta.transforms import scale_batches
+
+    with torch.inference_mode():
+        batch = next(scale_batches(model, images, [base_transform(model)]))
+        raw = raw_detections_in_frame(model, batch.images, batch.features)
+        final = detect_in_frame(model, batch.images, batch.features)
+    for r, f in zip(raw, final):
+        assert len(r["boxes"]) > 3 * len(f["boxes"]) > 0  # most raw boxes are suppressed
+        keep = batched_nms(r["boxes"], r["scores"], r["labels"], 0.5)[:10]
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(r[key][keep], f[key], rtol=0, atol=0)
+
+
+def test_box_voting_counts_every_transform_s_raw_boxes() -> None:
+    """Detectron's way: the kept box is voted on by every raw box of every transform; merging boxes
+    each transform had already suppressed would give it one voter per transform."""
+    a = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 9.5]]), "scores": torch.tensor([0.9, 0.8]),
+         "labels": torch.tensor([1, 1])}
+    b = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.2], [0.3, 0.0, 10.0, 10.0]]), "scores": torch.tensor([0.7, 0.6]),
+         "labels": torch.tensor([1, 1])}
+    union = merge_boxes([a, b], nms_threshold=0.5, voting_threshold=0.8)
+    raw = torch.cat([a["boxes"], b["boxes"]])
+    weights = torch.cat([a["scores"], b["scores"]])
+    expected = (weights[:, None] * raw).sum(0) / weights.sum()  # all four vote: IoU >= 0.8 with the kept box
+    torch.testing.assert_close(union["boxes"], expected[None], rtol=0, atol=1e-6)
+    assert union["scores"].tolist() == pytest.approx([0.9]) and union["labels"].tolist() == [1]
+    # The other way round: each transform's NMS first leaves two voters, and another box.
+    first_nms = merge_boxes([{k: v[:1] for k, v in a.items()}, {k: v[:1] for k, v in b.items()}], voting_threshold=0.8)
+    two = (0.9 * a["boxes"][0] + 0.7 * b["boxes"][0]) / 1.6
+    torch.testing.assert_close(first_nms["boxes"], two[None], rtol=0, atol=1e-6)
+    assert not torch.allclose(first_nms["boxes"], union["boxes"])
 
 
 def test_flip_symmetric_set_is_mirror_equivariant(model: torch.nn.Module, images: list[torch.Tensor]) -> None:
@@ -70,7 +108,9 @@ def test_a_flip_transform_is_undone(model: torch.nn.Module, images: list[torch.T
 
 def test_union_is_merged(model: torch.nn.Module, images: list[torch.Tensor]) -> None:
     transforms = transform_set([96, 128], flip=True)
-    singles = [multi_transform_boxes(model, images[:1], [t], max_detections=1000)[0] for t in transforms]
+    # Each transform's raw boxes (no NMS: an IoU never exceeds 1; each votes for itself alone).
+    singles = [multi_transform_boxes(model, images[:1], [t], nms_threshold=1.0, voting_threshold=1.0,
+                                     max_detections=None)[0] for t in transforms]
     merged = multi_transform_boxes(model, images[:1], transforms, max_detections=1000)[0]
     union = sum(len(s["boxes"]) for s in singles)
     assert merged["num_transforms"] == 4

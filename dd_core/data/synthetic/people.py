@@ -171,13 +171,17 @@ def annotate(person: Person, labels: np.ndarray, label: int) -> dict[str, Any]:
             "num_keypoints": int(ok.sum())}
 
 
-def render_keypoints_image(rng: np.random.Generator, style: Style, size: int) -> tuple[Image.Image, list[dict[str, Any]]]:
-    """One image: background, distractors, people (far to near), occluders, sensor noise; plus annotations."""
+def render_keypoints_image(rng: np.random.Generator, style: Style, size: int,
+                           empty: bool = False) -> tuple[Image.Image, list[dict[str, Any]]]:
+    """One image: background, distractors, people (far to near), occluders, sensor noise; plus annotations.
+
+    ``empty``: no people (hence no occluders), only background, distractors and noise.
+    """
     width, height = sample_image_size(rng, size)
     image = render_background(rng, style, width, height)
     draw = ImageDraw.Draw(image)
     draw_distractors(draw, rng, style, width, height)
-    people = sample_people(rng, style, width, height, np.asarray(image))
+    people = [] if empty else sample_people(rng, style, width, height, np.asarray(image))
     label_image = Image.new("L", (width, height), 0)
     label_draw = ImageDraw.Draw(label_image)
     for i, person in enumerate(people):
@@ -189,11 +193,12 @@ def render_keypoints_image(rng: np.random.Generator, style: Style, size: int) ->
 
 
 def make_keypoints_dataset(out_dir: str | Path, num_images: int, seed: int, style: str = "coco", size: int = 128,
-                           start_id: int = 1) -> dict:
+                           start_id: int = 1, empty_fraction: float = 0.0) -> dict:
     """Write ``num_images`` person-keypoint images and ``annotations.json`` under ``out_dir``; return the json dict.
 
     Images are ``out_dir/images/{id:06d}.png`` with ids ``start_id ..``; shorter side ``size`` px,
-    aspect up to 4:3 either way. Same arguments give byte-identical files.
+    aspect up to 4:3 either way. About ``empty_fraction`` of the images hold no person. Same
+    arguments give byte-identical files.
     """
     return build_dataset(out_dir, num_images, seed, style, size, start_id, "keypoints", render_keypoints_image,
-                         [PERSON_CATEGORY])
+                         [PERSON_CATEGORY], empty_fraction)

@@ -121,8 +121,12 @@ def _keeps_others_visible(mask: np.ndarray, owner: np.ndarray, full_areas: list[
     return True
 
 
-def render_detection_image(rng: np.random.Generator, style: Style, size: int) -> tuple[Image.Image, list[dict[str, Any]]]:
-    """One image: background, distractors and shape fragments, then the labeled shapes, then sensor noise."""
+def render_detection_image(rng: np.random.Generator, style: Style, size: int,
+                           empty: bool = False) -> tuple[Image.Image, list[dict[str, Any]]]:
+    """One image: background, distractors and shape fragments, then the labeled shapes, then sensor noise.
+
+    ``empty``: no labeled shapes; the fragments (hard negatives) stay.
+    """
     width, height = sample_image_size(rng, size)
     image = render_background(rng, style, width, height)
     draw = ImageDraw.Draw(image)
@@ -132,7 +136,7 @@ def render_detection_image(rng: np.random.Generator, style: Style, size: int) ->
     owner = np.zeros((height, width), dtype=np.uint8)
     anns: list[dict[str, Any]] = []
     areas: list[int] = []
-    for _ in range(int(rng.integers(style.object_counts[0], style.object_counts[1] + 1))):
+    for _ in range(0 if empty else int(rng.integers(style.object_counts[0], style.object_counts[1] + 1))):
         for _attempt in range(4):
             name, prim = sample_shape(rng, style, width, height)
             mask = shape_mask(prim, width, height)
@@ -149,11 +153,12 @@ def render_detection_image(rng: np.random.Generator, style: Style, size: int) ->
 
 
 def make_detection_dataset(out_dir: str | Path, num_images: int, seed: int, style: str = "coco", size: int = 128,
-                           start_id: int = 1) -> dict:
+                           start_id: int = 1, empty_fraction: float = 0.0) -> dict:
     """Write ``num_images`` multi-class shape images and ``annotations.json`` under ``out_dir``; return the json dict.
 
     Images are ``out_dir/images/{id:06d}.png`` with ids ``start_id ..``; shorter side ``size`` px,
-    aspect up to 4:3 either way. Same arguments give byte-identical files.
+    aspect up to 4:3 either way. About ``empty_fraction`` of the images hold no labeled shape.
+    Same arguments give byte-identical files.
     """
     return build_dataset(out_dir, num_images, seed, style, size, start_id, "detection", render_detection_image,
-                         DETECTION_CATEGORIES)
+                         DETECTION_CATEGORIES, empty_fraction)

@@ -25,8 +25,8 @@ IMAGES_DIR = "images"
 MAX_OBJECTS_PER_IMAGE = 100
 """Annotation ids are ``image_id * 100 + k``: unique, and disjoint whenever image ids are."""
 
-Renderer = Callable[[np.random.Generator, Style, int], tuple[Image.Image, list[dict[str, Any]]]]
-"""``(rng, style, size) -> (image, annotations without id/image_id/iscrowd)``."""
+Renderer = Callable[[np.random.Generator, Style, int, bool], tuple[Image.Image, list[dict[str, Any]]]]
+"""``(rng, style, size, empty) -> (image, annotations without id/image_id/iscrowd)``; ``empty``: no objects."""
 
 
 def image_rng(seed: int, task: str, style: str, image_id: int) -> np.random.Generator:
@@ -35,7 +35,16 @@ def image_rng(seed: int, task: str, style: str, image_id: int) -> np.random.Gene
     return np.random.default_rng(np.random.SeedSequence(key))
 
 
-def _check_args(num_images: int, seed: int, size: int, start_id: int) -> None:
+def is_empty_image(seed: int, task: str, style: str, image_id: int, empty_fraction: float) -> bool:
+    """Whether image ``image_id`` is drawn without objects (background and clutter only).
+
+    Decided by a generator of its own, so ``empty_fraction=0`` leaves every image byte-identical
+    to a data set made without the option, and a larger fraction empties a superset of images.
+    """
+    return bool(image_rng(seed, task + ":empty", style, image_id).random() < empty_fraction)
+
+
+def _check_args(num_images: int, seed: int, size: int, start_id: int, empty_fraction: float = 0.0) -> None:
     if num_images < 0:
         raise ValueError(f"num_images must be >= 0, got {num_images}")
     if seed < 0:
@@ -44,6 +53,8 @@ def _check_args(num_images: int, seed: int, size: int, start_id: int) -> None:
         raise ValueError(f"size must be >= 32 px, got {size}")
     if start_id < 0:
         raise ValueError(f"start_id must be >= 0, got {start_id}")
+    if not 0.0 <= empty_fraction <= 1.0:
+        raise ValueError(f"empty_fraction must be between 0 and 1, got {empty_fraction}")
 
 
 def _finish_annotation(ann: dict[str, Any], ann_id: int, image_id: int) -> dict[str, Any]:
@@ -58,16 +69,22 @@ def _finish_annotation(ann: dict[str, Any], ann_id: int, image_id: int) -> dict[
 
 
 def build_dataset(out_dir: str | Path, num_images: int, seed: int, style_name: str, size: int, start_id: int,
-                  task: str, render: Renderer, categories: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Render ``num_images`` images with ``render`` and write them plus ``annotations.json`` under ``out_dir``."""
+                  task: str, render: Renderer, categories: Sequence[dict[str, Any]],
+                  empty_fraction: float = 0.0) -> dict[str, Any]:
+    """Render ``num_images`` images with ``render`` and write them plus ``annotations.json`` under ``out_dir``.
+
+    About ``empty_fraction`` of the images hold no object (like COCO, where about half the images
+    have no person): they stay in ``images`` with no annotation.
+    """
     style = get_style(style_name)
-    _check_args(num_images, seed, size, start_id)
+    _check_args(num_images, seed, size, start_id, empty_fraction)
     out = Path(out_dir)
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for image_id in range(start_id, start_id + num_images):
-        image, anns = render(image_rng(seed, task, style.name, image_id), style, size)
+        empty = is_empty_image(seed, task, style.name, image_id, empty_fraction)
+        image, anns = render(image_rng(seed, task, style.name, image_id), style, size, empty)
         if len(anns) >= MAX_OBJECTS_PER_IMAGE:
             raise RuntimeError(f"renderer produced {len(anns)} objects; at most {MAX_OBJECTS_PER_IMAGE - 1} fit the id scheme")
         file_name = f"{image_id:06d}.png"
@@ -75,7 +92,8 @@ def build_dataset(out_dir: str | Path, num_images: int, seed: int, style_name: s
         images.append({"id": image_id, "file_name": file_name, "width": image.width, "height": image.height})
         annotations += [_finish_annotation(a, image_id * MAX_OBJECTS_PER_IMAGE + k + 1, image_id) for k, a in enumerate(anns)]
     coco = {
-        "info": {"description": f"omnidistill synthetic {task} (style={style.name}, seed={seed}, size={size})",
+        "info": {"description": f"omnidistill synthetic {task} (style={style.name}, seed={seed}, size={size}"
+                               + (f", empty_fraction={empty_fraction:g})" if empty_fraction else ")"),
                  "version": "1.0", "year": 2024, "contributor": "dd_core.data.synthetic", "date_created": "1970-01-01"},
         "licenses": [{"id": 1, "name": "synthetic, public domain", "url": ""}],
         "images": images,

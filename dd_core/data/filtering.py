@@ -1,0 +1,82 @@
+"""Which images a training run learns from: images with nothing to learn from are left out.
+
+About half of COCO's images hold no person, and a teacher labels many unlabeled images with
+nothing above its thresholds. Trained on, such an image is pure background: for keypoints a step
+that teaches no keypoint at all. Detectron leaves keypoint-training images without a visible
+keypoint out (``roidb.filter_for_training``); torchvision's references leave out images without
+annotations (and, for keypoints, with fewer than 10 visible keypoints). The same rule applies to
+the labeled and the pseudo-labeled set, so a student's 6:4 minibatches mix images that teach.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dd_core.data.coco import CocoData, trainable_box
+
+
+@dataclass(frozen=True)
+class TrainingImageFilter:
+    """Leave out images with nothing to learn from.
+
+    An image is kept when it holds a trainable instance (not a crowd region, a box of at least
+    :data:`~dd_core.data.coco.MIN_BOX_SIDE`), and, for keypoints, at least
+    ``min_visible_keypoints`` labeled keypoints over its instances (Detectron's rule is 1,
+    torchvision's references use 10). ``keep_empty`` keeps every image (background included).
+    """
+
+    keep_empty: bool = False
+    min_visible_keypoints: int = 1
+
+    def __post_init__(self) -> None:
+        if self.min_visible_keypoints < 0:
+            raise ValueError(f"min_visible_keypoints must be >= 0, got {self.min_visible_keypoints}")
+
+    def rule(self, keypoints: bool) -> str:
+        """The rule in words, for logs and the report."""
+        if self.keep_empty:
+            return "every image kept"
+        if keypoints and self.min_visible_keypoints:
+            return f"images with fewer than {self.min_visible_keypoints} visible keypoint(s) left out"
+        return "images without an instance left out"
+
+    def keeps(self, annotations: Sequence[Mapping[str, Any]], keypoints: bool) -> bool:
+        """Whether an image with these annotations is trained on."""
+        if self.keep_empty:
+            return True
+        instances = [a for a in annotations if not a.get("iscrowd", 0) and trainable_box(a["bbox"])]
+        if not instances:
+            return False
+        if not keypoints:
+            return True
+        visible = sum(sum(1 for v in (a.get("keypoints") or [])[2::3] if v > 0) for a in instances)
+        return visible >= self.min_visible_keypoints
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class FilteredSet:
+    """A set after :func:`filter_for_training`: what is trained on, and how many images were left out."""
+
+    data: CocoData
+    total: int
+    left_out: int
+
+    def summary(self) -> dict[str, int]:
+        return {"images": self.total, "left_out": self.left_out, "trained_on": self.total - self.left_out}
+
+
+def filter_for_training(data: CocoData, image_filter: TrainingImageFilter) -> FilteredSet:
+    """``data`` with only the images ``image_filter`` keeps (their annotations unchanged)."""
+    keypoints = bool(data.keypoint_names)
+    kept = [im for im in data.images if image_filter.keeps(data.annotations_by_image[im["id"]], keypoints)]
+    if len(kept) == len(data.images):
+        return FilteredSet(data, len(data.images), 0)
+    ids = {im["id"] for im in kept}
+    subset = dataclasses.replace(data, images=kept, annotations=[a for a in data.annotations if a["image_id"] in ids])
+    return FilteredSet(subset, len(data.images), len(data.images) - len(kept))
