@@ -20,6 +20,9 @@ from typing import Iterator
 
 from dd_core.stopping import stop_reason
 
+SERVER_COMMAND = ("prefect", "server", "start")
+"""How every Prefect server we run starts (here, in docker-compose.yml, in the rehearsal)."""
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -74,16 +77,24 @@ def _stop_server(process: subprocess.Popen, grace: float) -> None:
 
 
 @contextlib.contextmanager
-def local_prefect_server(home: str | Path, keep: bool = False, timeout: float = 120.0) -> Iterator[str]:
-    """Start ``prefect server start`` on a free loopback port; yields the UI address."""
+def local_prefect_server(home: str | Path, keep: bool = False, timeout: float = 120.0,
+                         database_url: str | None = None) -> Iterator[str]:
+    """Start ``prefect server start`` on a free loopback port; yields the UI address.
+
+    Its database is SQLite under ``home`` unless ``database_url`` names another
+    (``postgresql+asyncpg://...``, as docker-compose.yml runs it; see deployments/local_postgres.py).
+    """
     home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port)}
     env.pop("PREFECT_API_URL", None)
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     log = open(home / "server.log", "ab")
-    process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+    process = subprocess.Popen([sys.executable, "-m", *SERVER_COMMAND, "--host", "127.0.0.1",
                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True, preexec_fn=None if keep else _ends_with_parent)
     api_url = f"http://127.0.0.1:{port}/api"
