@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
@@ -34,6 +33,7 @@ from tasks.infer import (
     plan_shards,
     write_inference_manifest,
 )
+from tasks.progress import ProgressArtifact
 from tasks.report import write_report
 from tasks.select import select_pseudo
 from tasks.train import train_model
@@ -45,14 +45,15 @@ def _wait_with_progress(futures: list[PrefectFuture], shards_per_future: list[in
     Leaving early (a failed shard, Ctrl-C, SIGTERM) asks the other shard threads to stop, so
     the task runner does not wait for each to finish its shard.
     """
-    progress = create_progress_artifact(0.0, key="inference-progress", description="Unlabeled shards labeled")
+    progress = ProgressArtifact("inference-progress", "Unlabeled shards labeled")
+    progress.show(0.0)
     weight = {future.task_run_id: n for future, n in zip(futures, shards_per_future)}
     total, done, results = sum(shards_per_future), 0, []
     try:
         for future in as_completed(futures):
             results.append(future.result())
             done += weight[future.task_run_id]
-            update_progress_artifact(progress, 100.0 * done / total)
+            progress.show(100.0 * done / total)
     except BaseException as exc:
         _stop_the_others(futures, exc)
         raise

@@ -10,15 +10,32 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
+import os
 import shlex
 import signal
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from types import FrameType
 
 from dd_core.stopping import request_stop
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Raising inside the logging module can leave its module lock held (``_releaseLock`` runs after every
+# fork, in the middle of a DataLoader or server start), and the next log call from any thread then
+# hangs or aborts the interpreter. A signal that lands there is delivered again a moment later.
+_DEFER_IN = (logging.__file__,)
+REDELIVER_AFTER = 0.02
+MAX_DEFERRALS = 100  # 2 s: logging never takes that long, unless its stream is blocked
+
+
+def _in_deferred_code(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename in _DEFER_IN:
+            return True
+        frame = frame.f_back
+    return False
 
 
 class Interrupted(BaseException):
@@ -40,11 +57,18 @@ def stop_on_signals() -> Iterator[None]:
     """Within: SIGINT or SIGTERM asks every loop to stop and raises :class:`Interrupted` in the main thread.
 
     Prefect's flow engine installs a SIGTERM handler of its own while a flow runs; when it has
-    wound down it sends the signal again to the handler it replaced, this one.
+    wound down it sends the signal again to the handler it replaced, this one. A signal that
+    arrives inside the logging module is raised once the log call is over (see ``_DEFER_IN``).
     """
+    deferrals = 0
 
-    def handle(signum: int, frame: object) -> None:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        nonlocal deferrals
         request_stop(f"{signal.Signals(signum).name} received")
+        if _in_deferred_code(frame) and deferrals < MAX_DEFERRALS:
+            deferrals += 1
+            threading.Timer(REDELIVER_AFTER, os.kill, (os.getpid(), signum)).start()
+            return
         raise Interrupted(signum)
 
     previous = {s: signal.signal(s, handle) for s in SIGNALS}

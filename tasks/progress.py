@@ -1,4 +1,4 @@
-"""Training progress in the Prefect UI: a progress artifact kept up to date, and a log line now and then."""
+"""Progress in the Prefect UI: progress artifacts kept up to date, and for training a log line now and then."""
 
 from __future__ import annotations
 
@@ -15,6 +15,32 @@ def progress_key(role: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", role.lower()).strip("-") + "-training"
 
 
+class ProgressArtifact:
+    """A Prefect progress artifact (percent done), created at the first :meth:`show`.
+
+    The artifact is a picture, not a result: when the API refuses an update (gone, restarting,
+    the artifact deleted) one warning says so and the work goes on without it.
+    """
+
+    def __init__(self, key: str, description: str) -> None:
+        self.key, self.description = key, description
+        self.artifact = None
+        self.shown = True  # False once an update failed
+
+    def show(self, percent: float) -> None:
+        if not self.shown:
+            return
+        try:
+            if self.artifact is None:
+                self.artifact = create_progress_artifact(percent, key=self.key, description=self.description)
+            else:
+                update_progress_artifact(self.artifact, percent)
+        except Exception as exc:  # noqa: BLE001 - any API failure: the work matters, not its picture
+            self.shown = False
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            get_run_logger().warning("%s: no longer updated (%s: %s)", self.key, type(exc).__name__, first_line)
+
+
 class TrainingProgress:
     """The :data:`~dd_core.train.progress.ProgressHook` of a training task.
 
@@ -28,16 +54,11 @@ class TrainingProgress:
         self.role = role
         self.key = progress_key(role)
         self.pacing = pacing or ReportPacing()
-        self.artifact = None
+        self.artifact = ProgressArtifact(self.key, f"Iterations of {role} training done")
         self.logger = get_run_logger()
 
     def __call__(self, progress: Progress) -> None:
         if self.pacing.update(progress):
-            percent = 100.0 * progress.fraction
-            if self.artifact is None:
-                self.artifact = create_progress_artifact(percent, key=self.key,
-                                                         description=f"Iterations of {self.role} training done")
-            else:
-                update_progress_artifact(self.artifact, percent)
+            self.artifact.show(100.0 * progress.fraction)
         if self.pacing.log(progress):
             self.logger.info("%s: %s", self.role, progress.summary())

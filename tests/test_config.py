@@ -257,6 +257,20 @@ def test_a_run_id_resumes_only_with_the_settings_it_started_with(tmp_path):
     assert read_json(url) == result_settings(started)  # refused: the record is the first start's
 
 
+@pytest.mark.parametrize("recorded, error", [
+    (b"[1, 2]", r"_settings.json: the run's recorded settings must be a JSON object, not list; restore the file"),
+    (b"{\"task\": ", r"_settings.json: not valid JSON \(Expecting value at line 1, column 10\)"),
+])
+def test_a_run_whose_recorded_settings_were_damaged_is_refused_naming_the_file(tmp_path, recorded, error):
+    from dd_core.config.resume import check_resume
+
+    url = tmp_path / "runs/r/_settings.json"
+    url.parent.mkdir(parents=True)
+    url.write_bytes(recorded)
+    with pytest.raises(ValueError, match=error):
+        check_resume(parse_config(_config(run_id="r")), str(url))
+
+
 @pytest.mark.parametrize("override, expected", [
     ("run_id=007", "007"), ("run_id=2026-01-01", "2026-01-01"), ("run_id=yes", "yes"),
     ("storage.root=/x/a #b", "/x/a #b"),

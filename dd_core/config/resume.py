@@ -53,7 +53,11 @@ def check_resume(config: RunConfig, url: str, options: Mapping[str, Any] | None 
     """Refuse to resume the run recorded at ``url`` with other result settings (nothing recorded: fine)."""
     if not exists(url, options):
         return
-    changed = _differences(read_json(url, options), result_settings(config))
+    recorded = read_json(url, options)  # not JSON: a ValueError naming the file
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{url}: the run's recorded settings must be a JSON object, not "
+                         f"{type(recorded).__name__}; restore the file or start a new run id")
+    changed = _differences(recorded, result_settings(config))
     if changed:
         raise ValueError(f"{url}: run {config.run_id} was started with other settings ({'; '.join(changed[:6])}); "
                          f"resume it with those, or start a new run id")

@@ -5,17 +5,21 @@ Each test starts the CLI in a process of its own, as a user would, and stops it 
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
-from flows.interrupts import resume_command
+from dd_core.stopping import clear_stop, stop_reason
+from flows.interrupts import Interrupted, resume_command, stop_on_signals
 from tests.flows.conftest import local_config, make_sets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,6 +101,37 @@ def _resume(err: str, tmp_path: Path, api_url: str | None = None) -> subprocess.
 def test_the_resume_command_repeats_the_overrides_with_this_run_id():
     assert resume_command("my run.yaml", ["teacher.iterations=5", "run_id=old"], "20261130-1") == \
         "omnidistill run 'my run.yaml' --set teacher.iterations=5 --set run_id=20261130-1"
+
+
+class _SignalInside(logging.Handler):
+    """A log handler that is sent SIGTERM while it writes (as a fork inside a log call would be)."""
+
+    finished = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        self.finished = True
+
+
+def test_a_signal_inside_a_log_call_is_raised_after_it_and_logging_stays_usable():
+    logger, handler = logging.getLogger("omnidistill.tests.signal"), _SignalInside()
+    logger.addHandler(handler)
+    logger.propagate = False
+    started = time.monotonic()
+    try:
+        with pytest.raises(Interrupted, match="interrupted by SIGTERM"), stop_on_signals():
+            logger.warning("a line")
+            assert stop_reason() == "SIGTERM received"  # the loops are told at once; the raise waits
+            time.sleep(10)  # the signal, delivered again, lands here
+    finally:
+        logger.removeHandler(handler)
+        clear_stop()
+    assert handler.finished and time.monotonic() - started < 2
+    other = threading.Thread(target=logging.getLogger("omnidistill.tests.other").warning, args=("after",))
+    other.start()
+    other.join(timeout=5)
+    assert not other.is_alive()  # no lock of the logging module was left held
 
 
 def test_ctrl_c_while_labeling_stops_within_seconds_and_the_run_resumes(tmp_path):

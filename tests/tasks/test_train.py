@@ -82,3 +82,30 @@ def test_several_processes_train_through_torchrun_and_rank_0_reports(tiny_coco, 
         lines = _log_lines(client, state.state_details.flow_run_id, "student round 2: iteration",
                            "student round 2: iteration 4/")
     assert lines and lines[-1].startswith("student round 2: iteration 4/4 (100.0%)")
+
+
+def test_training_goes_on_when_its_progress_artifact_can_no_longer_be_updated(prefect_harness):
+    from dd_core.train.progress import Progress, ReportPacing
+    from tasks.progress import TrainingProgress
+
+    def at(iteration: int) -> Progress:
+        return Progress(iteration=iteration, total=4, losses={"loss": 1.0}, lr=0.01, seconds_per_iteration=0.1)
+
+    @flow
+    def teach() -> list[bool]:
+        report = TrainingProgress("teacher", ReportPacing(log_every=1e9, update_every=0.0))
+        report(at(1))
+        with get_client(sync_client=True) as client:
+            client.delete_artifact(report.artifact.artifact)  # the next update is refused: 404
+        shown = [report.artifact.shown]
+        for iteration in (2, 3, 4):
+            report(at(iteration))  # does not raise
+            shown.append(report.artifact.shown)
+        return shown
+
+    state = teach(return_state=True)
+    assert state.result() == [True, False, False, False]
+    with get_client(sync_client=True) as client:
+        lines = _log_lines(client, state.state_details.flow_run_id, "teacher-training: no", "teacher-training: no")
+    assert len(lines) == 1 and lines[0].startswith(
+        "teacher-training: no longer updated (PrefectHTTPStatusError: Client error '404 Not Found'")
