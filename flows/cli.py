@@ -15,6 +15,7 @@ import traceback
 from typing import Any, Callable, Sequence
 
 from dd_core.stopping import clear_stop
+from flows.interrupts import ctrl_c_noted, interruption
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -226,11 +227,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     clear_stop()  # a command starts afresh, whatever stopped before it in this process
     try:
-        return func(args)
+        with ctrl_c_noted():
+            return func(args)
     except KeyboardInterrupt:  # Ctrl-C outside a run (a run handles its own: flows.run.run_and_report)
         print(f"omnidistill {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        if (found := interruption(exc)) is not None:  # an error a library made of the Ctrl-C
+            print(f"omnidistill {args.command}: {found[1]}", file=sys.stderr)
+            return found[0]
         if args.verbose:
             traceback.print_exc()
         hint = "" if args.verbose else " (--verbose shows the traceback)"

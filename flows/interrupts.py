@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from types import FrameType
 
-from dd_core.stopping import request_stop
+from dd_core.stopping import request_stop, stop_reason
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Raising inside the logging module can leave its module lock held (``_releaseLock`` runs after every
@@ -64,7 +64,7 @@ def stop_on_signals() -> Iterator[None]:
 
     def handle(signum: int, frame: FrameType | None) -> None:
         nonlocal deferrals
-        request_stop(f"{signal.Signals(signum).name} received")
+        request_stop(_received(signum))
         if _in_deferred_code(frame) and deferrals < MAX_DEFERRALS:
             deferrals += 1
             threading.Timer(REDELIVER_AFTER, os.kill, (os.getpid(), signum)).start()
@@ -79,23 +79,67 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def is_interruption(exc: BaseException) -> int | None:
-    """The exit code of an exception that means "the process was told to stop" (ours or Prefect's), else None."""
+def signal_received() -> int | None:
+    """The signal (SIGINT or SIGTERM) that asked this process to stop, if one did."""
+    reason = stop_reason()
+    return next((s for s in SIGNALS if reason == _received(s)), None)
+
+
+def _received(signum: int) -> str:
+    return f"{signal.Signals(signum).name} received"
+
+
+def interruption(exc: BaseException) -> tuple[int, str] | None:
+    """(exit code, why) when ``exc`` ended a command that a signal told to stop, else None.
+
+    Besides our :class:`Interrupted`, KeyboardInterrupt and Prefect's TerminationSignal, this is any
+    error raised after a signal: libraries wrap what a signal raised inside them in errors of their
+    own (pydantic reports ``Error calling function `_ser_model`: KeyboardInterrupt``).
+    """
     if isinstance(exc, Interrupted):
-        return exc.exit_code
+        return exc.exit_code, str(exc)
     if isinstance(exc, KeyboardInterrupt):
-        return 130
+        return 130, "interrupted by SIGINT"
     from prefect.exceptions import TerminationSignal
 
-    if isinstance(exc, TerminationSignal):
-        return 128 + exc.signal
-    return None
+    signum = exc.signal if isinstance(exc, TerminationSignal) else signal_received()
+    return None if signum is None else (128 + signum, f"interrupted by {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def ctrl_c_noted() -> Iterator[None]:
+    """Within: Ctrl-C raises KeyboardInterrupt as by default, and is noted (:func:`signal_received`),
+    so that an error a library wraps it in still reads as an interruption. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        request_stop(_received(signum))
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# Values that may hold credentials: the resume line names the setting, not its value.
+SECRET_SETTINGS = ("storage.options",)
 
 
 def resume_command(config: str, overrides: Sequence[str], run_id: str) -> str:
-    """The command that resumes run ``run_id`` of ``config`` (the same ``--set`` values, this run id)."""
-    sets = [o for o in overrides if not o.strip().startswith("run_id=")] + [f"run_id={run_id}"]
+    """The command that resumes run ``run_id`` of ``config`` (the same ``--set`` values, this run id;
+    storage options, which may hold credentials, shown as ``<hidden>``)."""
+    sets = [_hidden(o) for o in overrides if not o.strip().startswith("run_id=")] + [f"run_id={run_id}"]
     return shlex.join(["omnidistill", "run", config, *[part for o in sets for part in ("--set", o)]])
+
+
+def _hidden(override: str) -> str:
+    key = override.split("=", 1)[0].strip()
+    secret = any(key == name or key.startswith(name + ".") for name in SECRET_SETTINGS)
+    return f"{key}=<hidden>" if secret and "=" in override else override
 
 
 class CancelWatch:

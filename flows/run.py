@@ -51,7 +51,7 @@ def run_and_report(config: RunConfig, config_path: str, overrides: Sequence[str]
     """
     from prefect.exceptions import CancelledRun
 
-    from flows.interrupts import is_interruption, resume_command, stop_on_signals
+    from flows.interrupts import interruption, resume_command, stop_on_signals
     from flows.server import prefect_api
 
     resume = resume_command(config_path, overrides, config.run_id)
@@ -66,11 +66,11 @@ def run_and_report(config: RunConfig, config_path: str, overrides: Sequence[str]
         print(f"omnidistill: run {config.run_id} was cancelled; resume it with: {resume}", file=sys.stderr)
         return 1
     except BaseException as exc:
-        code = is_interruption(exc)
-        if code is None:
+        found = interruption(exc)
+        if found is None:
             raise
-        print(f"omnidistill: run {config.run_id} stopped ({exc}); resume it with: {resume}", file=sys.stderr)
-        return code
+        print(f"omnidistill: run {config.run_id} stopped ({found[1]}); resume it with: {resume}", file=sys.stderr)
+        return found[0]
     print_summary(result, ui)
     return 0
 

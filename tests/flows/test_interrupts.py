@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel, model_serializer
+from pydantic_core import PydanticSerializationError
 
 from dd_core.stopping import clear_stop, stop_reason
-from flows.interrupts import Interrupted, resume_command, stop_on_signals
+from flows.interrupts import Interrupted, ctrl_c_noted, interruption, resume_command, stop_on_signals
 from tests.flows.conftest import local_config, make_sets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,6 +103,37 @@ def _resume(err: str, tmp_path: Path, api_url: str | None = None) -> subprocess.
 def test_the_resume_command_repeats_the_overrides_with_this_run_id():
     assert resume_command("my run.yaml", ["teacher.iterations=5", "run_id=old"], "20261130-1") == \
         "omnidistill run 'my run.yaml' --set teacher.iterations=5 --set run_id=20261130-1"
+
+
+def test_the_resume_command_hides_storage_options_which_may_hold_credentials():
+    overrides = ["storage.root=s3://b/r", "storage.options.key=AKIA123", " storage.options={'secret': 's'}",
+                 "storage.optionsx=1"]
+    assert resume_command("c.yaml", overrides, "r") == (
+        "omnidistill run c.yaml --set storage.root=s3://b/r --set 'storage.options.key=<hidden>' "
+        "--set 'storage.options=<hidden>' --set storage.optionsx=1 --set run_id=r")
+
+
+class _CtrlCInside(BaseModel):
+    """A model whose serializer gets Ctrl-C: pydantic turns the KeyboardInterrupt into an error of its own."""
+
+    x: int = 1
+
+    @model_serializer(mode="wrap")
+    def _ser_model(self, handler):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        return handler(self)
+
+
+def test_an_error_a_library_makes_of_a_ctrl_c_still_reads_as_the_interruption():
+    try:
+        with ctrl_c_noted(), pytest.raises(PydanticSerializationError, match="KeyboardInterrupt") as wrapped:
+            _CtrlCInside().model_dump()
+        assert interruption(wrapped.value) == (130, "interrupted by SIGINT")
+    finally:
+        clear_stop()
+    assert interruption(wrapped.value) is None  # the same error without a signal is an error
+    assert interruption(Interrupted(signal.SIGTERM)) == (143, "interrupted by SIGTERM")
 
 
 class _SignalInside(logging.Handler):
