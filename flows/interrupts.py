@@ -125,6 +125,20 @@ def ctrl_c_noted() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+# multiprocessing's resource tracker (a Dask local cluster starts one) reports, as it exits after
+# us, the semaphores of worker processes a signal ended; it cleans them up either way. The report
+# would come after a stopped run's last line.
+TRACKER_WARNING = "ignore:resource_tracker:UserWarning"
+
+
+def quiet_resource_tracker() -> None:
+    """Keep the resource tracker's leak report off the console (set before it starts: it reads the
+    environment of the process that starts it)."""
+    filters = [f for f in os.environ.get("PYTHONWARNINGS", "").split(",") if f]
+    if TRACKER_WARNING not in filters:
+        os.environ["PYTHONWARNINGS"] = ",".join([*filters, TRACKER_WARNING])
+
+
 # Values that may hold credentials: the resume line names the setting, not its value.
 SECRET_SETTINGS = ("storage.options",)
 

@@ -51,10 +51,11 @@ def run_and_report(config: RunConfig, config_path: str, overrides: Sequence[str]
     """
     from prefect.exceptions import CancelledRun
 
-    from flows.interrupts import interruption, resume_command, stop_on_signals
+    from flows.interrupts import interruption, quiet_resource_tracker, resume_command, stop_on_signals
     from flows.server import prefect_api
 
     resume = resume_command(config_path, overrides, config.run_id)
+    quiet_resource_tracker()
     if not verbose:
         console_without_tracebacks()
     try:

@@ -113,6 +113,28 @@ def test_the_resume_command_hides_storage_options_which_may_hold_credentials():
         "--set 'storage.options=<hidden>' --set storage.optionsx=1 --set run_id=r")
 
 
+LEAK_A_SEMAPHORE = """
+import multiprocessing, os, sys
+if sys.argv[1] == "quiet":
+    from flows.interrupts import quiet_resource_tracker
+    quiet_resource_tracker()
+lock = multiprocessing.get_context("spawn").Lock()  # starts the resource tracker
+os._exit(0)  # as a worker a signal ended: the lock is never released
+"""
+
+
+@pytest.mark.parametrize("mode", ["quiet", "default"])
+def test_the_resource_trackers_leak_report_stays_off_the_console(mode):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PYTHONWARNINGS", None)
+    done = subprocess.run([sys.executable, "-c", LEAK_A_SEMAPHORE, mode], env=env, capture_output=True, text=True,
+                          timeout=60)  # waits for the tracker too: it writes to the same stderr
+    if mode == "quiet":
+        assert done.stderr == ""
+    else:  # what the run printed after its last line before
+        assert "resource_tracker: There appear to be 1 leaked semaphore objects" in done.stderr
+
+
 class _CtrlCInside(BaseModel):
     """A model whose serializer gets Ctrl-C: pydantic turns the KeyboardInterrupt into an error of its own."""
 
