@@ -38,6 +38,8 @@ from tasks.report import write_report
 from tasks.select import select_pseudo
 from tasks.train import train_model
 
+PROGRESS_EVERY = 5.0  # seconds between updates of the labeling progress artifact (one API call each)
+
 
 def _wait_with_progress(futures: list[PrefectFuture], shards_per_future: list[int]) -> list[Any]:
     """Results in completion order, with a progress artifact counting labeled shards.
@@ -45,7 +47,7 @@ def _wait_with_progress(futures: list[PrefectFuture], shards_per_future: list[in
     Leaving early (a failed shard, Ctrl-C, SIGTERM) asks the other shard threads to stop, so
     the task runner does not wait for each to finish its shard.
     """
-    progress = ProgressArtifact("inference-progress", "Unlabeled shards labeled")
+    progress = ProgressArtifact("inference-progress", "Unlabeled shards labeled", every=PROGRESS_EVERY)
     progress.show(0.0)
     weight = {future.task_run_id: n for future, n in zip(futures, shards_per_future)}
     total, done, results = sum(shards_per_future), 0, []

@@ -1,11 +1,14 @@
-"""The teachers this process holds: one :class:`~dd_core.pseudo.teacher.TeacherCache` per process.
+"""The teachers and shard plans this process holds: one :class:`~dd_core.pseudo.teacher.TeacherCache`
+and one :class:`~dd_core.data.unlabeled.PlanCache` per process.
 
-The shard tasks a process runs share it: the threads of the flow's own process, a Dask worker's,
-a deployment worker's. Tasks reach it through this module (never a copy of it): a task function
-sent to a Dask worker travels by value, but a module travels by name, so on the worker it is the
-worker's own cache.
+The shard tasks a process runs share them: the threads of the flow's own process, a Dask worker's,
+a deployment worker's. Tasks reach them through this module (never a copy of it): a task function
+sent to a Dask worker travels by value, but a module travels by name, so on the worker they are the
+worker's own caches.
 """
 
+from dd_core.data.unlabeled import PlanCache
 from dd_core.pseudo.teacher import TeacherCache
 
 TEACHERS = TeacherCache()
+PLANS = PlanCache()

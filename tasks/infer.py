@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from contextlib import AbstractContextManager
 from typing import Any
 
 from prefect import task
@@ -28,12 +30,38 @@ def fingerprint_teacher(checkpoint: str, tta: MultiTransformSettings, options: d
     return checkpoint_fingerprint(checkpoint, tta, options)
 
 
-@task(name="infer shard", task_run_name="infer shard-{index:05d}", tags=["gpu"], retries=3,
-      retry_delay_seconds=[2, 5, 15], retry_jitter_factor=0.5, **TASK_DEFAULTS)
+GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu N`: at most N training, evaluation or shard tasks at once
+
+
+def gpu_slot() -> AbstractContextManager[Any]:
+    """A slot of the ``gpu`` tag concurrency limit, for this task run, held while a shard is computed.
+
+    ``infer shard`` takes it itself, once its shard is found not done, rather than carry the tag:
+    the task engine takes a tag's slot before the task starts (Prefect issue 23182), so a resume
+    of 2,000 finished shards queued 2,000 times for a slot (one acquisition at a time per process,
+    each waiting for a running shard to free the slot) only to find its shard done. The same name,
+    holder and lease as the engine's: `prefect concurrency-limit inspect gpu` lists these task runs.
+    """
+    # Prefect's private context manager, the task engine's own: the public one logs a warning for
+    # each shard when no "gpu" limit exists (the usual case on one machine).
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.concurrency._sync import concurrency
+    from prefect.context import TaskRunContext
+
+    context = TaskRunContext.get()
+    if context is None:  # called as a plain function (``infer_shard.fn``): no Prefect run to limit
+        return contextlib.nullcontext()
+    return concurrency([f"tag:{GPU_TAG}"], occupy=1, lease_duration=60, suppress_warnings=True,
+                       holder=ConcurrencyLeaseHolder(type="task_run", id=context.task_run.id))
+
+
+@task(name="infer shard", task_run_name="infer shard-{index:05d}", retries=3, retry_delay_seconds=[2, 5, 15],
+      retry_jitter_factor=0.5, **TASK_DEFAULTS)
 def infer_shard(job: ShardJob, index: int, options: dict[str, Any]) -> dict[str, Any]:
-    """Multi-transform inference + ensembling on one shard -> Parquet (skipped if already done)."""
-    return pseudo_label_planned_shard(job, index, cache=cache.TEACHERS, device=resolve_device(job.device),
-                                      options=options).to_dict()
+    """Multi-transform inference + ensembling on one shard -> Parquet (skipped if already done, without a
+    ``gpu`` slot: see :func:`gpu_slot`)."""
+    return pseudo_label_planned_shard(job, index, cache=cache.TEACHERS, plans=cache.PLANS, hold=gpu_slot,
+                                      device=resolve_device(job.device), options=options).to_dict()
 
 
 @task(name="collect shards", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -18,18 +20,29 @@ def progress_key(role: str) -> str:
 class ProgressArtifact:
     """A Prefect progress artifact (percent done), created at the first :meth:`show`.
 
+    Each update is an API call: with ``every`` seconds, updates closer than that to the last one
+    are left out (never the first, nor 100%), so 2,000 shards done in a minute cost a dozen calls,
+    not 2,000.
+
     The artifact is a picture, not a result: when the API refuses an update (gone, restarting,
     the artifact deleted) one warning says so and the work goes on without it.
     """
 
-    def __init__(self, key: str, description: str) -> None:
+    def __init__(self, key: str, description: str, every: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.key, self.description = key, description
+        self.every, self.clock = every, clock
         self.artifact = None
         self.shown = True  # False once an update failed
+        self._last: float | None = None  # when the artifact was last created or updated
 
     def show(self, percent: float) -> None:
         if not self.shown:
             return
+        now = self.clock()
+        if self._last is not None and percent < 100.0 and now - self._last < self.every:
+            return
+        self._last = now
         try:
             if self.artifact is None:
                 self.artifact = create_progress_artifact(percent, key=self.key, description=self.description)

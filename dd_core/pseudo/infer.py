@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dd_core.data.unlabeled import Shard, UnlabeledImage, read_plan
+from dd_core.data.unlabeled import PlanCache, Shard, UnlabeledImage, read_plan
 from dd_core.pseudo.columns import ShardColumns, check_image_id, outputs_to_host
 from dd_core.pseudo.fingerprint import shard_fingerprint
 from dd_core.pseudo.reading import read_batch
@@ -179,12 +179,15 @@ def _pseudo_label_batch(teacher: Teacher, batch: list[UnlabeledImage], root: str
 @torch.inference_mode()
 def pseudo_label_shard(shard: Shard, root: str, out_dir: str, fingerprint: str, load_teacher: Callable[[], Teacher],
                        *, options: Mapping[str, Any] | None = None, device: str = "cpu", batch_size: int = 4,
-                       progress: bool = False, clock: StageClock | None = None) -> ShardSummary:
+                       progress: bool = False, clock: StageClock | None = None,
+                       hold: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+                       ) -> ShardSummary:
     """Multi-transform inference on every image of ``shard``, written to :func:`shard_url`.
 
     ``fingerprint`` is the teacher's (:func:`~dd_core.pseudo.fingerprint.checkpoint_fingerprint`);
-    ``load_teacher`` is called only when the shard must be computed. Images that cannot be
-    pseudo-labeled are listed in the shard's ``rejected`` (see the module docstring).
+    ``load_teacher`` is called only when the shard must be computed, and ``hold()`` (a GPU
+    concurrency slot, say) is held only then: a finished shard returns without it. Images that
+    cannot be pseudo-labeled are listed in the shard's ``rejected`` (see the module docstring).
     """
     url = shard_url(out_dir, shard)
     expected = shard_fingerprint(fingerprint, root, shard)
@@ -193,7 +196,15 @@ def pseudo_label_shard(shard: Shard, root: str, out_dir: str, fingerprint: str, 
         return _finished(shard, url, found)
     for image in shard.images:
         check_image_id(image)
-    teacher = load_teacher()
+    with hold():
+        return _compute_shard(shard, root, url, expected, load_teacher(), options=options, device=device,
+                              batch_size=batch_size, progress=progress, clock=clock)
+
+
+def _compute_shard(shard: Shard, root: str, url: str, expected: str, teacher: Teacher, *,
+                   options: Mapping[str, Any] | None, device: str, batch_size: int, progress: bool,
+                   clock: StageClock | None) -> ShardSummary:
+    """Every image of ``shard`` pseudo-labeled by ``teacher`` and written to ``url``."""
     teacher.model.to(device).eval()
     columns, outcome = ShardColumns(teacher.label_to_category), ShardOutcome()
     batches = [shard.images[i:i + batch_size] for i in range(0, len(shard.images), batch_size)]
@@ -207,8 +218,9 @@ def pseudo_label_shard(shard: Shard, root: str, out_dir: str, fingerprint: str, 
     return ShardSummary(shard.name, url, len(outcome.done), table.num_rows, len(outcome.rejected), False)
 
 
-def _planned(plan_url: str, index: int, options: Mapping[str, Any] | None) -> tuple[str, Shard]:
-    root, shards = read_plan(plan_url, options)
+def _planned(plan_url: str, index: int, options: Mapping[str, Any] | None,
+             plans: PlanCache | None) -> tuple[str, Shard]:
+    root, shards = plans.read(plan_url, options) if plans is not None else read_plan(plan_url, options)
     if not 0 <= index < len(shards):
         raise IndexError(f"{plan_url}: no shard {index} (the plan has {len(shards)})")
     return root, shards[index]
@@ -238,13 +250,17 @@ class ShardJob:
 
 
 def pseudo_label_planned_shard(job: ShardJob, index: int, *, cache: TeacherCache, device: str,
-                               options: Mapping[str, Any] | None = None, progress: bool = False) -> ShardSummary:
+                               options: Mapping[str, Any] | None = None, progress: bool = False,
+                               plans: PlanCache | None = None,
+                               hold: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+                               ) -> ShardSummary:
     """Pseudo-label shard ``index`` of the job's plan on ``device`` (what one shard task does); the
-    teacher is loaded once into ``cache`` and shared with the next shards."""
-    root, shard = _planned(job.plan_url, index, options)
+    teacher is loaded once into ``cache`` and shared with the next shards, the plan read once into
+    ``plans`` (or read each time without it). ``hold`` as in :func:`pseudo_label_shard`."""
+    root, shard = _planned(job.plan_url, index, options, plans)
     load = lambda: cache.get(job.fingerprint, lambda: teacher_from_checkpoint(job.checkpoint, job.tta, options))  # noqa: E731
     return pseudo_label_shard(shard, root, job.out_dir, job.fingerprint, load, options=options, device=device,
-                              batch_size=job.batch_size, progress=progress)
+                              batch_size=job.batch_size, progress=progress, hold=hold)
 
 
 def finished_shards(plan_url: str, out_dir: str, fingerprint: str, options: Mapping[str, Any] | None = None,

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dd_core.data.coco import load_coco
+from dd_core.data.unlabeled import PlanCache
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint
 from dd_core.pseudo.infer import ShardJob, pseudo_label_planned_shard
 from dd_core.pseudo.manifest import write_manifest
@@ -47,9 +48,9 @@ def pseudo_label_images(checkpoint: str, images: str, out: str, tta: MultiTransf
     planned = plan(images, plan_url, shard_size, root=root, options=options)
     job = ShardJob(checkpoint, plan_url, predictions_dir, tta, checkpoint_fingerprint(checkpoint, tta, options),
                    device, batch_size)
-    cache = TeacherCache()
-    summaries = [pseudo_label_planned_shard(job, i, cache=cache, device=device, options=options,
-                                            progress=progress).to_dict() for i in range(planned.num_shards)]
+    cache, plans = TeacherCache(), PlanCache()
+    summaries = [pseudo_label_planned_shard(job, i, cache=cache, device=device, options=options, progress=progress,
+                                            plans=plans).to_dict() for i in range(planned.num_shards)]
     cache.clear()
     write_manifest(join(predictions_dir, MANIFEST), summaries, job.fingerprint, options)
     calibration = load_coco(labeled, labeled_images or "", options).to_dict() if labeled else None

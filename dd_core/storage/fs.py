@@ -143,6 +143,27 @@ def read_bytes(url: str, options: Options = None, max_bytes: int | None = None) 
         raise FileNotFoundError(f"{url}: no such file") from exc
 
 
+@reachable
+def version(url: str, options: Options = None) -> tuple[Any, ...] | None:
+    """What changes whenever the object at ``url`` is rewritten, from its metadata alone (a stat, an S3
+    HEAD): locally (size, mtime in ns, inode), since an atomic write renames a new file over the old
+    one; on S3 (size, ETag, last modified). None when the storage tells nothing that would change.
+    ``FileNotFoundError`` names the URL when it is missing."""
+    fs, path = filesystem(url, options)
+    try:
+        if _is_local(fs):
+            info = os.stat(path)
+            return ("file", info.st_size, info.st_mtime_ns, info.st_ino)
+        meta = fs.info(path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{url}: no such file") from exc
+    tag = meta.get("ETag") or meta.get("etag")
+    modified = meta.get("LastModified") or meta.get("mtime")
+    if tag is None and modified is None:
+        return None
+    return (fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0], meta.get("size"), tag, str(modified))
+
+
 def _regular_file_size(url: str, path: str) -> int:
     info = os.stat(path)  # follows symlinks: a link to /dev/zero is not a regular file
     if stat.S_ISDIR(info.st_mode):

@@ -1,7 +1,8 @@
 import pytest
 
+from dd_core.data import unlabeled as unlabeled_module
 from dd_core.data.coco import CocoFormatError
-from dd_core.data.unlabeled import list_unlabeled, plan_shards, read_plan, write_plan
+from dd_core.data.unlabeled import PlanCache, list_unlabeled, plan_shards, read_plan, write_plan
 from dd_core.storage import join, write_bytes_atomic, write_json_atomic
 
 
@@ -70,6 +71,26 @@ def test_plan_roundtrip_on_s3(s3):
     assert write_plan(found, 2, join(bucket, "plan.json"), options) == 2
     root, shards = read_plan(join(bucket, "plan.json"), options)
     assert root == found.root and [im.file_name for im in shards[1].images] == ["c.png"]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_plan_cache_reads_a_plan_once_and_a_rewritten_plan_again(where, tmp_path, request, monkeypatch):
+    root, options = request.getfixturevalue("s3") if where == "s3" else (str(tmp_path), None)
+    reads = []
+    monkeypatch.setattr(unlabeled_module, "read_plan", lambda url, opts=None: reads.append(url) or read_plan(url, opts))
+    images = unlabeled_module.UnlabeledSet(join(root, "pile"), [unlabeled_module.UnlabeledImage(i, f"{i}.png")
+                                                                 for i in range(1, 6)])
+    url, cache = join(root, "inference", "_plan.json"), PlanCache()
+    write_plan(images, 2, url, options)
+    plans = [cache.read(url, options) for _ in range(10)]  # ten shard tasks
+    assert len(reads) == 1 and all(p is plans[0] for p in plans)
+    assert [len(s.images) for s in plans[0][1]] == [2, 2, 1]
+    write_plan(images, 4, url, options)  # a re-plan rewrites the same URL
+    root_again, shards = cache.read(url, options)
+    assert len(reads) == 2 and root_again == images.root and [len(s.images) for s in shards] == [4, 1]
+    assert cache.read(url, options)[1] == shards and len(reads) == 2
+    with pytest.raises(FileNotFoundError, match="nothing.json: no such file"):
+        cache.read(join(root, "nothing.json"), options)
 
 
 # --- property: any list entry is refused naming its line, or stays inside the image root ---------

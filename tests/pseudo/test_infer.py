@@ -1,3 +1,4 @@
+import contextlib
 import json
 import math
 import os
@@ -103,6 +104,42 @@ def test_finished_shards_reads_summaries_from_footers_and_names_every_missing_sh
     os.remove(labeled[1].url)
     with pytest.raises(ShardError, match=r"1 shard\(s\) missing .*shard-00001\.parquet"):
         finished_shards(plan, out, fp)
+
+
+def test_shard_tasks_read_their_plan_once_and_a_re_plan_again(tmp_path, monkeypatch):
+    from dd_core.data import unlabeled as unlabeled_module
+    from dd_core.data.unlabeled import PlanCache, read_plan
+    from dd_core.pseudo.infer import pseudo_label_planned_shard
+    from dd_core.pseudo.teacher import TeacherCache
+
+    _, ckpt, unlabeled = setup_pile(tmp_path, n=4)
+    plan, out = str(tmp_path / "inf" / "_plan.json"), str(tmp_path / "inf")
+    reads = []
+    monkeypatch.setattr(unlabeled_module, "read_plan", lambda url, opts=None: reads.append(url) or read_plan(url, opts))
+    job = ShardJob(ckpt, plan, out, TTA, checkpoint_fingerprint(ckpt, TTA))
+    teachers, plans = TeacherCache(), PlanCache()
+    label = lambda i: pseudo_label_planned_shard(job, i, cache=teachers, device="cpu", plans=plans)  # noqa: E731
+    write_plan(unlabeled, 1, plan)
+    assert [label(i).num_images for i in range(4)] == [1, 1, 1, 1] and reads == [plan]
+    write_plan(unlabeled, 3, plan)  # the next run re-plans: shards of 3
+    assert [label(i).num_images for i in range(2)] == [3, 1] and reads == [plan, plan]
+
+
+def test_a_finished_shard_returns_without_taking_what_hold_guards(tmp_path):
+    _, ckpt, unlabeled = setup_pile(tmp_path, n=2)
+    fp, held = checkpoint_fingerprint(ckpt, TTA), []
+
+    @contextlib.contextmanager
+    def hold():
+        held.append("taken")
+        yield
+        held.append("released")
+
+    shard = plan_shards(unlabeled.images, 8)[0]
+    label = lambda: pseudo_label_shard(shard, unlabeled.root, str(tmp_path / "inf"), fp,  # noqa: E731
+                                       lambda: teacher_from_checkpoint(ckpt, TTA), hold=hold)
+    assert not label().skipped and held == ["taken", "released"]
+    assert label().skipped and held == ["taken", "released"]  # done: neither the slot nor the model
 
 
 # --- hardening: one odd image is rejected, never fails its shard ---------------------------------
