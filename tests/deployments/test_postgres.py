@@ -97,3 +97,49 @@ def test_docker_compose_runs_what_the_tests_run():
         version = None
     if version and version.isdigit():  # the image runs the major version the tests ran
         assert db["image"].split(":")[1].split("-")[0] == version
+
+
+def _servers_on(data: Path) -> list[int]:
+    """Pids of processes whose command line names the PostgreSQL data folder ``data``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(data) in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_sigterm_stops_both_servers_and_a_folder_that_exists_keeps_its_permissions():
+    try:
+        find_server_binaries()
+    except PostgresUnavailable as e:
+        pytest.skip(str(e))
+    top = Path(tempfile.mkdtemp(prefix="omnidistill-pg-test-"))  # pytest's tmp_path is not searchable by others
+    os.chmod(top, 0o755)
+    folder = top / "shared like tmp"
+    folder.mkdir()
+    os.chmod(folder, 0o1777)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "deployments.local_postgres", str(folder)], env=env,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = process.stderr.readline()
+        assert "Prefect UI and API on PostgreSQL: http://127.0.0.1:" in line, line
+        assert _servers_on(folder / "postgres" / "data")
+        process.terminate()
+        assert process.wait(timeout=60) == 0
+        assert _servers_on(folder / "postgres" / "data") == []  # PostgreSQL, a daemon, was stopped too
+        assert oct(folder.stat().st_mode & 0o7777) == oct(0o1777)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_folder_pg_ctl_would_expand_in_its_shell_is_refused(tmp_path):
+    with pytest.raises(PostgresUnavailable, match=r"may hold letters, digits, spaces and ._\+,:@%=- only"):
+        with postgres_server(tmp_path / "inj$(id>PWNED)"):
+            pass
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "inj$(id>PWNED)").exists()
