@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from typing import Any, Callable, Sequence
@@ -244,5 +245,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
 
+# After a command, the interpreter's exit waits on the libraries' exit hooks: Prefect drains its log
+# and event queues to the API with no timeout, so a server gone for good kept a failed run's process
+# alive forever after its last line. The console script gives them this long.
+EXIT_GRACE = 30.0
+
+
+def exit_within(code: int, seconds: float) -> None:
+    """End the process with ``code`` after ``seconds`` if the normal exit has not by then."""
+    def force() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True  # the normal exit does not wait for it
+    timer.start()
+
+
+def entry() -> None:
+    """The ``omnidistill`` console script: :func:`main`, and an exit within :data:`EXIT_GRACE` seconds."""
+    code = main()
+    exit_within(code, EXIT_GRACE)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -225,6 +225,23 @@ def test_any_run_id_is_refused_or_names_exactly_one_plain_folder(run_id):
     assert run_id not in (".", "..") and not set(run_id) & set("*?[]{}!/:\\ \x00\n~$%")
 
 
+def test_a_labeled_set_of_crowd_regions_only_is_refused_before_a_run_unless_kept(tmp_path):
+    from dd_core.config import check_run_inputs
+    from dd_core.storage import read_json, write_json_atomic
+    from tests.flows.conftest import local_config, make_sets
+
+    make_sets(tmp_path, (2, 1, 1))
+    coco = read_json(str(tmp_path / "labeled/annotations.json"))
+    for ann in coco["annotations"]:
+        ann["iscrowd"] = 1
+    write_json_atomic(str(tmp_path / "labeled/annotations.json"), coco)
+    with pytest.raises(ValueError, match=r"labeled/annotations.json: every one of its 2 images is left out of training "
+                                         r"\(images with fewer than 1 visible keypoint\(s\) on instances to train on "
+                                         r"left out; crowd regions and tiny boxes are not such instances\)"):
+        check_run_inputs(local_config(tmp_path))
+    assert check_run_inputs(local_config(tmp_path, training_images={"keep_empty": True}))["labeled"] == 2
+
+
 def test_labeled_images_too_thin_for_the_training_scales_are_refused_before_a_run(tmp_path):
     from dd_core.config import check_run_inputs
     from dd_core.storage import read_json, write_json_atomic

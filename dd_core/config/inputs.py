@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 
+from dd_core.config.adapters import training_image_filter
 from dd_core.config.resume import check_resume
 from dd_core.config.schema import LabeledConfig, ModelConfig, RunConfig, UnlabeledConfig
 from dd_core.data.coco import MIN_BOX_SIDE, CocoData, CocoFormatError, check_compatible, load_coco
+from dd_core.data.filtering import check_labeled_for_training
 from dd_core.data.images import IMAGE_SUFFIXES
 from dd_core.data.transforms import vanishing_scale
 from dd_core.data.unlabeled import has_image, is_listing, list_unlabeled
@@ -41,6 +43,7 @@ def check_run_inputs(config: RunConfig) -> dict[str, int]:
     check_compatible(labeled, labeled.categories, config.task, reference)
     counts = {"labeled": len(labeled.images)}
     _warn_untrainable(labeled)
+    check_labeled_for_training(labeled, training_image_filter(config))  # all background: now, not at training
     _check_image_sizes(labeled, config.model)
     for name in ("val", "upper_bound"):
         source = getattr(config, name)

@@ -40,8 +40,9 @@ class TrainingImageFilter:
         if self.keep_empty:
             return "every image kept"
         if keypoints and self.min_visible_keypoints:
-            return f"images with fewer than {self.min_visible_keypoints} visible keypoint(s) left out"
-        return "images without an instance left out"
+            return (f"images with fewer than {self.min_visible_keypoints} visible keypoint(s) on instances to train "
+                    "on left out; crowd regions and tiny boxes are not such instances")
+        return "images without an instance to train on left out; crowd regions and tiny boxes are not such instances"
 
     def keeps(self, annotations: Sequence[Mapping[str, Any]], keypoints: bool) -> bool:
         """Whether an image with these annotations is trained on."""
@@ -80,3 +81,13 @@ def filter_for_training(data: CocoData, image_filter: TrainingImageFilter) -> Fi
     ids = {im["id"] for im in kept}
     subset = dataclasses.replace(data, images=kept, annotations=[a for a in data.annotations if a["image_id"] in ids])
     return FilteredSet(subset, len(data.images), len(data.images) - len(kept))
+
+
+def check_labeled_for_training(labeled: CocoData, image_filter: TrainingImageFilter) -> FilteredSet:
+    """The labeled set as trained on; raises ``ValueError`` if the filter leaves none of it."""
+    filtered = filter_for_training(labeled, image_filter)
+    if not filtered.data.images:
+        raise ValueError(f"{labeled.source}: every one of its {len(labeled.images)} images is left out of training "
+                         f"({image_filter.rule(bool(labeled.keypoint_names))}); keep them with "
+                         "training_images.keep_empty")
+    return filtered

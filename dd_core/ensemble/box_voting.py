@@ -87,14 +87,17 @@ def batched_box_voting(
     iou_threshold: float = 0.8,
     scoring: str = "ID",
     beta: float = 1.0,
+    *,
+    chunk: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """``box_voting`` on tensors, every class at once: only detections of a top box's label vote.
 
     As ``torchvision.ops.batched_nms`` does for NMS, ``top_labels`` and ``all_labels`` (integer
     class ids, or both ``None`` for a single class) keep classes apart, so one call replaces a
-    per-class loop. Everything else is ``box_voting``'s contract: same voters, formulas, checks
+    per-class loop; the work is class by class, in chunks of top boxes, so memory grows with one
+    class's detections, not with the square of all of them. Everything else is ``box_voting``'s contract: same voters, formulas, checks
     and dtypes. Works where the inputs are (they must share ``top_boxes``' device) and returns
-    there; computation is in float64.
+    there; computation is in float64. ``chunk``: top boxes voted at a time (0: :data:`VOTE_CHUNK`).
     """
     check_scoring(scoring, beta)
     check_finite("iou_threshold", iou_threshold)
@@ -103,19 +106,18 @@ def batched_box_voting(
     top_s = as_scores("top_scores", top_scores, len(top_b), device)
     all_b = as_boxes("all_boxes", all_boxes, device)
     all_s = as_scores("all_scores", all_scores, len(all_b), device)
-    same_class = _same_class(top_labels, all_labels, len(top_b), len(all_b), device)
+    groups = _class_groups(top_labels, all_labels, len(top_b), len(all_b), device)
     box_dtype, score_dtype = float_dtype(top_boxes), float_dtype(top_scores)
 
-    if len(top_b) == 0 or len(all_b) == 0:  # copies: an output never aliases a caller's tensor
-        return top_b.to(box_dtype, copy=True), top_s.to(score_dtype, copy=True)
-
-    iou = _voting_iou(top_b, all_b)
-    voters = iou >= iou_threshold
-    if same_class is not None:
-        voters &= same_class
-    new_boxes = _voted_boxes(top_b, all_b, all_s, voters)
-    new_scores = _voted_scores(top_s, all_s, iou, voters, scoring, beta)
-    return new_boxes.to(box_dtype), new_scores.to(score_dtype)
+    new_b, new_s = top_b.clone(), top_s.clone()  # copies: an output never aliases a caller's tensor
+    for rows, columns in groups:  # class by class, VOTE_CHUNK top boxes at a time: memory stays bounded
+        voters_b, voters_s = all_b[columns], all_s[columns]
+        for part in rows.split(chunk or VOTE_CHUNK):
+            iou = _voting_iou(top_b[part], voters_b)
+            voters = iou >= iou_threshold
+            new_b[part] = _voted_boxes(top_b[part], voters_b, voters_s, voters)
+            new_s[part] = _voted_scores(top_s[part], voters_s, iou, voters, scoring, beta)
+    return new_b.to(box_dtype), new_s.to(score_dtype)
 
 
 def check_scoring(scoring: str, beta: float) -> None:
@@ -129,17 +131,22 @@ def check_scoring(scoring: str, beta: float) -> None:
         raise ValueError(f"beta is a temperature for scoring 'TEMP_AVG' and must be > 0, got {beta}")
 
 
-def _same_class(
+# Top boxes voted at a time: the IoU and voter matrices are VOTE_CHUNK x (detections of the class),
+# so 20,000 raw detections of one image cost tens of MB, not the square of all of them.
+VOTE_CHUNK = 512
+
+
+def _class_groups(
     top_labels: Tensor | None, all_labels: Tensor | None, n_top: int, n_all: int, device: torch.device
-) -> Tensor | None:
-    """``n_top x n_all`` mask of pairs with the same label; ``None`` when there are no labels."""
+) -> list[tuple[Tensor, Tensor]]:
+    """(top box indices, detection indices) of each class; one group of everything without labels."""
     if top_labels is None and all_labels is None:
-        return None
+        return [(torch.arange(n_top, device=device), torch.arange(n_all, device=device))]
     if top_labels is None or all_labels is None:
         raise ValueError("top_labels and all_labels must be given together (or both None for a single class)")
     top_l = as_labels("top_labels", top_labels, n_top, device)
     all_l = as_labels("all_labels", all_labels, n_all, device)
-    return top_l[:, None] == all_l[None, :]
+    return [(torch.nonzero(top_l == c).flatten(), torch.nonzero(all_l == c).flatten()) for c in torch.unique(top_l)]
 
 
 def _voting_iou(top_b: Tensor, all_b: Tensor) -> Tensor:

@@ -220,10 +220,12 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
         try:
-            if self._is_ours():
-                remove(self.url, self.options)
-        except OSError:  # storage gone: the lock goes stale and the next start takes it over
-            pass
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+        finally:  # also when a signal interrupts the join: a lock left behind would hold up the resume
+            try:
+                if self._is_ours():
+                    remove(self.url, self.options)
+            except OSError:  # storage gone: the lock goes stale and the next start takes it over
+                pass

@@ -13,7 +13,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from dd_core.data.coco import CocoData
 from dd_core.data.dataset import CocoDataset, category_to_label
-from dd_core.data.filtering import TrainingImageFilter, filter_for_training
+from dd_core.data.filtering import TrainingImageFilter, check_labeled_for_training, filter_for_training
 from dd_core.data.keypoints import flip_indices
 from dd_core.data.sampler import MixedBatchSampler
 from dd_core.data.transforms import Compose, RandomHorizontalFlip, to_float, vanishing_scale
@@ -71,7 +71,7 @@ def training_signature(spec: ModelSpec, cfg: TrainConfig, labeled: CocoData, pse
 def _sets_to_train_on(labeled: CocoData, pseudo: CocoData | None, image_filter: TrainingImageFilter
                       ) -> tuple[CocoData, CocoData | None, dict[str, dict[str, int]]]:
     """The labeled and pseudo-labeled sets with the images the filter leaves out removed, and the counts."""
-    sets = {"labeled": filter_for_training(labeled, image_filter)}
+    sets = {"labeled": check_labeled_for_training(labeled, image_filter)}
     if pseudo is not None:
         sets["pseudo"] = filter_for_training(pseudo, image_filter)
     rule = image_filter.rule(bool(labeled.keypoint_names))
@@ -79,9 +79,6 @@ def _sets_to_train_on(labeled: CocoData, pseudo: CocoData | None, image_filter: 
         if filtered.left_out:
             log.info("%s set %s: %d of %d images left out of training (%s)", name, filtered.data.source,
                      filtered.left_out, filtered.total, rule)
-    if not sets["labeled"].data.images:
-        raise ValueError(f"{labeled.source}: every one of its {len(labeled.images)} images is left out of training "
-                         f"({rule}); keep them with training_images.keep_empty")
     return (sets["labeled"].data, sets["pseudo"].data if pseudo is not None else None,
             {name: filtered.summary() for name, filtered in sets.items()})
 

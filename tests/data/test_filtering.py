@@ -46,8 +46,11 @@ def test_box_images_need_one_trainable_instance_as_torchvision_s_references_do()
     data = coco_from_dict({"images": images, "annotations": anns, "categories": [{"id": 3, "name": "box"}]}, "b.json", "")
     filtered = filter_for_training(data, TrainingImageFilter())
     assert [im["id"] for im in filtered.data.images] == [1] and filtered.left_out == 2
-    assert TrainingImageFilter().rule(keypoints=False) == "images without an instance left out"
-    assert TrainingImageFilter().rule(keypoints=True) == "images with fewer than 1 visible keypoint(s) left out"
+    assert TrainingImageFilter().rule(keypoints=False) == (
+        "images without an instance to train on left out; crowd regions and tiny boxes are not such instances")
+    assert TrainingImageFilter().rule(keypoints=True) == (
+        "images with fewer than 1 visible keypoint(s) on instances to train on left out; crowd regions and tiny "
+        "boxes are not such instances")
 
 
 def test_a_negative_minimum_is_refused():

@@ -168,9 +168,11 @@ def test_oracle_iou_matches_torchvision() -> None:
     np.testing.assert_array_equal(_loop_iou(a, b), expected)
 
 
+@pytest.mark.parametrize("chunk", [0, 1, 5])  # 12 top boxes: one chunk, twelve, three (the last one short)
 @pytest.mark.parametrize("scoring", SCORING_METHODS)
-def test_batched_box_voting_is_box_voting_class_by_class(scoring: str) -> None:
-    """One call with labels gives what ``box_voting`` gives with each class's detections alone."""
+def test_batched_box_voting_is_box_voting_class_by_class(scoring: str, chunk: int) -> None:
+    """One call with labels gives what ``box_voting`` gives with each class's detections alone,
+    however many top boxes are voted at a time."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(3)
     all_boxes = np.repeat(_random_boxes(rng, 6), 8, axis=0) + rng.normal(0.0, 1.5, size=(48, 4))
@@ -178,7 +180,9 @@ def test_batched_box_voting_is_box_voting_class_by_class(scoring: str) -> None:
     labels = rng.integers(0, 3, size=48)  # clusters mix classes: only same-class boxes may vote
     top = np.argsort(-all_scores)[::4]
     arrays = (all_boxes[top], all_scores[top], labels[top], all_boxes, all_scores, labels)
-    boxes, scores = batched_box_voting(*map(torch.from_numpy, arrays), iou_threshold=0.7, scoring=scoring, beta=0.5)
+    boxes, scores = batched_box_voting(*map(torch.from_numpy, arrays), iou_threshold=0.7, scoring=scoring, beta=0.5,
+                                       chunk=chunk)
+    assert len(top) == 12
     for k, i in enumerate(top):
         same = labels == labels[i]
         ref_boxes, ref_scores = box_voting(

@@ -175,3 +175,25 @@ def test_an_unknown_device_is_one_line(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", ckpt, "--data", str(tmp_path / "val"), "--device", "bogus"]) == 2
     assert capsys.readouterr().err == ("omnidistill evaluate: error: device 'bogus': expected auto, cpu, cuda, "
                                        "cuda:N or mps\n")
+
+
+HANGING_EXIT_HOOK = """
+import threading
+threading._register_atexit(threading.Event().wait)  # as Prefect's drain, waiting on a server that is gone
+from flows.cli import exit_within
+exit_within(3, 0.5)
+raise SystemExit(3)
+"""
+
+
+def test_the_command_exits_with_its_code_even_when_an_exit_hook_hangs():
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", HANGING_EXIT_HOOK], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and done.stderr == ""
+    assert time.monotonic() - started < 20

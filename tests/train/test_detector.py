@@ -64,7 +64,8 @@ def test_every_labeled_image_left_out_is_a_clear_error(tmp_path):
         ann["num_keypoints"] = 0
     labeled = coco_from_dict(coco, "nokp.json", str(tmp_path / "tiny/images"))
     with pytest.raises(ValueError, match=r"nokp.json: every one of its 2 images is left out of training \(images with "
-                                         r"fewer than 1 visible keypoint\(s\) left out\); keep them with "
+                                         r"fewer than 1 visible keypoint\(s\) on instances to train on left out; "
+                                         r"crowd regions and tiny boxes are not such instances\); keep them with "
                                          r"training_images.keep_empty"):
         train_detector(spec_for("keypoints", labeled), labeled, TrainConfig(iterations=1, batch_size=2), None,
                        progress=False)
