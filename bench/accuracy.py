@@ -39,6 +39,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,8 @@ def _done(results: Path) -> dict[tuple[str, int], dict]:
     return {(r["run"], r["seed"]): r for r in rows}
 
 
-def run(out: Path, experiments: list[str], seeds: list[int], scale_name: str, device: str) -> None:
+def run(out: Path, experiments: list[str], seeds: list[int], scale_name: str, device: str,
+        only: Sequence[str] | None = None) -> None:
     from bench.pipeline import plain_distill
 
     scale = SCALES[scale_name]
@@ -215,6 +217,8 @@ def run(out: Path, experiments: list[str], seeds: list[int], scale_name: str, de
     for experiment in experiments:
         for seed in seeds:
             for name, config, borrow in plans(out, experiment, seed, scale, device):
+                if only and name not in only:
+                    continue
                 if (name, seed) in _done(results):
                     print(f"{name} seed {seed}: done already", flush=True)
                     continue
@@ -352,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seeds", type=int, nargs="+", default=[0])
     r.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     r.add_argument("--device", default="cpu")
+    r.add_argument("--only", nargs="+", metavar="RUN", help="only these runs of the experiments (e.g. "
+                   "detection-coco-unfiltered), so that the runs of one experiment can go side by side")
     s = sub.add_parser("summarize", help="tables and a plot of the finished runs")
     t = sub.add_parser("teacher-tta", help="a teacher evaluated without and with TTA")
     t.add_argument("--iterations", type=int, default=1000)
@@ -363,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.command == "run":
         experiments = list(EXPERIMENTS) if "all" in args.experiments else args.experiments
-        run(args.out, experiments, args.seeds, args.scale, args.device)
+        run(args.out, experiments, args.seeds, args.scale, args.device, only=args.only)
         print(summarize(args.out))
     elif args.command == "summarize":
         print(summarize(args.out))
