@@ -199,8 +199,8 @@ def write_bytes_atomic(url: str, data: bytes, options: Options = None) -> None:
         fs.pipe_file(path, data)
 
 
-def _replace_local(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
+def _complete_temp_file(folder: str, data: bytes) -> str:
+    """A temporary file in ``folder`` holding all of ``data`` (on disk, with the usual mode); its path."""
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
@@ -209,6 +209,15 @@ def _replace_local(path: str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _replace_local(path: str, data: bytes) -> None:
+    tmp = _complete_temp_file(os.path.dirname(os.path.abspath(path)), data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -252,15 +261,8 @@ def write_bytes_exclusive(url: str, data: bytes, options: Options = None) -> Non
 
 
 def _link_new_file(path: str, data: bytes) -> None:
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    tmp = _complete_temp_file(os.path.dirname(path), data)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
         os.link(tmp, path)
     finally:
         os.unlink(tmp)
