@@ -9,7 +9,7 @@ from collections.abc import Callable
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from dd_core.train.progress import Progress, ReportPacing
+from dd_core.train.progress import Pace, Progress, ReportPacing
 
 
 def progress_key(role: str) -> str:
@@ -31,18 +31,13 @@ class ProgressArtifact:
     def __init__(self, key: str, description: str, every: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.key, self.description = key, description
-        self.every, self.clock = every, clock
+        self.pace = Pace(every, clock)
         self.artifact = None
         self.shown = True  # False once an update failed
-        self._last: float | None = None  # when the artifact was last created or updated
 
     def show(self, percent: float) -> None:
-        if not self.shown:
+        if not self.shown or not self.pace.due(last_step=percent >= 100.0):
             return
-        now = self.clock()
-        if self._last is not None and percent < 100.0 and now - self._last < self.every:
-            return
-        self._last = now
         try:
             if self.artifact is None:
                 self.artifact = create_progress_artifact(percent, key=self.key, description=self.description)

@@ -54,6 +54,23 @@ def _duration(seconds: float) -> str:
 
 
 @dataclass
+class Pace:
+    """Due at the first call, then once ``every`` seconds have passed since it was last due, and
+    always at the last step: how often a report worth an API call is made."""
+
+    every: float
+    clock: Callable[[], float] = time.monotonic
+    _last: float | None = field(default=None, init=False)
+
+    def due(self, last_step: bool = False) -> bool:
+        now = self.clock()
+        if self._last is None or now - self._last >= self.every or last_step:
+            self._last = now
+            return True
+        return False
+
+
+@dataclass
 class ReportPacing:
     """When to update a progress display (``update``) and when to write a log line (``log``).
 
@@ -65,22 +82,17 @@ class ReportPacing:
     log_every: float = 180.0
     update_every: float = 5.0
     clock: Callable[[], float] = time.monotonic
-    _logged: float | None = field(default=None, init=False)
-    _updated: float | None = field(default=None, init=False)
+    _log: Pace = field(init=False)
+    _update: Pace = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._log, self._update = Pace(self.log_every, self.clock), Pace(self.update_every, self.clock)
 
     def log(self, progress: Progress) -> bool:
-        now = self.clock()
-        if self._logged is None or now - self._logged >= self.log_every or progress.iteration >= progress.total:
-            self._logged = now
-            return True
-        return False
+        return self._log.due(progress.iteration >= progress.total)
 
     def update(self, progress: Progress) -> bool:
-        now = self.clock()
-        if self._updated is None or now - self._updated >= self.update_every or progress.iteration >= progress.total:
-            self._updated = now
-            return True
-        return False
+        return self._update.due(progress.iteration >= progress.total)
 
 
 MARK = "OMNIDISTILL-PROGRESS "
