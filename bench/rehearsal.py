@@ -13,12 +13,14 @@ manifest, selection) runs against a Prefect server started here: the local SQLit
 to create. The flow runs twice: labeling every shard, then the same run again (a resume: every shard done).
 
 Measured in this process, per thread of the task runner (a worker's view), each shard task as:
-- ``to_first_image``: the task function's start to its first image read (plan, finished-shard check,
+- ``to_first_image``: the task function's start to its first images asked for (plan, finished-shard check,
   teacher, a ``gpu`` slot);
 - ``engine_gap``: the task function's return to the next one's start on that thread (the task engine
   finishing one task run and starting the next);
 - ``shard_tasks_s``: the first shard task's start to the last one's end (the rest of ``wall_s`` is the
   plan, the teacher's fingerprint, the manifest and the selection);
+- ``finished_check``: reading the footer of the shard's output, if any (is it done?);
+- ``slot``: taking the ``gpu`` concurrency slot (a request to the server, limit or not);
 - ``per_shard``: a shard's output written to the next shard's first image read (both of the above:
   what a GPU worker waits between shards); on the resume, each skipped task's whole wall instead.
 Medians and 90th percentiles in ms, with the plan reads and progress artifact calls counted. The
@@ -125,6 +127,33 @@ class ShardProbe:
             return result
         return marked
 
+    def _add(self, name: str, seconds: float) -> None:
+        record = getattr(self._current, "record", None)
+        if record is not None:
+            record[name] = record.get(name, 0.0) + seconds
+
+    def wrap_duration(self, fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+        """``fn`` whose seconds are added to ``name`` of the shard of this thread."""
+        @functools.wraps(fn)
+        def measured(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._add(name, time.perf_counter() - start)
+        return measured
+
+    def wrap_slot(self, make_slot: Callable[[], Any]) -> Callable[[], Any]:
+        """``gpu_slot`` whose taking of the slot (entering its context: a request to the server) is
+        timed as ``slot``."""
+        @contextlib.contextmanager
+        def slot() -> Iterator[Any]:
+            start = time.perf_counter()
+            with make_slot() as held:
+                self._add("slot", time.perf_counter() - start)
+                yield held
+        return slot
+
     def wrap_count(self, fn: Callable[..., Any], attribute: str,
                    when: Callable[..., bool] = lambda *a: True) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -146,8 +175,10 @@ def probed() -> Iterator[ShardProbe]:
 
     probe = ShardProbe()
     patches = [(tasks.infer.infer_shard, "fn", probe.wrap_task(tasks.infer.infer_shard.fn)),
-               (infer, "read_batch", probe.wrap_mark(infer.read_batch, "first_image")),
+               (infer, "read_batches", probe.wrap_mark(infer.read_batches, "first_image")),
                (infer, "write_shard", probe.wrap_mark(infer.write_shard, "written")),
+               (infer, "existing_output", probe.wrap_duration(infer.existing_output, "check")),
+               (tasks.infer, "gpu_slot", probe.wrap_slot(tasks.infer.gpu_slot)),
                (storage, "read_json", probe.wrap_count(storage.read_json, "plan_reads",
                                                        lambda url, *a: str(url).endswith("_plan.json"))),
                (progress, "create_progress_artifact", probe.wrap_count(progress.create_progress_artifact,
@@ -175,6 +206,8 @@ def _ms(values: list[float]) -> dict[str, float]:
 def per_shard_costs(shards: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Medians (ms) of the costs named in the module docstring, over consecutive tasks of each thread."""
     to_first, gaps, between, wall = [], [], [], []
+    check = [r["check"] for r in shards if "check" in r]
+    slot = [r["slot"] for r in shards if "slot" in r]
     by_thread: dict[int, list[dict[str, Any]]] = {}
     for record in shards:
         by_thread.setdefault(record["thread"], []).append(record)
@@ -188,7 +221,7 @@ def per_shard_costs(shards: list[dict[str, Any]]) -> dict[str, dict[str, float]]
             if "written" in before and "first_image" in after:
                 between.append(after["first_image"] - before["written"])
     return {"to_first_image": _ms(to_first), "engine_gap": _ms(gaps), "per_shard": _ms(between),
-            "task_wall": _ms(wall)}
+            "task_wall": _ms(wall), "finished_check": _ms(check), "slot": _ms(slot)}
 
 
 def label_once(config: Any, checkpoint: str) -> dict[str, Any]:

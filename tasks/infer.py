@@ -11,7 +11,7 @@ from prefect import task
 from dd_core.config import UnlabeledConfig
 from dd_core.device import resolve_device
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint
-from dd_core.pseudo.infer import ShardJob, finished_shards, pseudo_label_planned_shard
+from dd_core.pseudo.infer import ShardJob, done_shards, finished_shards, pseudo_label_planned_shard
 from dd_core.pseudo.manifest import write_manifest
 from dd_core.pseudo.pipeline import plan
 from dd_core.tta.settings import MultiTransformSettings
@@ -62,6 +62,13 @@ def infer_shard(job: ShardJob, index: int, options: dict[str, Any]) -> dict[str,
     ``gpu`` slot: see :func:`gpu_slot`)."""
     return pseudo_label_planned_shard(job, index, cache=cache.TEACHERS, plans=cache.PLANS, hold=gpu_slot,
                                       device=resolve_device(job.device), options=options).to_dict()
+
+
+@task(name="find done shards", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
+def find_done_shards(job: ShardJob, options: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Summaries of the shards this teacher labeled already, by index: a resumed run starts no task for them."""
+    return {index: summary.to_dict() for index, summary in done_shards(job.plan_url, job.out_dir, job.fingerprint,
+                                                                        options).items()}
 
 
 @task(name="collect shards", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)

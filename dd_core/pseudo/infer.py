@@ -19,6 +19,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +29,10 @@ from tqdm.auto import tqdm
 from dd_core.data.unlabeled import PlanCache, Shard, UnlabeledImage, read_plan
 from dd_core.pseudo.columns import ShardColumns, check_image_id, outputs_to_host
 from dd_core.pseudo.fingerprint import shard_fingerprint
-from dd_core.pseudo.reading import read_batch
+from dd_core.pseudo.reading import READ_THREADS, BatchRead, read_batches
 from dd_core.pseudo.teacher import Teacher, TeacherCache, teacher_from_checkpoint
 from dd_core.stopping import check_stop
-from dd_core.storage import join
+from dd_core.storage import join, list_files
 from dd_core.storage.parquet import ShardError, predictions_table, read_shard_footer, write_shard
 from dd_core.tta.settings import MultiTransformSettings
 
@@ -59,9 +60,10 @@ def shard_url(out_dir: str, shard: Shard) -> str:
 
 
 class StageClock:
-    """Seconds spent reading images and running the teacher while pseudo-labeling: a benchmark's
-    seam into the shard loop. ``sync`` (e.g. ``torch.cuda.synchronize``) runs at each stage's
-    edges, so that a GPU's queued work is counted where it is done."""
+    """Seconds spent waiting for images (``read``: what reading ahead did not hide) and running the
+    teacher (``infer``) while pseudo-labeling: a benchmark's seam into the shard loop. ``sync``
+    (e.g. ``torch.cuda.synchronize``) runs at each stage's edges, so that a GPU's queued work is
+    counted where it is done."""
 
     def __init__(self, sync: Callable[[], None] | None = None) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
@@ -157,11 +159,9 @@ class ShardOutcome:
                                   f"{len(shard.images)} images (first: {self.rejected[0]['reason']})")
 
 
-def _pseudo_label_batch(teacher: Teacher, batch: list[UnlabeledImage], root: str, columns: ShardColumns,
-                        outcome: ShardOutcome, options: Mapping[str, Any] | None, device: str,
-                        clock: StageClock | None) -> None:
-    with _stage(clock, "read"):
-        images, kept, refused = read_batch(batch, root, options, device, teacher.check_image)
+def _pseudo_label_batch(teacher: Teacher, read: BatchRead, root: str, columns: ShardColumns,
+                        outcome: ShardOutcome, clock: StageClock | None) -> None:
+    images, kept, refused = read
     for image, exc in refused:
         outcome.reject(image, str(exc), exc.__cause__)
     if not images:
@@ -208,9 +208,12 @@ def _compute_shard(shard: Shard, root: str, url: str, expected: str, teacher: Te
     teacher.model.to(device).eval()
     columns, outcome = ShardColumns(teacher.label_to_category), ShardOutcome()
     batches = [shard.images[i:i + batch_size] for i in range(0, len(shard.images), batch_size)]
-    for batch in tqdm(batches, desc=shard.name, disable=not progress, unit="batch"):
-        check_stop()  # a stopped run leaves this shard unwritten: it is redone when the run resumes
-        _pseudo_label_batch(teacher, batch, root, columns, outcome, options, device, clock)
+    with contextlib.closing(read_batches(batches, root, options, device, teacher.check_image)) as reads:
+        for _ in tqdm(batches, desc=shard.name, disable=not progress, unit="batch"):
+            check_stop()  # a stopped run leaves this shard unwritten: it is redone when the run resumes
+            with _stage(clock, "read"):  # the wait for this batch's images (read while the last was labeled)
+                read = next(reads)
+            _pseudo_label_batch(teacher, read, root, columns, outcome, clock)
     outcome.check(shard)
     meta = {"fingerprint": expected, "shard": shard.name, "images": outcome.done, "rejected": outcome.rejected}
     table = predictions_table(columns.columns(), meta)
@@ -261,6 +264,25 @@ def pseudo_label_planned_shard(job: ShardJob, index: int, *, cache: TeacherCache
     load = lambda: cache.get(job.fingerprint, lambda: teacher_from_checkpoint(job.checkpoint, job.tta, options))  # noqa: E731
     return pseudo_label_shard(shard, root, job.out_dir, job.fingerprint, load, options=options, device=device,
                               batch_size=job.batch_size, progress=progress, hold=hold)
+
+
+def done_shards(plan_url: str, out_dir: str, fingerprint: str, options: Mapping[str, Any] | None = None,
+                threads: int = READ_THREADS) -> dict[int, ShardSummary]:
+    """The planned shards this teacher and transform set pseudo-labeled already, by index: what a
+    resumed run need not start a task for. One listing of ``out_dir``, then the Parquet footers of
+    the planned shards found in it, ``threads`` at once; a shard of another fingerprint is not done."""
+    root, shards = read_plan(plan_url, options)
+    present = set(list_files(out_dir, (".parquet",), options))
+    candidates = [(index, shard) for index, shard in enumerate(shards) if f"{shard.name}.parquet" in present]
+
+    def check(candidate: tuple[int, Shard]) -> tuple[int, ShardSummary | None]:
+        index, shard = candidate
+        url = shard_url(out_dir, shard)
+        found = existing_output(url, shard_fingerprint(fingerprint, root, shard), options)
+        return index, None if found is None else _finished(shard, url, found)
+
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="omnidistill-done") as pool:
+        return {index: summary for index, summary in pool.map(check, candidates) if summary is not None}
 
 
 def finished_shards(plan_url: str, out_dir: str, fingerprint: str, options: Mapping[str, Any] | None = None,

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dd_core.storage.fs import filesystem, reachable, read_bytes, write_bytes_atomic
+from dd_core.storage.fs import _is_local, _regular_file_size, filesystem, reachable, read_bytes, write_bytes_atomic
 
 # v2: category_id is int64 (v1's int32 wrapped ids >= 2**31 around); shards of another version are redone.
 SCHEMA_VERSION = 2
@@ -193,6 +193,8 @@ def read_shard_footer(url: str, options: Mapping[str, Any] | None = None) -> tup
     """
     fs, path = filesystem(url, options)
     try:
+        if _is_local(fs):  # a FIFO or device named like a shard would block the open
+            _regular_file_size(url, path)
         with fs.open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
             schema, num_rows = parquet.schema_arrow, parquet.metadata.num_rows

@@ -83,3 +83,30 @@ def test_relabeling_with_another_shard_size_reads_as_the_manifest_s_dataset(tmp_
         assert sorted(p.name for p in inference.glob("shard-*")) == [f"shard-{i:05d}.parquet" for i in range(shards)]
         assert ds.dataset(str(inference)).count_rows() == manifest["num_rows"] > 0
         assert manifest["num_images"] == 5
+
+
+def test_a_resumed_labeling_starts_tasks_for_the_missing_shards_only(tmp_path, prefect_harness):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from dd_core.storage.layout import RunLayout
+    from flows.distill import label_unlabeled
+    from tests.conftest import save_random_checkpoint
+
+    d = make_sets(tmp_path, (2, 5, 1))
+    checkpoint = save_random_checkpoint(str(tmp_path / "teacher.pth"), read_json(str(d / "labeled/annotations.json")))
+    config, layout = local_config(d, run_id="resume", shards={"size": 1}), RunLayout(str(d / "store"), "resume")
+    label_unlabeled(config, checkpoint, layout)
+    inference = d / "store/runs/resume/inference"
+    kept = {p.name: p.stat().st_mtime_ns for p in inference.glob("shard-*") if p.name != "shard-00003.parquet"}
+    (inference / "shard-00003.parquet").unlink()  # the run was killed before this shard was written
+    state = label_unlabeled(config, checkpoint, layout, return_state=True)
+    assert state.is_completed()
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert sorted(r.name for r in runs if r.name.startswith("infer shard")) == ["infer shard-00003"]
+    assert {p.name: p.stat().st_mtime_ns for p in inference.glob("shard-*") if p.name in kept} == kept
+    manifest = read_json(str(inference / "_manifest.json"))
+    assert [s["name"] for s in manifest["shards"]] == [f"shard-{i:05d}" for i in range(5)]
+    assert manifest["num_images"] == 5

@@ -12,7 +12,14 @@ from PIL import Image
 from dd_core.data.unlabeled import Shard, UnlabeledImage, list_unlabeled, plan_shards, write_plan
 from dd_core.pseudo import reading
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint, shard_fingerprint
-from dd_core.pseudo.infer import ShardJob, StageClock, existing_output, finished_shards, pseudo_label_shard
+from dd_core.pseudo.infer import (
+    ShardJob,
+    StageClock,
+    done_shards,
+    existing_output,
+    finished_shards,
+    pseudo_label_shard,
+)
 from dd_core.pseudo.teacher import teacher_from_checkpoint
 from dd_core.storage.parquet import ShardError, read_shard, shard_meta
 from dd_core.tta.settings import MultiTransformSettings
@@ -104,6 +111,20 @@ def test_finished_shards_reads_summaries_from_footers_and_names_every_missing_sh
     os.remove(labeled[1].url)
     with pytest.raises(ShardError, match=r"1 shard\(s\) missing .*shard-00001\.parquet"):
         finished_shards(plan, out, fp)
+
+
+def test_done_shards_are_the_planned_ones_of_this_fingerprint_found_in_one_listing(tmp_path):
+    _, ckpt, unlabeled = setup_pile(tmp_path, n=4)
+    fp = checkpoint_fingerprint(ckpt, TTA)
+    plan, out = str(tmp_path / "inf" / "_plan.json"), str(tmp_path / "inf")
+    write_plan(unlabeled, 1, plan)
+    assert done_shards(plan, out, fp) == {}  # nothing labeled yet (no folder even)
+    labeled = {i: planned(ckpt, plan, out, fp, i) for i in (0, 2, 3)}
+    (tmp_path / "inf" / "shard-00003.parquet").write_bytes(b"cut short")  # a torn write is not done
+    (tmp_path / "inf" / "shard-00099.parquet").write_bytes(b"not planned")  # ignored, never opened
+    done = done_shards(plan, out, fp, threads=3)
+    assert done == {0: replace(labeled[0], skipped=True), 2: replace(labeled[2], skipped=True)}
+    assert done_shards(plan, out, "another-model") == {}
 
 
 def test_shard_tasks_read_their_plan_once_and_a_re_plan_again(tmp_path, monkeypatch):

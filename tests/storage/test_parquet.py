@@ -117,6 +117,29 @@ def test_corrupt_footer_and_missing_version(tmp_path):
         read_shard(plain)
 
 
+def test_a_fifo_or_folder_named_like_a_shard_is_unreadable_at_once(tmp_path):
+    """A resumed run reads every shard's footer before labeling: a FIFO there must not block it."""
+    import threading
+
+    os.mkfifo(tmp_path / "fifo.parquet")
+    (tmp_path / "folder.parquet").mkdir()
+    errors = []
+
+    def read_both():
+        for name in ("fifo.parquet", "folder.parquet"):
+            try:
+                read_shard_footer(str(tmp_path / name))
+            except ShardError as exc:
+                errors.append(str(exc))
+
+    reader = threading.Thread(target=read_both, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "reading a FIFO's footer blocked"
+    assert "fifo.parquet: not a readable Parquet file" in errors[0] and "not a regular file" in errors[0]
+    assert "folder.parquet: not a readable Parquet file" in errors[1]
+
+
 def test_bad_rows_fail_before_writing(tmp_path):
     with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError, TypeError)):
         predictions_table({**ROWS, "box": [[0, 0, 4], [1, 1, 5, 5], [2, 2, 3, 3]]}, {})
