@@ -316,7 +316,7 @@ class Rehearsal:
                     process.kill()
                     process.wait()
                     return {"killed_after_s": round(time.perf_counter() - start, 1)}
-                time.sleep(1.0 if until is not None else 0.2)
+                time.sleep(5.0 if until is not None else 0.2)  # a listing costs moto ~0.5 s of CPU
         wall = time.perf_counter() - start
         if process.returncode:
             raise RuntimeError(f"{spec['name']}: the child exited {process.returncode} (see {self.out})")

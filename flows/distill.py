@@ -81,12 +81,13 @@ def _label_on_task_runner(config: RunConfig, job: ShardJob, num_shards: int) -> 
     """One ``infer_shard`` task per shard not done yet on this flow's task runner (threads or Dask).
 
     The shards done already (a resumed run) are found at once, without a task run each: at 2,000
-    shards their task runs alone took a minute of a resume.
+    shards their task runs alone took a minute of a resume. The others were just found not done, so
+    their tasks do not look again (another worker writing one meanwhile would only be redone).
     """
     done = {i: s for i, s in find_done_shards(job, config.storage.options).items() if i < num_shards}
     to_label = [i for i in range(num_shards) if i not in done]
     with shard_resources(config.shards):
-        futures = [infer_shard.submit(job, i, config.storage.options) for i in to_label]
+        futures = [infer_shard.submit(job, i, config.storage.options, check_done=False) for i in to_label]
     shards = [*done.values(), *_wait_with_progress(futures, [1] * len(to_label), done=len(done))]
     get_run_logger().info("shards: %d (%d already done)", len(shards), sum(s["skipped"] for s in shards))
     return shards

@@ -180,18 +180,20 @@ def _pseudo_label_batch(teacher: Teacher, read: BatchRead, root: str, columns: S
 def pseudo_label_shard(shard: Shard, root: str, out_dir: str, fingerprint: str, load_teacher: Callable[[], Teacher],
                        *, options: Mapping[str, Any] | None = None, device: str = "cpu", batch_size: int = 4,
                        progress: bool = False, clock: StageClock | None = None,
-                       hold: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
-                       ) -> ShardSummary:
+                       hold: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+                       check_done: bool = True) -> ShardSummary:
     """Multi-transform inference on every image of ``shard``, written to :func:`shard_url`.
 
     ``fingerprint`` is the teacher's (:func:`~dd_core.pseudo.fingerprint.checkpoint_fingerprint`);
     ``load_teacher`` is called only when the shard must be computed, and ``hold()`` (a GPU
     concurrency slot, say) is held only then: a finished shard returns without it. Images that
     cannot be pseudo-labeled are listed in the shard's ``rejected`` (see the module docstring).
+    ``check_done=False`` computes the shard without looking for a finished output first: for a
+    caller that has just found none (:func:`done_shards`); on S3 the look costs two requests.
     """
     url = shard_url(out_dir, shard)
     expected = shard_fingerprint(fingerprint, root, shard)
-    found = existing_output(url, expected, options)
+    found = existing_output(url, expected, options) if check_done else None
     if found is not None:
         return _finished(shard, url, found)
     for image in shard.images:
@@ -255,15 +257,15 @@ class ShardJob:
 def pseudo_label_planned_shard(job: ShardJob, index: int, *, cache: TeacherCache, device: str,
                                options: Mapping[str, Any] | None = None, progress: bool = False,
                                plans: PlanCache | None = None,
-                               hold: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
-                               ) -> ShardSummary:
+                               hold: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+                               check_done: bool = True) -> ShardSummary:
     """Pseudo-label shard ``index`` of the job's plan on ``device`` (what one shard task does); the
     teacher is loaded once into ``cache`` and shared with the next shards, the plan read once into
-    ``plans`` (or read each time without it). ``hold`` as in :func:`pseudo_label_shard`."""
+    ``plans`` (or read each time without it). ``hold`` and ``check_done`` as in :func:`pseudo_label_shard`."""
     root, shard = _planned(job.plan_url, index, options, plans)
     load = lambda: cache.get(job.fingerprint, lambda: teacher_from_checkpoint(job.checkpoint, job.tta, options))  # noqa: E731
     return pseudo_label_shard(shard, root, job.out_dir, job.fingerprint, load, options=options, device=device,
-                              batch_size=job.batch_size, progress=progress, hold=hold)
+                              batch_size=job.batch_size, progress=progress, hold=hold, check_done=check_done)
 
 
 def done_shards(plan_url: str, out_dir: str, fingerprint: str, options: Mapping[str, Any] | None = None,

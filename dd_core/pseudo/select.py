@@ -8,6 +8,7 @@ json that trains like any other; generated annotations are treated as complete, 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -32,11 +33,17 @@ class Predictions:
     rejected: list[dict[str, Any]] = field(default_factory=list)
 
 
+# Shards read at once by the selection: 2,000 of them one after another took 22 s on S3 (moto).
+SHARD_READERS = 8
+
+
 def read_predictions(urls: Sequence[str], options: Mapping[str, Any] | None = None) -> Predictions:
-    """Read (and schema-check) every shard; images must not appear in two shards."""
+    """Read (and schema-check) every shard, :data:`SHARD_READERS` at once; images must not appear
+    in two shards."""
     tables, images, rejected, seen = [], [], [], {}
-    for url in urls:
-        table = read_shard(url, options)
+    with ThreadPoolExecutor(SHARD_READERS, thread_name_prefix="omnidistill-select") as pool:
+        read = list(pool.map(lambda url: read_shard(url, options), urls))
+    for url, table in zip(urls, read):
         meta = shard_meta(table)
         for image in meta["images"]:
             if image["id"] in seen:

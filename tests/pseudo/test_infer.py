@@ -51,6 +51,9 @@ def test_label_shard_writes_rows_and_is_idempotent(tmp_path):
     assert os.stat(first.url).st_mtime_ns == mtime
     other = pseudo_label_shard(shard, unlabeled.root, str(tmp_path / "inf"), "another-model", make)
     assert not other.skipped and loads == [1, 1]
+    # A caller that has just found the shard not done (the flow's listing) skips the look: it computes.
+    redone = pseudo_label_shard(shard, unlabeled.root, str(tmp_path / "inf"), "another-model", make, check_done=False)
+    assert not redone.skipped and loads == [1, 1, 1] and redone.num_rows == other.num_rows
 
 
 def test_undecodable_images_are_rejected_and_the_shard_succeeds(tmp_path):
