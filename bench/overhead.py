@@ -62,6 +62,7 @@ def flow_task_seconds(flow_run_id: Any) -> dict[str, float]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 
+    time.sleep(6)  # the server writes task runs' states in batches, at least every 5 s (flows.server.SERVER_SETTINGS)
     with get_client(sync_client=True) as client:
         runs = [flow_run_id] + [r.id for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))]

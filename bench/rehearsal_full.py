@@ -7,7 +7,10 @@ Prefect servers on PostgreSQL and on SQLite, and the plain ``omnidistill label``
 Every scenario labels the same images with the same teacher, one labeling per child process (its
 memory is its own, and it can be killed), one after another in this one call:
 
-- ``baseline``: ``omnidistill label`` (``flows.cli.main``, no Prefect), calibrated on the labeled set;
+- ``baseline``: ``omnidistill label`` (``flows.cli.main``, no Prefect), calibrated on the labeled set,
+  in shards of its default size (256 images);
+- ``baseline-shards``: the same in shards of the flow's size (``--images`` / ``--shards``): what
+  Prefect costs, apart from what labeling in smaller shards costs;
 - ``postgres`` / ``sqlite``: the real ``label-unlabeled`` subflow with ``--shards`` shards (one
   ``infer shard`` task each, threads runner, ``--workers`` at once), then its selection, against a fresh Prefect
   server this process starts: on PostgreSQL (``deployments/local_postgres.py``) or on SQLite (as
@@ -53,7 +56,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 BUCKET = "rehearsal"
-SCENARIOS = ("baseline", "postgres", "postgres-small", "postgres-kill", "sqlite", "sqlite-small", "sqlite-kill")
+SCENARIOS = ("baseline", "baseline-shards", "postgres", "postgres-small", "postgres-kill", "sqlite", "sqlite-small",
+             "sqlite-kill")
 BATCH = 8
 # The pool as a list of its files (the plan reads it instead of listing the folder: see list_folder_seconds).
 UNLABELED = f"s3://{BUCKET}/unlabeled.txt"
@@ -197,9 +201,10 @@ def child_baseline(spec: dict[str, Any]) -> dict[str, Any]:
     with timed(standalone, "plan", seconds, "plan_s"), timed(standalone, "select", seconds, "select_s"):
         start = time.perf_counter()
         code = main(["label", "--checkpoint", spec["checkpoint"], "--images", UNLABELED,
-                     "--out", f"s3://{BUCKET}/baseline/annotations.json", "--labeled",
+                     "--out", f"s3://{BUCKET}/{spec['name']}/annotations.json", "--labeled",
                      f"s3://{BUCKET}/labeled/annotations.json", "--scales", str(spec["size"]), "--no-flip",
-                     "--batch-size", str(BATCH), "--device", "cpu", "--quiet"])
+                     "--batch-size", str(BATCH), "--device", "cpu", "--quiet",
+                     *(["--shard-size", str(spec["shard_size"])] if spec.get("shard_size") else [])])
         wall = time.perf_counter() - start
     if code:
         raise SystemExit(code)
@@ -213,6 +218,7 @@ def child(spec_path: str) -> int:
     # VmHWM, not getrusage's ru_maxrss: that one keeps the parent's peak across fork and exec.
     peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     result["max_rss_mb"] = round(peak_kb / 1024, 1)
+    result["process_cpu_s"] = round(time.process_time(), 1)
     Path(spec["result"]).write_text(json.dumps(result))
     return 0
 
@@ -230,25 +236,42 @@ def _tree(pid: int) -> list[Any]:
         return []
 
 
+def _peak_rss(pid: int) -> int:
+    """The kernel's record of ``pid``'s peak RSS (VmHWM), bytes; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next((int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:")), 0)
+    except OSError:
+        return 0
+
+
 def _memory(processes: list[Any]) -> tuple[float, float]:
-    """(RSS, PSS) of ``processes`` together, MiB."""
+    """(RSS, PSS) of ``processes`` together, MiB: the sum of their peak RSS so far, and of their PSS now."""
     import psutil
 
     rss = pss = 0
     for p in processes:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             info = p.memory_full_info()
-            rss, pss = rss + info.rss, pss + info.pss
+            rss, pss = rss + max(info.rss, _peak_rss(p.pid)), pss + info.pss
     return rss / 2**20, pss / 2**20
 
 
 class MemorySampler:
-    """Peak RSS and PSS (MiB), sampled every ``every`` s, of the flow child, of this process's other
-    children (the Prefect server), and of the process tree of ``database_pid`` (PostgreSQL)."""
+    """Peak RSS (the kernel's VmHWM) and PSS (MiB), sampled every ``every`` s, of the flow child, of
+    this process's other children (the Prefect server), and of the process tree of ``database_pid`` (PostgreSQL); and the
+    CPU seconds each group and this process (moto's S3 server, the sampler itself) used meanwhile.
+    Each sample costs CPU the labeling shares (every 0.5 s, 6.6 s of 100 at 200 shards on PostgreSQL's
+    15 processes, against 3.7 s for the baseline's one): hence every 2 s, the peak RSS being the kernel's."""
 
-    def __init__(self, flow_pid: int, database_pid: int | None, every: float = 0.5):
+    def __init__(self, flow_pid: int, database_pid: int | None, every: float = 2.0):
         self.flow_pid, self.database_pid, self.every = flow_pid, database_pid, every
         self.peak: dict[str, list[float]] = {"flow": [0.0, 0.0], "server": [0.0, 0.0], "database": [0.0, 0.0]}
+        self._cpu: dict[str, dict[int, float]] = {"flow": {}, "server": {}, "database": {}}
+        self._cpu_start: dict[str, dict[int, float]] = {"flow": {}, "server": {}, "database": {}}
+        self._own_start = sum(os.times()[:2])
+        self.sampler_cpu_s = 0.0
+        self._started = False  # processes found by the first sample count from then, later ones from their start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -260,10 +283,18 @@ class MemorySampler:
         for name, processes in groups.items():
             rss, pss = _memory(processes)
             self.peak[name] = [max(self.peak[name][0], rss), max(self.peak[name][1], pss)]
+            for p in processes:
+                with contextlib.suppress(Exception):
+                    seconds = sum(p.cpu_times()[:2])
+                    self._cpu_start[name].setdefault(p.pid, 0.0 if self._started or name == "flow" else seconds)
+                    self._cpu[name][p.pid] = seconds
+        self._started = True
 
     def _run(self) -> None:
+        self._sample()  # the processes already running: their CPU before this child starts is not counted
         while not self._stop.wait(self.every):
             self._sample()
+        self.sampler_cpu_s = time.thread_time()
 
     def __enter__(self) -> "MemorySampler":
         self._thread.start()
@@ -275,6 +306,13 @@ class MemorySampler:
 
     def result(self) -> dict[str, dict[str, float]]:
         return {name: {"rss_mb": round(rss, 1), "pss_mb": round(pss, 1)} for name, (rss, pss) in self.peak.items()}
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system) while sampled: each group, this process, and the sampler thread."""
+        used = {name: round(sum(seconds - self._cpu_start[name].get(pid, 0.0) for pid, seconds in pids.items()), 1)
+                for name, pids in self._cpu.items()}
+        return {**used, "bench_process": round(sum(os.times()[:2]) - self._own_start, 1),
+                "sampler": round(self.sampler_cpu_s, 1)}
 
 
 # ---------------------------------------------------------------- scenarios
@@ -320,7 +358,7 @@ class Rehearsal:
         wall = time.perf_counter() - start
         if process.returncode:
             raise RuntimeError(f"{spec['name']}: the child exited {process.returncode} (see {self.out})")
-        return {"process_wall_s": round(wall, 1), "memory_mb": sampler.result(),
+        return {"process_wall_s": round(wall, 1), "memory_mb": sampler.result(), "cpu_s": sampler.cpu(),
                 **json.loads(result_path.read_text())}
 
     def shards_written(self, run_id: str) -> int:
@@ -364,9 +402,11 @@ def prefect_server(kind: str, folder: Path) -> Iterator[tuple[str, int | None]]:
 
 
 def run_scenario(rehearsal: Rehearsal, name: str, shards: int, small_shards: int) -> dict[str, Any]:
-    if name == "baseline":
+    if name.startswith("baseline"):
         rehearsal.api_url = rehearsal.database_pid = None
-        return rehearsal.measure({"name": "baseline", "mode": "baseline"})
+        size = -(-rehearsal.images // shards) if name == "baseline-shards" else None
+        return {"shard_size": size or 256, **rehearsal.measure({"name": f"{name}-{time.time_ns()}", "mode": "baseline",
+                                                                 "shard_size": size})}
     kind, _, variant = name.partition("-")
     count = small_shards if variant == "small" else shards
     folder = Path(f"/tmp/rehearsal-{kind}-{time.time_ns()}")  # PostgreSQL's account must reach it

@@ -72,7 +72,8 @@ def _cmd_label(args: argparse.Namespace) -> int:
     out = pseudo_label_images(args.checkpoint, args.images, args.out,
                               MultiTransformSettings(tuple(args.scales), not args.no_flip), root=args.root,
                               labeled=args.labeled, fixed=FixedThresholds(args.score_threshold, args.keypoint_threshold),
-                              device=resolve_device(args.device), batch_size=args.batch_size, progress=not args.quiet)
+                              device=resolve_device(args.device), batch_size=args.batch_size,
+                              shard_size=args.shard_size, progress=not args.quiet)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -86,7 +87,8 @@ def _bounded(kind: type, low: float, high: float) -> Callable[[str], Any]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not low <= value <= high:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"expected {low:g} to {high:g}, got {text}")
+            shown = (lambda v: str(int(v))) if kind is int else (lambda v: f"{v:g}")
+            raise argparse.ArgumentTypeError(f"expected {shown(low)} to {shown(high)}, got {text}")
         return value
 
     return parse
@@ -159,6 +161,9 @@ def _add_label(sub: Any, common: argparse.ArgumentParser) -> None:
                     help="without --labeled: keypoints whose probability-like score (the sigmoid of the heatmap "
                     "logit) is >= this get v=2 (0 to 1, default 0.5). With --labeled both thresholds are "
                     "calibrated instead, as the paper does: prefer that")
+    lb.add_argument("--shard-size", type=_bounded(int, 1, 1_000_000), default=256,
+                    help="images per shard of predictions (Parquet, beside the json): an interrupted call resumes "
+                    "from its last finished shard (default 256)")
     _add_inference_arguments(lb, batch_size=4)
     lb.set_defaults(func=_cmd_label)
 

@@ -22,7 +22,7 @@ from dd_core.storage.layout import RunLayout
 from dd_core.storage.lock import RunLock
 from dd_core.train.job import TrainJob
 from flows.interrupts import CancelWatch
-from flows.runners import shard_groups, shard_resources, shard_task_runner
+from flows.runners import labeled_next, shard_groups, shard_resources, shard_task_runner
 from tasks import cache
 from tasks.evaluate import evaluate, record_run_settings, validate_inputs
 from tasks.fanout import label_shard_group
@@ -86,8 +86,10 @@ def _label_on_task_runner(config: RunConfig, job: ShardJob, num_shards: int) -> 
     """
     done = {i: s for i, s in find_done_shards(job, config.storage.options).items() if i < num_shards}
     to_label = [i for i in range(num_shards) if i not in done]
+    following = labeled_next(to_label, config.shards)
     with shard_resources(config.shards):
-        futures = [infer_shard.submit(job, i, config.storage.options, check_done=False) for i in to_label]
+        futures = [infer_shard.submit(job, i, config.storage.options, check_done=False, next_index=after)
+                   for i, after in zip(to_label, following)]
     shards = [*done.values(), *_wait_with_progress(futures, [1] * len(to_label), done=len(done))]
     get_run_logger().info("shards: %d (%d already done)", len(shards), sum(s["skipped"] for s in shards))
     return shards
@@ -113,8 +115,11 @@ def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> di
     job = ShardJob(checkpoint, layout.plan, layout.inference, tta, fingerprint_teacher(checkpoint, tta, options),
                    config.device, config.shards.batch_size)
     label = _label_by_deployment if config.shards.runner == "deployment" else _label_on_task_runner
-    shards = label(config, job, plan["num_shards"])
-    cache.TEACHERS.clear()  # shard tasks in this process cached the teacher; the student trains next
+    try:
+        shards = label(config, job, plan["num_shards"])
+    finally:  # shard tasks in this process cached the teacher (the student trains next) and read images ahead
+        cache.TEACHERS.clear()
+        cache.READ_AHEAD.clear()
     write_inference_manifest(layout.manifest, shards, job.fingerprint, options)
     selection = select_pseudo(layout.manifest, config.labeled, config.task, SelectionOutputs.of_run(layout), options)
     get_run_logger().info("pseudo-labels kept: %s", selection["kept_per_category"])

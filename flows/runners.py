@@ -56,6 +56,16 @@ def shard_resources(shards: ShardsConfig) -> Iterator[None]:
         yield
 
 
+def labeled_next(indices: list[int], shards: ShardsConfig) -> list[int | None]:
+    """For each shard of ``indices`` (in the order submitted), the shard its worker labels next, whose
+    first images are read meanwhile: the next one when one thread labels them in order (runner
+    "threads", one worker); None where that cannot be told (several threads or Dask workers take them
+    as they come)."""
+    if shards.runner != "threads" or shards.workers != 1:
+        return [None] * len(indices)
+    return [*indices[1:], None]
+
+
 def shard_groups(num_shards: int, per_flow_run: int) -> list[list[int]]:
     """Shard indices in consecutive groups of ``per_flow_run`` (the last one may be shorter)."""
     if per_flow_run <= 0:

@@ -12,6 +12,7 @@ from typing import Any
 from prefect import flow
 
 from dd_core.pseudo.infer import ShardJob
+from tasks import cache
 from tasks.infer import infer_shard
 
 
@@ -25,4 +26,8 @@ def label_shards(job: dict[str, Any], indices: list[int]) -> list[dict[str, Any]
     the Prefect API.
     """
     shard_job = ShardJob.from_parameters(job)
-    return [infer_shard(shard_job, index, {}) for index in indices]
+    try:
+        return [infer_shard(shard_job, index, {}, next_index=following)
+                for index, following in zip(indices, [*indices[1:], None])]
+    finally:
+        cache.READ_AHEAD.clear()

@@ -57,12 +57,14 @@ def gpu_slot() -> AbstractContextManager[Any]:
 
 @task(name="infer shard", task_run_name="infer shard-{index:05d}", retries=3, retry_delay_seconds=[2, 5, 15],
       retry_jitter_factor=0.5, **TASK_DEFAULTS)
-def infer_shard(job: ShardJob, index: int, options: dict[str, Any], check_done: bool = True) -> dict[str, Any]:
+def infer_shard(job: ShardJob, index: int, options: dict[str, Any], check_done: bool = True,
+                next_index: int | None = None) -> dict[str, Any]:
     """Multi-transform inference + ensembling on one shard -> Parquet (skipped if already done, without a
-    ``gpu`` slot: see :func:`gpu_slot`; ``check_done=False`` when the flow has just found it not done)."""
+    ``gpu`` slot: see :func:`gpu_slot`; ``check_done=False`` when the flow has just found it not done).
+    ``next_index``: the shard this worker labels next, if known; its first images are read meanwhile."""
     return pseudo_label_planned_shard(job, index, cache=cache.TEACHERS, plans=cache.PLANS, hold=gpu_slot,
-                                      device=resolve_device(job.device), options=options,
-                                      check_done=check_done).to_dict()
+                                      device=resolve_device(job.device), options=options, check_done=check_done,
+                                      read_ahead=cache.READ_AHEAD, next_index=next_index).to_dict()
 
 
 @task(name="find done shards", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from dd_core.data.unlabeled import PlanCache, Shard, UnlabeledImage, read_plan
 from dd_core.pseudo.columns import ShardColumns, check_image_id, outputs_to_host
 from dd_core.pseudo.fingerprint import shard_fingerprint
-from dd_core.pseudo.reading import READ_THREADS, BatchRead, read_batches
+from dd_core.pseudo.reading import READ_THREADS, BatchRead, ReadAhead, read_batches
 from dd_core.pseudo.teacher import Teacher, TeacherCache, teacher_from_checkpoint
 from dd_core.stopping import check_stop
 from dd_core.storage import join, list_files
@@ -181,7 +181,8 @@ def pseudo_label_shard(shard: Shard, root: str, out_dir: str, fingerprint: str, 
                        *, options: Mapping[str, Any] | None = None, device: str = "cpu", batch_size: int = 4,
                        progress: bool = False, clock: StageClock | None = None,
                        hold: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-                       check_done: bool = True) -> ShardSummary:
+                       check_done: bool = True, read_ahead: ReadAhead | None = None,
+                       next_shard: Shard | None = None) -> ShardSummary:
     """Multi-transform inference on every image of ``shard``, written to :func:`shard_url`.
 
     ``fingerprint`` is the teacher's (:func:`~dd_core.pseudo.fingerprint.checkpoint_fingerprint`);
@@ -190,6 +191,8 @@ def pseudo_label_shard(shard: Shard, root: str, out_dir: str, fingerprint: str, 
     cannot be pseudo-labeled are listed in the shard's ``rejected`` (see the module docstring).
     ``check_done=False`` computes the shard without looking for a finished output first: for a
     caller that has just found none (:func:`done_shards`); on S3 the look costs two requests.
+    With ``read_ahead``, images it holds are taken from it, and the first batch of ``next_shard``
+    (labeled next by this thread, if known) is read into it while this shard's last batch is labeled.
     """
     url = shard_url(out_dir, shard)
     expected = shard_fingerprint(fingerprint, root, shard)
@@ -200,17 +203,20 @@ def pseudo_label_shard(shard: Shard, root: str, out_dir: str, fingerprint: str, 
         check_image_id(image)
     with hold():
         return _compute_shard(shard, root, url, expected, load_teacher(), options=options, device=device,
-                              batch_size=batch_size, progress=progress, clock=clock)
+                              batch_size=batch_size, progress=progress, clock=clock, read_ahead=read_ahead,
+                              then=next_shard.images[:batch_size] if next_shard is not None else [])
 
 
 def _compute_shard(shard: Shard, root: str, url: str, expected: str, teacher: Teacher, *,
                    options: Mapping[str, Any] | None, device: str, batch_size: int, progress: bool,
-                   clock: StageClock | None) -> ShardSummary:
+                   clock: StageClock | None, read_ahead: ReadAhead | None = None,
+                   then: Sequence[UnlabeledImage] = ()) -> ShardSummary:
     """Every image of ``shard`` pseudo-labeled by ``teacher`` and written to ``url``."""
     teacher.model.to(device).eval()
     columns, outcome = ShardColumns(teacher.label_to_category), ShardOutcome()
     batches = [shard.images[i:i + batch_size] for i in range(0, len(shard.images), batch_size)]
-    with contextlib.closing(read_batches(batches, root, options, device, teacher.check_image)) as reads:
+    with contextlib.closing(read_batches(batches, root, options, device, teacher.check_image, ahead=read_ahead,
+                                         then=then)) as reads:
         for _ in tqdm(batches, desc=shard.name, disable=not progress, unit="batch"):
             check_stop()  # a stopped run leaves this shard unwritten: it is redone when the run resumes
             with _stage(clock, "read"):  # the wait for this batch's images (read while the last was labeled)
@@ -224,11 +230,12 @@ def _compute_shard(shard: Shard, root: str, url: str, expected: str, teacher: Te
 
 
 def _planned(plan_url: str, index: int, options: Mapping[str, Any] | None,
-             plans: PlanCache | None) -> tuple[str, Shard]:
+             plans: PlanCache | None) -> tuple[str, list[Shard]]:
+    """(root, every planned shard) of a plan holding shard ``index``."""
     root, shards = plans.read(plan_url, options) if plans is not None else read_plan(plan_url, options)
     if not 0 <= index < len(shards):
         raise IndexError(f"{plan_url}: no shard {index} (the plan has {len(shards)})")
-    return root, shards[index]
+    return root, shards
 
 
 @dataclass(frozen=True)
@@ -258,14 +265,19 @@ def pseudo_label_planned_shard(job: ShardJob, index: int, *, cache: TeacherCache
                                options: Mapping[str, Any] | None = None, progress: bool = False,
                                plans: PlanCache | None = None,
                                hold: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-                               check_done: bool = True) -> ShardSummary:
+                               check_done: bool = True, read_ahead: ReadAhead | None = None,
+                               next_index: int | None = None) -> ShardSummary:
     """Pseudo-label shard ``index`` of the job's plan on ``device`` (what one shard task does); the
     teacher is loaded once into ``cache`` and shared with the next shards, the plan read once into
-    ``plans`` (or read each time without it). ``hold`` and ``check_done`` as in :func:`pseudo_label_shard`."""
-    root, shard = _planned(job.plan_url, index, options, plans)
+    ``plans`` (or read each time without it). ``hold`` and ``check_done`` as in :func:`pseudo_label_shard`;
+    ``next_index``: the shard this thread labels next, if known, whose first images ``read_ahead`` reads
+    meanwhile (an index outside the plan is no shard)."""
+    root, shards = _planned(job.plan_url, index, options, plans)
+    following = shards[next_index] if next_index is not None and 0 <= next_index < len(shards) else None
     load = lambda: cache.get(job.fingerprint, lambda: teacher_from_checkpoint(job.checkpoint, job.tta, options))  # noqa: E731
-    return pseudo_label_shard(shard, root, job.out_dir, job.fingerprint, load, options=options, device=device,
-                              batch_size=job.batch_size, progress=progress, hold=hold, check_done=check_done)
+    return pseudo_label_shard(shards[index], root, job.out_dir, job.fingerprint, load, options=options, device=device,
+                              batch_size=job.batch_size, progress=progress, hold=hold, check_done=check_done,
+                              read_ahead=read_ahead, next_shard=following)
 
 
 def done_shards(plan_url: str, out_dir: str, fingerprint: str, options: Mapping[str, Any] | None = None,

@@ -8,6 +8,8 @@ test-time transform is a rejection with its reason; storage that cannot be reach
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -92,8 +94,93 @@ READ_THREADS = 8
 BatchRead = tuple[list[torch.Tensor], list[UnlabeledImage], list[tuple[UnlabeledImage, ImageRejected]]]
 
 
+class ReadAhead:
+    """The first images of the shard this process labels next, read while it labels the current one.
+
+    Shards labeled one after another by one thread (``omnidistill label``, the flow's shard tasks
+    on one worker, a ``label-shards`` flow run) would otherwise each start with the model idle until
+    its first batch is read: on moto's S3, a batch of 8 took 48 ms, a tenth of a 50-image shard at
+    32 px on 2 CPU cores. :func:`read_batches` starts these reads once it has asked for its own last
+    batch, and the next shard's :func:`read_batches` takes them by URL (with the same storage
+    options and image check; anything else is read anew). One instance per process, shared by its
+    shard tasks (``tasks.cache``); the reads of the last ``keep`` shards announced are held, older
+    ones (a guess that did not come true) are dropped. A labeling calls :meth:`clear` when it ends,
+    however it ends: reads held past it could be of files rewritten since.
+    """
+
+    def __init__(self, threads: int = READ_THREADS, keep: int = 2) -> None:
+        self.threads, self.keep = max(1, threads), max(1, keep)
+        self._lock = threading.Lock()
+        self._starts: OrderedDict[int, dict[str, tuple[Any, ImageCheck, Future]]] = OrderedDict()
+        self._count = 0
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Sent to another process (inside a pickled flow, say), it arrives empty: reads do not travel."""
+        return {"threads": self.threads, "keep": self.keep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["threads"], state["keep"])
+
+    def start(self, images: Sequence[UnlabeledImage], root: str, options: Mapping[str, Any] | None,
+              check_image: ImageCheck) -> None:
+        """Read ``images`` (of the shard labeled next) in the background."""
+        if not images:
+            return
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="omnidistill-ahead")
+            reads = {join(root, image.file_name): (options, check_image,
+                                                   self._pool.submit(_read_one, image, root, options, check_image))
+                     for image in images}
+            for older in self._starts.values():  # a retried shard announces its successor again: the newest read
+                _cancel({url: older.pop(url) for url in reads.keys() & older.keys()})
+            self._count += 1
+            self._starts[self._count] = reads
+            while len(self._starts) > self.keep:
+                _cancel(self._starts.popitem(last=False)[1])
+
+    def take(self, image: UnlabeledImage, root: str, options: Mapping[str, Any] | None,
+             check_image: ImageCheck) -> Future | None:
+        """The read of ``image`` started earlier with these options and check, now the caller's; else None."""
+        url = join(root, image.file_name)
+        with self._lock:
+            for reads in self._starts.values():
+                found = reads.pop(url, None)
+                if found is not None:
+                    break
+            else:
+                return None
+        started_with, check, future = found
+        if started_with != options or check != check_image:
+            future.cancel()
+            return None
+        return future
+
+    def clear(self) -> None:
+        """Drop every read held (the labeling is over) and let the reading threads end: reads not
+        started are cancelled, those under way are not waited for."""
+        with self._lock:
+            while self._starts:
+                _cancel(self._starts.popitem()[1])
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+
+    def __len__(self) -> int:
+        """Reads held."""
+        with self._lock:
+            return sum(len(reads) for reads in self._starts.values())
+
+
+def _cancel(reads: Mapping[str, tuple[Any, ImageCheck, Future]]) -> None:
+    for _, _, future in reads.values():
+        future.cancel()
+
+
 def read_batches(batches: Sequence[list[UnlabeledImage]], root: str, options: Mapping[str, Any] | None, device: str,
-                 check_image: ImageCheck = any_size, threads: int = READ_THREADS) -> Iterator[BatchRead]:
+                 check_image: ImageCheck = any_size, threads: int = READ_THREADS, ahead: ReadAhead | None = None,
+                 then: Sequence[UnlabeledImage] = ()) -> Iterator[BatchRead]:
     """(tensors on ``device``, their images, the images rejected and why) of each batch, in order.
 
     ``threads`` images are read at once, and the next batch is read while the caller labels this
@@ -101,16 +188,29 @@ def read_batches(batches: Sequence[list[UnlabeledImage]], root: str, options: Ma
     on the CPU (the reading threads never touch ``device``). A :data:`TRANSIENT` error is raised
     where its batch is yielded. Leaving early (an error, a stop, Ctrl-C) drops the reads not started
     and does not wait for those under way: a stalled GET must not hold up a stop.
+
+    With ``ahead``, images it read already are taken from it, and once the last batch is asked for,
+    ``then`` (the first images of the shard labeled next) are read into it (see :class:`ReadAhead`):
+    one batch more in memory.
     """
     pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="omnidistill-read")
 
-    def submit(batch: list[UnlabeledImage]) -> list[Future]:
-        return [pool.submit(_read_one, image, root, options, check_image) for image in batch]
+    def read(image: UnlabeledImage) -> Future:
+        started = ahead.take(image, root, options, check_image) if ahead is not None else None
+        return started if started is not None else pool.submit(_read_one, image, root, options, check_image)
+
+    def submit(i: int) -> list[Future]:
+        if i >= len(batches):
+            return []
+        futures = [read(image) for image in batches[i]]
+        if ahead is not None and i == len(batches) - 1:
+            ahead.start(then, root, options, check_image)
+        return futures
 
     try:
-        pending = submit(batches[0]) if batches else []
+        pending = submit(0)
         for i, batch in enumerate(batches):
-            current, pending = pending, submit(batches[i + 1]) if i + 1 < len(batches) else []
+            current, pending = pending, submit(i + 1)
             images, kept, refused = [], [], []
             for image, future in zip(batch, current):
                 result = future.result()

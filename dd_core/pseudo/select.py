@@ -21,7 +21,7 @@ from dd_core.calibrate import (
     labeled_keypoints_per_instance,
     per_category_thresholds,
 )
-from dd_core.storage.parquet import arrow_array, column_values, list_rows, read_shard, shard_meta
+from dd_core.storage.parquet import arrow_array, column_values, list_rows, numpy_view, read_shard, shard_meta
 
 
 @dataclass
@@ -75,11 +75,10 @@ class Selection:
                 for k, val in self.__dict__.items()}
 
 
-def _annotation(ann_id: int, image_id: int, category_id: int, box: Sequence[float], score: float,
+def _annotation(ann_id: int, image_id: int, category_id: int, bbox: list[float], area: float, score: float,
                 keypoints: np.ndarray | None, visible: np.ndarray | None) -> dict[str, Any]:
-    x1, y1, x2, y2 = (float(v) for v in box)
-    ann = {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": [x1, y1, x2 - x1, y2 - y1],
-           "area": (x2 - x1) * (y2 - y1), "iscrowd": 0, "score": score}
+    ann = {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": bbox, "area": area,
+           "iscrowd": 0, "score": score}
     if keypoints is not None:
         xyv = np.zeros((len(visible), 3))
         xyv[visible, :2] = keypoints.reshape(-1, 2)[visible]
@@ -87,6 +86,18 @@ def _annotation(ann_id: int, image_id: int, category_id: int, box: Sequence[floa
         ann["keypoints"] = [round(float(v), 2) for v in xyv.ravel()]
         ann["num_keypoints"] = int(visible.sum())
     return ann
+
+
+def _coco_boxes(table: pa.Table, idx: np.ndarray) -> tuple[list[list[float]], list[float]]:
+    """COCO ``bbox`` (x, y, width, height) and ``area`` of rows ``idx``, from their xyxy ``box``:
+    only those rows leave Arrow, and the arithmetic is in float64, as Python's on each float."""
+    kept = table.column("box").take(arrow_array(idx, pa.int64())).combine_chunks()
+    xyxy = numpy_view(kept.flatten()).reshape(len(idx), 4).astype(np.float64)
+    x1, y1, x2, y2 = xyxy.T
+    with np.errstate(invalid="ignore", over="ignore"):  # an infinite box gives nan, as Python's arithmetic does
+        width, height = x2 - x1, y2 - y1
+        area = width * height
+    return np.stack([x1, y1, width, height], axis=1).tolist(), area.tolist()
 
 
 def _columns(predictions: Predictions) -> tuple[np.ndarray, np.ndarray]:
@@ -176,11 +187,12 @@ def apply_selection(predictions: Predictions, categories: list[dict[str, Any]], 
             kps, kp_scores = _keypoint_columns(predictions, idx)
             per_row = np.array([keypoint_thresholds.get(int(c), np.inf) for c in cats[idx]], dtype=np.float64)
             vis = kp_scores >= per_row[:, None]
-        image_ids = column_values(t, "image_id")
-        boxes = t.column("box").to_pylist()
-        anns = [_annotation(n + 1, int(image_ids[i]), int(cats[i]), boxes[i], float(scores[i]),
+        bboxes, areas = _coco_boxes(t, idx)
+        image_ids, kept_cats = column_values(t, "image_id")[idx].tolist(), cats[idx].tolist()
+        kept_scores = scores[idx].astype(np.float64).tolist()
+        anns = [_annotation(n + 1, image_ids[n], kept_cats[n], bboxes[n], areas[n], kept_scores[n],
                             None if kps is None else kps[n], None if vis is None else vis[n])
-                for n, i in enumerate(idx)]
+                for n in range(len(idx))]
     images = [{"id": im["id"], "file_name": im["file_name"], "width": im["width"], "height": im["height"]}
               for im in predictions.images]
     return {"info": {"description": "omnidistill pseudo-labels"}, "images": images, "annotations": anns,

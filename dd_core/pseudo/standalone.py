@@ -11,9 +11,10 @@ from typing import Any
 from dd_core.data.coco import load_coco
 from dd_core.data.unlabeled import PlanCache
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint
-from dd_core.pseudo.infer import ShardJob, pseudo_label_planned_shard
+from dd_core.pseudo.infer import ShardJob, done_shards, pseudo_label_planned_shard
 from dd_core.pseudo.manifest import write_manifest
 from dd_core.pseudo.pipeline import MANIFEST, FixedThresholds, SelectionOutputs, plan, select
+from dd_core.pseudo.reading import ReadAhead
 from dd_core.pseudo.teacher import TeacherCache
 from dd_core.storage import join
 from dd_core.train.checkpoint import load_checkpoint
@@ -48,10 +49,20 @@ def pseudo_label_images(checkpoint: str, images: str, out: str, tta: MultiTransf
     planned = plan(images, plan_url, shard_size, root=root, options=options)
     job = ShardJob(checkpoint, plan_url, predictions_dir, tta, checkpoint_fingerprint(checkpoint, tta, options),
                    device, batch_size)
-    cache, plans = TeacherCache(), PlanCache()
-    summaries = [pseudo_label_planned_shard(job, i, cache=cache, device=device, options=options, progress=progress,
-                                            plans=plans).to_dict() for i in range(planned.num_shards)]
-    cache.clear()
+    # The shards done already (an interrupted call) are found in one listing, as the flow's resume
+    # does; the others are not looked for one by one (on S3, two requests each).
+    done = done_shards(plan_url, predictions_dir, job.fingerprint, options)
+    to_label = [i for i in range(planned.num_shards) if i not in done]
+    cache, plans, ahead = TeacherCache(), PlanCache(), ReadAhead()
+    try:
+        for i, following in zip(to_label, [*to_label[1:], None]):
+            done[i] = pseudo_label_planned_shard(job, i, cache=cache, device=device, options=options,
+                                                 progress=progress, plans=plans, read_ahead=ahead,
+                                                 next_index=following, check_done=False)
+    finally:
+        cache.clear()
+        ahead.clear()
+    summaries = [done[i].to_dict() for i in range(planned.num_shards)]
     write_manifest(join(predictions_dir, MANIFEST), summaries, job.fingerprint, options)
     calibration = load_coco(labeled, labeled_images or "", options).to_dict() if labeled else None
     pseudo, selection, predictions = select(

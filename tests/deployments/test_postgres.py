@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from deployments.local_postgres import (
     find_server_binaries,
     postgres_server,
 )
-from flows.server import SERVER_COMMAND, local_prefect_server
+from flows.server import SERVER_COMMAND, SERVER_SETTINGS, local_prefect_server
 from tests.flows.conftest import local_config, make_sets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,9 +79,13 @@ def test_the_distillation_flow_runs_on_a_postgres_backed_server(tmp_path, postgr
     assert runs["on-postgres"] == "COMPLETED"
     flows = _query(url, "SELECT f.name, r.state_type::text FROM flow_run r JOIN flow f ON f.id = r.flow_id")
     assert ("label-unlabeled", "COMPLETED") in flows
-    shards = _query(url, "SELECT name, state_type::text FROM task_run WHERE name LIKE 'infer shard-%' ORDER BY name")
-    assert shards == [("infer shard-00000", "COMPLETED"), ("infer shard-00001", "COMPLETED"),
-                      ("infer shard-00002", "COMPLETED")]  # 6 unlabeled images, shards of 2
+    expected = [("infer shard-00000", "COMPLETED"), ("infer shard-00001", "COMPLETED"),
+                ("infer shard-00002", "COMPLETED")]
+    shards, written = [], time.monotonic() + 15  # the server writes task runs' states in batches, every 5 s
+    while shards != expected and time.monotonic() < written:
+        time.sleep(0.5)
+        shards = _query(url, "SELECT name, state_type::text FROM task_run WHERE name LIKE 'infer shard-%' ORDER BY name")
+    assert shards == expected  # 6 unlabeled images, shards of 2
 
 
 def test_docker_compose_runs_what_the_tests_run():
@@ -88,6 +93,7 @@ def test_docker_compose_runs_what_the_tests_run():
     server = compose["prefect-server"]
     assert server["command"].split()[:3] == list(SERVER_COMMAND)
     assert server["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"] == database_url("postgres", 5432)
+    assert {key: server["environment"].get(key) for key in SERVER_SETTINGS} == SERVER_SETTINGS
     db = compose["postgres"]
     assert (db["environment"]["POSTGRES_USER"], db["environment"]["POSTGRES_PASSWORD"],
             db["environment"]["POSTGRES_DB"]) == (USER, PASSWORD, DATABASE)

@@ -72,9 +72,28 @@ def test_label_writes_pseudo_labels_for_a_folder(tmp_path, capsys):
     # Calibrated on a labeled set: as many instances per image as it has (1 per image here).
     assert main(["label", "--checkpoint", ckpt, "--images", str(tmp_path / "pile" / "images"), "--out",
                  str(tmp_path / "cal"), "--scales", "64", "--labeled", str(tmp_path / "pile" / "annotations.json"),
-                 "--quiet"]) == 0
+                 "--shard-size", "3", "--quiet"]) == 0
     calibrated = json.loads(capsys.readouterr().out)
     assert calibrated["instances"] == 4 and calibrated["annotations"].endswith("cal/annotations.json")
+    shards = sorted(p.name for p in (tmp_path / "cal" / "annotations.predictions").glob("shard-*.parquet"))
+    assert shards == ["shard-00000.parquet", "shard-00001.parquet"]  # 4 images, shards of 3
+
+
+def test_label_again_keeps_its_finished_shards_and_labels_the_missing_one(tmp_path, capsys):
+    coco = write_tiny_coco(tmp_path / "pile", num_images=4)
+    ckpt = save_random_checkpoint(str(tmp_path / "m.pth"), coco)
+    args = ["label", "--checkpoint", ckpt, "--images", str(tmp_path / "pile" / "images"), "--out",
+            str(tmp_path / "out"), "--scales", "64", "--score-threshold", "0.0", "--shard-size", "2", "--quiet"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    shards = tmp_path / "out" / "annotations.predictions"
+    kept = (shards / "shard-00000.parquet").stat()
+    (shards / "shard-00001.parquet").unlink()  # as if interrupted before its last shard
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (shards / "shard-00000.parquet").stat().st_mtime_ns == kept.st_mtime_ns  # not rewritten
+    assert (shards / "shard-00001.parquet").exists()
+    assert (again["images"], again["instances"]) == (first["images"], first["instances"]) == (4, again["instances"])
 
 
 def test_detection_checkpoint_evaluates_with_box_voting_tta_and_labels(tmp_path, capsys):
@@ -162,6 +181,7 @@ def test_a_run_failing_inside_the_flow_ends_with_its_error_in_one_line(tmp_path,
     (["--batch-size", "0"], "argument --batch-size: expected 1 to 1024, got 0"),
     (["--scales", "64", "5000"], "argument --scales: expected 1 to 4096, got 5000"),
     (["--score-threshold", "nan"], "argument --score-threshold: expected 0 to 1, got nan"),
+    (["--shard-size", "0"], "argument --shard-size: expected 1 to 1000000, got 0"),
 ])
 def test_label_refuses_settings_run_would_refuse(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:

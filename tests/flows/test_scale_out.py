@@ -19,7 +19,7 @@ from dd_core.storage import read_json
 from dd_core.storage.layout import RunLayout
 from dd_core.tta.settings import MultiTransformSettings
 from flows.distill import label_unlabeled
-from flows.runners import shard_groups, shard_resources, shard_task_runner
+from flows.runners import labeled_next, shard_groups, shard_resources, shard_task_runner
 from tests.conftest import save_random_checkpoint
 from tests.flows.conftest import local_config, make_sets
 
@@ -104,6 +104,12 @@ def test_dask_settings_without_the_dask_runner_are_refused(settings):
     (0, 8, []), (3, 8, [[0, 1, 2]]), (5, 2, [[0, 1], [2, 3], [4]]), (4, 2, [[0, 1], [2, 3]]), (2, 1, [[0], [1]])])
 def test_shard_groups_are_consecutive_and_cover_every_shard_once(num_shards, per_run, groups):
     assert shard_groups(num_shards, per_run) == groups
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({}, [3, 7, 8, None]), ({"workers": 2}, [None] * 4), ({"runner": "dask"}, [None] * 4)])
+def test_a_shard_reads_the_next_ones_images_ahead_only_when_one_thread_labels_them_in_order(settings, expected):
+    assert labeled_next([1, 3, 7, 8], ShardsConfig(**settings)) == expected
 
 
 JOB = ShardJob("s3://b/teacher.pth", "s3://b/_plan.json", "s3://b/inf", MultiTransformSettings((64,)), "fp", "cuda", 2)

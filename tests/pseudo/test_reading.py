@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from dd_core.data.unlabeled import UnlabeledImage
-from dd_core.pseudo.reading import ImageRejected, read_batches
+from dd_core.pseudo.reading import ImageRejected, ReadAhead, read_batches
 from dd_core.storage import StorageError
 
 
@@ -100,3 +100,104 @@ def test_leaving_early_does_not_wait_for_a_stalled_read(tmp_path):
     reads.close()
     assert not finished.is_set()  # close() returned while image 2's read still hangs
     release.set()
+
+
+class _Counted:
+    """An image check that counts the reads of each image (by height: image i is 10 + i px high)."""
+
+    def __init__(self) -> None:
+        self.reads: dict[int, int] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, height: int, width: int) -> None:
+        with self.lock:
+            self.reads[height - 10] = self.reads.get(height - 10, 0) + 1
+
+
+def test_the_next_shards_first_images_are_read_ahead_once_and_taken_by_it(tmp_path):
+    images = _pile(tmp_path, 8)
+    first, second = images[:4], images[4:]
+    check, ahead = _Counted(), ReadAhead(threads=2)
+    reads = read_batches([first[:2], first[2:]], str(tmp_path), None, "cpu", check, ahead=ahead, then=second[:2])
+    assert [[image.id for image in kept] for _, kept, _ in reads] == [[0, 1], [2, 3]]
+    assert len(ahead) == 2  # images 4 and 5, read (or being read) for the next shard
+    reads = list(read_batches([second[:2], second[2:]], str(tmp_path), None, "cpu", check, ahead=ahead))
+    assert [[image.id for image in kept] for _, kept, _ in reads] == [[4, 5], [6, 7]]
+    assert [[int(t.shape[-2]) for t in tensors] for tensors, _, _ in reads] == [[14, 15], [16, 17]]
+    assert check.reads == {i: 1 for i in range(8)}  # nothing read twice
+    assert len(ahead) == 0
+
+
+def test_reads_ahead_with_other_storage_options_or_image_check_are_read_anew(tmp_path):
+    images = _pile(tmp_path, 4)
+    check, other = _Counted(), _Counted()
+    ahead = ReadAhead()
+    ahead.start(images[:2], str(tmp_path), {"key": "a"}, check)
+    list(read_batches([images[:2]], str(tmp_path), {"key": "b"}, "cpu", check, ahead=ahead))
+    ahead.start(images[2:], str(tmp_path), None, check)
+    list(read_batches([images[2:]], str(tmp_path), None, "cpu", other, ahead=ahead))
+    assert other.reads == {2: 1, 3: 1}  # the image check it was given, not the one the reads ahead ran
+    assert len(ahead) == 0
+
+
+def test_reads_ahead_of_a_shard_never_labeled_are_dropped_and_cleared(tmp_path):
+    images = _pile(tmp_path, 6)
+    ahead = ReadAhead(keep=2)
+    for pair in (images[:2], images[2:4], images[4:]):
+        ahead.start(pair, str(tmp_path), None, _Counted())
+    assert len(ahead) == 4  # the oldest guess is dropped
+    assert ahead.take(images[0], str(tmp_path), None, None) is None
+    ahead.clear()
+    assert len(ahead) == 0
+
+
+def test_a_storage_failure_read_ahead_fails_the_next_shards_first_batch(tmp_path):
+    images = _pile(tmp_path, 4)
+
+    def storage_down(height: int, width: int) -> None:
+        if height == 12:
+            raise StorageError("endpoint unreachable")
+
+    ahead = ReadAhead()
+    list(read_batches([images[:2]], str(tmp_path), None, "cpu", storage_down, ahead=ahead, then=images[2:]))
+    with pytest.raises(StorageError, match="endpoint unreachable"):
+        next(read_batches([images[2:]], str(tmp_path), None, "cpu", storage_down, ahead=ahead))
+
+
+def test_a_shard_announced_again_is_read_again_and_only_the_newest_read_is_kept(tmp_path):
+    """A retried shard announces its successor a second time: the files may have changed meanwhile."""
+    images = _pile(tmp_path, 2)
+    check, ahead = _Counted(), ReadAhead()
+    ahead.start(images, str(tmp_path), None, check)
+    Image.fromarray(np.full((30, 12, 3), 7, dtype=np.uint8)).save(tmp_path / "0.png")  # rewritten before the retry
+    ahead.start(images, str(tmp_path), None, check)
+    assert len(ahead) == 2
+    tensors, kept, _ = next(read_batches([images], str(tmp_path), None, "cpu", check, ahead=ahead))
+    assert [int(t.shape[-2]) for t in tensors] == [30, 11]
+    assert len(ahead) == 0
+
+
+def test_clearing_ends_the_reading_threads_and_a_cleared_read_ahead_reads_again(tmp_path):
+    images = _pile(tmp_path, 2)
+    ahead = ReadAhead(threads=2)
+    ahead.start(images, str(tmp_path), None, _Counted())
+    threads = list(ahead._pool._threads)
+    ahead.clear()
+    for thread in threads:  # they end once the reads under way are done
+        thread.join(timeout=10)
+    assert threads and not any(thread.is_alive() for thread in threads)
+    ahead.start(images, str(tmp_path), None, _Counted())
+    assert ahead.take(images[0], str(tmp_path), None, None) is None  # another image check: read anew
+    assert ahead.take(images[1], str(tmp_path), {"key": "x"}, None) is None  # other storage options
+    assert len(ahead) == 0
+
+
+def test_a_read_ahead_sent_to_another_process_arrives_empty(tmp_path):
+    import pickle
+
+    images = _pile(tmp_path, 2)
+    ahead = ReadAhead(threads=3, keep=4)
+    ahead.start(images, str(tmp_path), None, _Counted())
+    copy = pickle.loads(pickle.dumps(ahead))
+    assert len(copy) == 0 and (copy.threads, copy.keep) == (3, 4)
+    ahead.clear()
