@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from dd_core.config import ShardsConfig
+from dd_core.pseudo.infer import labeled_after
 
 DASK_EXTRA = "pip install 'omnidistill[dask]'"
 
@@ -63,7 +64,7 @@ def labeled_next(indices: list[int], shards: ShardsConfig) -> list[int | None]:
     as they come)."""
     if shards.runner != "threads" or shards.workers != 1:
         return [None] * len(indices)
-    return [*indices[1:], None]
+    return labeled_after(indices)
 
 
 def shard_groups(num_shards: int, per_flow_run: int) -> list[list[int]]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect import flow
 
-from dd_core.pseudo.infer import ShardJob
+from dd_core.pseudo.infer import ShardJob, labeled_after
 from tasks import cache
 from tasks.infer import infer_shard
 
@@ -28,6 +28,6 @@ def label_shards(job: dict[str, Any], indices: list[int]) -> list[dict[str, Any]
     shard_job = ShardJob.from_parameters(job)
     try:
         return [infer_shard(shard_job, index, {}, next_index=following)
-                for index, following in zip(indices, [*indices[1:], None])]
+                for index, following in zip(indices, labeled_after(indices))]
     finally:
         cache.READ_AHEAD.clear()

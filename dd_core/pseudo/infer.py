@@ -261,6 +261,12 @@ class ShardJob:
         return cls(**{**parameters, "tta": MultiTransformSettings.from_identity(parameters["tta"])})
 
 
+def labeled_after(indices: Sequence[int]) -> list[int | None]:
+    """For shards ``indices`` labeled one after another by one thread, the shard each is followed by
+    (None for the last): the ``next_index`` of :func:`pseudo_label_planned_shard`."""
+    return [*indices[1:], None]
+
+
 def pseudo_label_planned_shard(job: ShardJob, index: int, *, cache: TeacherCache, device: str,
                                options: Mapping[str, Any] | None = None, progress: bool = False,
                                plans: PlanCache | None = None,

@@ -11,7 +11,7 @@ from typing import Any
 from dd_core.data.coco import load_coco
 from dd_core.data.unlabeled import PlanCache
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint
-from dd_core.pseudo.infer import ShardJob, done_shards, pseudo_label_planned_shard
+from dd_core.pseudo.infer import ShardJob, done_shards, labeled_after, pseudo_label_planned_shard
 from dd_core.pseudo.manifest import write_manifest
 from dd_core.pseudo.pipeline import MANIFEST, FixedThresholds, SelectionOutputs, plan, select
 from dd_core.pseudo.reading import ReadAhead
@@ -55,7 +55,7 @@ def pseudo_label_images(checkpoint: str, images: str, out: str, tta: MultiTransf
     to_label = [i for i in range(planned.num_shards) if i not in done]
     cache, plans, ahead = TeacherCache(), PlanCache(), ReadAhead()
     try:
-        for i, following in zip(to_label, [*to_label[1:], None]):
+        for i, following in zip(to_label, labeled_after(to_label)):
             done[i] = pseudo_label_planned_shard(job, i, cache=cache, device=device, options=options,
                                                  progress=progress, plans=plans, read_ahead=ahead,
                                                  next_index=following, check_done=False)
