@@ -19,6 +19,12 @@ memory is its own, and it can be killed), one after another in this one call:
   number of shards);
 - ``postgres-kill`` / ``sqlite-kill``: the subflow SIGKILLed once half of its shards are in the bucket,
   then the same run id again, timed from that second start to labeling done.
+- ``pair-postgres`` / ``pair-sqlite``: the subflow and ``baseline`` at the same time, side by side:
+  the flow, its server and its database on one core, ``omnidistill label`` on the other, each with
+  one torch thread (``OMP_NUM_THREADS=1``); moto, in this process, serves both from either core.
+  Sequential runs of this machine drift in speed (the same flow used 1,249 and 1,348 CPU s, 16
+  minutes apart), and whatever slows one core slows both runs of a pair alike; ``--swap`` puts the
+  flow on the second core instead.
 
 The images are ``--size`` px noise PNGs, made here once and put in a bucket of a moto S3 server that
 this process runs on loopback (through moto's backend: see :func:`seed`); every scenario reads them
@@ -31,7 +37,7 @@ preset keeps 150) in every scenario alike, so that the model costs little and th
 
 Measured per scenario: wall time (the child process's start to its exit, and the labeling call in
 it), the plan and the selection, per-shard orchestration (``bench/rehearsal.py``'s probe), and peak
-memory sampled every 0.5 s: RSS and PSS of the flow process, of the Prefect server's processes and of
+memory sampled every 2 s: peak RSS and PSS of the flow process, of the Prefect server's processes and of
 PostgreSQL's. One JSON line per scenario is appended to ``<out>/rehearsal-full.jsonl``.
 """
 
@@ -57,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 BUCKET = "rehearsal"
 SCENARIOS = ("baseline", "baseline-shards", "postgres", "postgres-small", "postgres-kill", "sqlite", "sqlite-small",
-             "sqlite-kill")
+             "sqlite-kill", "pair-postgres", "pair-sqlite")
 BATCH = 8
 # The pool as a list of its files (the plan reads it instead of listing the folder: see list_folder_seconds).
 UNLABELED = f"s3://{BUCKET}/unlabeled.txt"
@@ -213,6 +219,8 @@ def child_baseline(spec: dict[str, Any]) -> dict[str, Any]:
 
 def child(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
+    if spec.get("cpus"):  # before torch starts its threads: they inherit it
+        os.sched_setaffinity(0, spec["cpus"])
     cheap_proposals(spec["proposals"])
     result = (child_baseline if spec["mode"] == "baseline" else child_flow)(spec)
     # VmHWM, not getrusage's ru_maxrss: that one keeps the parent's peak across fork and exec.
@@ -243,6 +251,29 @@ def _peak_rss(pid: int) -> int:
             return next((int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:")), 0)
     except OSError:
         return 0
+
+
+def _cpu_seconds(processes: list[Any]) -> float:
+    """User + system CPU seconds of ``processes`` (those still there) and of the children they reaped
+    (PostgreSQL's backends that exited)."""
+    import psutil
+
+    total = 0.0
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            total += sum(p.cpu_times()[:4])
+    return total
+
+
+def _pin(processes: list[Any], core: int) -> None:
+    """Every thread of ``processes`` on ``core`` (threads they start later inherit it)."""
+    import psutil
+
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            for thread in p.threads():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(thread.id, {core})
 
 
 def _memory(processes: list[Any]) -> tuple[float, float]:
@@ -330,15 +361,17 @@ class Rehearsal:
     database_pid: int | None = None
     api_url: str | None = None
 
-    def spawn(self, spec: dict[str, Any]) -> tuple[subprocess.Popen, Path]:
+    def spawn(self, spec: dict[str, Any], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
         name = f"{spec['name']}-{time.time_ns()}"
         spec_path, result = self.out / f"{name}.spec.json", self.out / f"{name}.result.json"
         spec_path.write_text(json.dumps({**spec, "result": str(result), "proposals": self.proposals,
                                          "size": self.size, "checkpoint": self.checkpoint}))
-        env = {**os.environ, "AWS_ENDPOINT_URL_S3": self.options["endpoint_url"],
+        env = {**os.environ, **(env or {}), "AWS_ENDPOINT_URL_S3": self.options["endpoint_url"],
                "AWS_ACCESS_KEY_ID": self.options["key"], "AWS_SECRET_ACCESS_KEY": self.options["secret"]}
         if self.api_url:
             env["PREFECT_API_URL"] = f"{self.api_url}/api"
+        else:  # the baseline: no Prefect API, even one this process started for a flow beside it
+            env.pop("PREFECT_API_URL", None)
         log = open(self.out / f"{name}.log", "w")
         process = subprocess.Popen([sys.executable, __file__, "--child", str(spec_path)], env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
@@ -384,6 +417,50 @@ class Rehearsal:
         resumed = self.measure(spec)
         return {"killed": {**killed, "shards_done": done_before}, "resume": resumed}
 
+    def pair(self, run_id: str, shards: int, flow_core: int, base_core: int) -> dict[str, Any]:
+        """The flow on ``flow_core`` (with the server and the database: pinned here) and ``omnidistill
+        label`` on ``base_core``, started together, one torch thread each; their walls and CPU seconds."""
+        database = _tree(self.database_pid) if self.database_pid else []
+        server = [p for p in _tree(os.getpid())[1:] if p.pid not in {d.pid for d in database}]
+        _pin(server + database, flow_core)  # PostgreSQL's later backends are forked by its pinned postmaster
+        before = {"server": _cpu_seconds(server), "database": _cpu_seconds(database[:1])}
+        own = sum(os.times()[:2])
+        one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        api_url, self.api_url = self.api_url, None
+        base, base_result = self.spawn({"name": f"{run_id}-baseline", "mode": "baseline", "shard_size": None,
+                                        "cpus": [base_core]}, one_thread)
+        self.api_url = api_url
+        flow, flow_result = self.spawn({"name": run_id, "mode": "flow", "cpus": [flow_core],
+                                        "config": flow_config(run_id, shards, self.images, self.size, self.options,
+                                                              self.workers)}, one_thread)
+        start, walls = time.perf_counter(), {}
+        try:
+            while len(walls) < 2:
+                for name, process in (("flow", flow), ("baseline", base)):
+                    if name not in walls and process.poll() is not None:
+                        walls[name] = round(time.perf_counter() - start, 1)
+                        if process.returncode:
+                            raise RuntimeError(f"{run_id} {name}: the child exited {process.returncode} "
+                                               f"(see {self.out})")
+                time.sleep(0.2)
+        finally:  # a failed child, or Ctrl-C here: the other one does not run on
+            for process in (flow, base):
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        # The postmaster's own CPU and its reaped backends', plus the backends still there.
+        database = _tree(self.database_pid) if self.database_pid else []
+        used = {"server": round(_cpu_seconds(server) - before["server"], 1),
+                "database": round(_cpu_seconds(database[:1]) - before["database"]
+                                  + sum(_cpu_seconds([p]) for p in database[1:]), 1)}
+        flow_run, baseline = json.loads(flow_result.read_text()), json.loads(base_result.read_text())
+        return {"flow_core": flow_core, "baseline_core": base_core,
+                "flow": {"process_wall_s": walls["flow"], **flow_run},
+                "baseline": {"process_wall_s": walls["baseline"], **baseline},
+                "ratio": round(flow_run["wall_s"] / baseline["wall_s"], 3),
+                "cpu_s": {"flow": flow_run["process_cpu_s"], "baseline": baseline["process_cpu_s"], **used,
+                          "bench_process": round(sum(os.times()[:2]) - own, 1)}}
+
 
 @contextlib.contextmanager
 def prefect_server(kind: str, folder: Path) -> Iterator[tuple[str, int | None]]:
@@ -401,19 +478,26 @@ def prefect_server(kind: str, folder: Path) -> Iterator[tuple[str, int | None]]:
             yield ui, None
 
 
-def run_scenario(rehearsal: Rehearsal, name: str, shards: int, small_shards: int) -> dict[str, Any]:
+def run_scenario(rehearsal: Rehearsal, name: str, shards: int, small_shards: int, swap: bool = False) -> dict[str, Any]:
     if name.startswith("baseline"):
         rehearsal.api_url = rehearsal.database_pid = None
         size = -(-rehearsal.images // shards) if name == "baseline-shards" else None
         return {"shard_size": size or 256, **rehearsal.measure({"name": f"{name}-{time.time_ns()}", "mode": "baseline",
                                                                  "shard_size": size})}
-    kind, _, variant = name.partition("-")
+    pair = name.startswith("pair-")
+    kind, _, variant = name.removeprefix("pair-").partition("-")
     count = small_shards if variant == "small" else shards
     folder = Path(f"/tmp/rehearsal-{kind}-{time.time_ns()}")  # PostgreSQL's account must reach it
     folder.mkdir(mode=0o755)
     try:
         with prefect_server(kind, folder) as (ui, database_pid):
             rehearsal.api_url, rehearsal.database_pid = ui, database_pid
+            if pair:
+                cores = sorted(os.sched_getaffinity(0))[:2]
+                if len(cores) < 2:
+                    raise RuntimeError(f"{name} needs two cores, this process may use {cores}")
+                cores = cores[::-1] if swap else cores
+                return {"shards": count, **rehearsal.pair(f"{name}-{time.time_ns()}", count, *cores)}
             return {"shards": count, **rehearsal.flow(f"{name}-{time.time_ns()}", count, kill=variant == "kill")}
     finally:
         import shutil
@@ -430,7 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proposals", type=int, default=20, help="RPN proposals per test image")
     parser.add_argument("--workers", type=int, default=1, help="shard tasks at once in the flow (threads runner)")
     parser.add_argument("--list-folder", action="store_true", help="also time listing the unlabeled folder")
-    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--swap", action="store_true", help="pair-*: the flow on core 1, the baseline on core 0")
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS,
+                        default=[s for s in SCENARIOS if not s.startswith("pair-")])
     parser.add_argument("--out", type=Path, default=Path("/tmp/omnidistill-rehearsal-full"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -460,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.scenarios:
             result = {"scenario": name, "images": args.images, "size": args.size, "proposals": args.proposals,
                       "workers": args.workers, "date": time.strftime("%Y-%m-%d %H:%M"), "list_folder_s": listing,
-                      **run_scenario(rehearsal, name, args.shards, args.small_shards)}
+                      **run_scenario(rehearsal, name, args.shards, args.small_shards, args.swap)}
             print(json.dumps(result), flush=True)
             with open(args.out / "rehearsal-full.jsonl", "a") as f:
                 f.write(json.dumps(result) + "\n")

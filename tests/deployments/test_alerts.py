@@ -1,6 +1,7 @@
 """The shipped alerts: the automations install on a Prefect server, and the events they trigger on
 are the ones a failed distillation and a shard out of retries really emit."""
 
+import datetime
 import time
 
 import pytest
@@ -45,13 +46,11 @@ def test_the_automations_install_and_replace_themselves(prefect_harness):
 
 
 def test_a_failed_distillation_and_a_shard_out_of_retries_emit_what_the_alerts_wait_for(tmp_path, prefect_harness):
-    from prefect.types import DateTime
-
     from dd_core.storage.layout import RunLayout
     from flows.distill import label_unlabeled
     from flows.run import run_distillation
 
-    since = DateTime.now("UTC")
+    since = datetime.datetime.now(datetime.timezone.utc)
     d = make_sets(tmp_path, (2, 2, 1))
     with pytest.raises(FloatingPointError):  # the teacher diverges: the flow run fails
         run_distillation(local_config(d, run_id="alert", teacher={"iterations": 3, "batch_size": 2, "lr": 1e12,
