@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -27,8 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args(argv)
-    import os
-
     from deployments.local_postgres import prefect_server_on_postgres
 
     folder = Path(tempfile.mkdtemp(prefix="omnidistill-idle-", dir="/tmp"))
