@@ -20,7 +20,8 @@ Measured in this process, per thread of the task runner (a worker's view), each 
 - ``shard_tasks_s``: the first shard task's start to the last one's end (the rest of ``wall_s`` is the
   plan, the teacher's fingerprint, the manifest and the selection);
 - ``finished_check``: reading the footer of the shard's output, if any (is it done?);
-- ``slot``: taking the ``gpu`` concurrency slot (a request to the server, limit or not);
+- ``slot``: taking the ``gpu`` concurrency slot (a request to the server where it has a ``gpu`` limit;
+  without one, the answer ``tasks.cache.GPU_LIMIT`` remembers, asked every 10 s);
 - ``per_shard``: a shard's output written to the next shard's first image read (both of the above:
   what a GPU worker waits between shards); on the resume, each skipped task's whole wall instead.
 Medians and 90th percentiles in ms, with the plan reads and progress artifact calls counted. The

@@ -216,7 +216,7 @@ from dd_core.tta.settings import MultiTransformSettings
 tta = MultiTransformSettings({tuple(scales)!r}, True)
 images = list_unlabeled({str(root / f"list-{images}.txt")!r}, {str(root / "pool")!r})
 plan = {str(root / f"plan-{images}.json")!r}
-n = write_plan(images, {shard_size}, plan)
+n = write_plan(images, {shard_size}, plan).num_shards
 job = ShardJob({checkpoint!r}, plan, {str(root / f"out-{images}")!r}, tta, checkpoint_fingerprint({checkpoint!r}, tta),
                {device!r}, 8)
 cache = TeacherCache()

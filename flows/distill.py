@@ -113,12 +113,13 @@ def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> di
     tta = multi_transform_settings(config)
     plan = plan_shards(config.unlabeled, config.shards.size, layout.plan, options)
     job = ShardJob(checkpoint, layout.plan, layout.inference, tta, fingerprint_teacher(checkpoint, tta, options),
-                   config.device, config.shards.batch_size)
+                   config.device, config.shards.batch_size, plan["digest"])
     label = _label_by_deployment if config.shards.runner == "deployment" else _label_on_task_runner
     try:
         shards = label(config, job, plan["num_shards"])
-    finally:  # shard tasks in this process cached the teacher (the student trains next) and read images ahead
+    finally:  # shard tasks in this process cached the teacher (the student trains next), the plan, images read ahead
         cache.TEACHERS.clear()
+        cache.PLANS.clear()
         cache.READ_AHEAD.clear()
     write_inference_manifest(layout.manifest, shards, job.fingerprint, options)
     selection = select_pseudo(layout.manifest, config.labeled, config.task, SelectionOutputs.of_run(layout), options)

@@ -30,4 +30,5 @@ def label_shards(job: dict[str, Any], indices: list[int]) -> list[dict[str, Any]
         return [infer_shard(shard_job, index, {}, next_index=following)
                 for index, following in zip(indices, labeled_after(indices))]
     finally:
+        cache.PLANS.clear()
         cache.READ_AHEAD.clear()

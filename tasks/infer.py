@@ -41,6 +41,8 @@ def gpu_slot() -> AbstractContextManager[Any]:
     of 2,000 finished shards queued 2,000 times for a slot (one acquisition at a time per process,
     each waiting for a running shard to free the slot) only to find its shard done. The same name,
     holder and lease as the engine's: `prefect concurrency-limit inspect gpu` lists these task runs.
+    Without a ``gpu`` limit on the server (:data:`tasks.cache.GPU_LIMIT`, asked every
+    :data:`~tasks.cache.LIMIT_LOOK_EVERY` seconds), no slot is asked for.
     """
     # Prefect's private context manager, the task engine's own: the public one logs a warning for
     # each shard when no "gpu" limit exists (the usual case on one machine).
@@ -49,7 +51,7 @@ def gpu_slot() -> AbstractContextManager[Any]:
     from prefect.context import TaskRunContext
 
     context = TaskRunContext.get()
-    if context is None:  # called as a plain function (``infer_shard.fn``): no Prefect run to limit
+    if context is None or not cache.GPU_LIMIT():  # a plain function call (``infer_shard.fn``), or no limit
         return contextlib.nullcontext()
     return concurrency([f"tag:{GPU_TAG}"], occupy=1, lease_duration=60, suppress_warnings=True,
                        holder=ConcurrencyLeaseHolder(type="task_run", id=context.task_run.id))

@@ -46,6 +46,7 @@ class PlanSummary:
     num_shards: int
     num_images: int
     root: str
+    digest: str | None = None  # the plan's (WrittenPlan.digest): shard jobs carry it (see PlanCache.read)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -61,9 +62,9 @@ def plan(images: str, plan_url: str, shard_size: int, *, root: str | None = None
     """
     unlabeled = list_unlabeled(images, root, options, limit)
     remove(join(parent(plan_url), MANIFEST), options)
-    num_shards = write_plan(unlabeled, shard_size, plan_url, options)
-    remove_unplanned_shards(parent(plan_url), num_shards, options)
-    return PlanSummary(num_shards, len(unlabeled.images), unlabeled.root)
+    written = write_plan(unlabeled, shard_size, plan_url, options)
+    remove_unplanned_shards(parent(plan_url), written.num_shards, options)
+    return PlanSummary(written.num_shards, len(unlabeled.images), unlabeled.root, written.digest)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def pseudo_label_images(checkpoint: str, images: str, out: str, tta: MultiTransf
     plan_url = join(predictions_dir, "_plan.json")
     planned = plan(images, plan_url, shard_size, root=root, options=options)
     job = ShardJob(checkpoint, plan_url, predictions_dir, tta, checkpoint_fingerprint(checkpoint, tta, options),
-                   device, batch_size)
+                   device, batch_size, planned.digest)
     # The shards done already (an interrupted call) are found in one listing, as the flow's resume
     # does; the others are not looked for one by one (on S3, two requests each).
     done = done_shards(plan_url, predictions_dir, job.fingerprint, options)
@@ -61,6 +61,7 @@ def pseudo_label_images(checkpoint: str, images: str, out: str, tta: MultiTransf
                                                  next_index=following, check_done=False)
     finally:
         cache.clear()
+        plans.clear()
         ahead.clear()
     summaries = [done[i].to_dict() for i in range(planned.num_shards)]
     write_manifest(join(predictions_dir, MANIFEST), summaries, job.fingerprint, options)

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -249,11 +251,25 @@ def _batches(dataset: Dataset, cfg: TrainConfig, world: DistributedContext, star
     return batches
 
 
+def _drop_inherited_exit_hooks(worker_id: int) -> None:
+    """A forked loader worker forgets the thread-exit hooks of the parent's objects (Prefect's log and
+    event services), which ``threading._shutdown`` calls as the worker exits.
+
+    They stop threads that fork does not copy, and Prefect's fail there (its after-fork reset leaves
+    ``_done_event`` None): the worker then exits with code 1 and the DataLoader reports it dead. The
+    module-level hooks (``concurrent.futures``') stay: they are fork-safe and serve the worker's own pools.
+    """
+    hooks = getattr(threading, "_threading_atexits", None)  # CPython's list, as _register_atexit fills it
+    if isinstance(hooks, list):
+        hooks[:] = [hook for hook in hooks if not inspect.ismethod(getattr(hook, "func", hook))]
+
+
 def _loader(dataset: Dataset, batches: Iterable[list[int]], num_workers: int, seed: int) -> DataLoader:
     # Its own generator: creating the iterator must not draw from the global RNG, or a resumed
     # run would diverge from an uninterrupted one.
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed),
+                      worker_init_fn=_drop_inherited_exit_hooks)
 
 
 def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, *, checkpoint_dir: str | None = None,

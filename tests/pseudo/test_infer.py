@@ -392,3 +392,22 @@ def test_a_fifo_a_device_and_a_name_too_long_are_rejected_not_a_hang_or_a_failed
     assert reasons["fifo.png"].endswith("fifo.png: not a regular file (a FIFO, socket or device)")
     assert reasons["zero.png"].endswith("zero.png: not a regular file (a FIFO, socket or device)")
     assert reasons[long_name].startswith(f"{images}/{long_name}: not readable (") and "too long" in reasons[long_name]
+
+
+def test_a_teacher_on_its_device_already_is_not_moved_again_shard_after_shard():
+    import torch
+
+    from dd_core.pseudo.infer import _on_device
+
+    class Counted(torch.nn.Linear):
+        moves = 0
+
+        def _apply(self, fn, recurse=True):
+            Counted.moves += 1
+            return super()._apply(fn, recurse)
+
+    model = Counted(2, 2).to(torch.float64)  # .to(dtype) walks the module: one move
+    assert _on_device(model, "cpu") is model and Counted.moves == 1
+    assert _on_device(torch.nn.Module(), "cpu") is not None  # no parameters: moved, as before
+    if torch.cuda.is_available():
+        assert next(_on_device(model, "cuda").parameters()).is_cuda and Counted.moves == 2

@@ -14,6 +14,7 @@ def test_plan_writes_the_plan_and_removes_an_earlier_plan_s_extra_shards(tmp_pat
         write_bytes_atomic(str(out / name), b"old")
     summary = plan(str(tmp_path / "pile" / "images"), str(out / "_plan.json"), 3, limit=4)
     assert (summary.num_shards, summary.num_images, summary.root) == (2, 4, str(tmp_path / "pile" / "images"))
+    assert summary.digest == read_json(str(out / "_plan.json"))["digest"]
     assert [len(images) for images in read_json(str(out / "_plan.json"))["shards"]] == [3, 1]
     # The old manifest went first: no reader may see it list shards this plan removes or rewrites.
     assert sorted(p.name for p in out.iterdir()) == ["_plan.json", "_rejected.parquet"]

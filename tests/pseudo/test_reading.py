@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -190,6 +191,63 @@ def test_clearing_ends_the_reading_threads_and_a_cleared_read_ahead_reads_again(
     assert ahead.take(images[0], str(tmp_path), None, None) is None  # another image check: read anew
     assert ahead.take(images[1], str(tmp_path), {"key": "x"}, None) is None  # other storage options
     assert len(ahead) == 0
+
+
+def test_shards_read_with_a_read_ahead_use_its_threads_and_start_none_of_their_own(tmp_path):
+    images = _pile(tmp_path, 12)
+    ahead, threads = ReadAhead(threads=3), set()
+
+    def note_thread(height: int, width: int) -> None:
+        threads.add((threading.current_thread().name, threading.get_ident()))
+
+    for shard in (images[:4], images[4:8], images[8:]):  # three shards in batches of 2, one after another
+        reads = list(read_batches([shard[:2], shard[2:]], str(tmp_path), None, "cpu", note_thread, ahead=ahead))
+        assert [image.id for _, kept, _ in reads for image in kept] == [image.id for image in shard]
+    assert 0 < len(threads) <= 3 and all(name.startswith("omnidistill-ahead") for name, _ in threads)
+    ahead.clear()
+
+
+def test_a_read_stalled_by_a_stopped_shard_does_not_hold_up_the_next_shards_reads(tmp_path):
+    images = _pile(tmp_path, 6)
+    stalled, release = threading.Event(), threading.Event()
+
+    def stall_image_2(height: int, width: int) -> None:
+        if height == 12:
+            stalled.set()
+            release.wait(20)
+
+    ahead = ReadAhead(threads=1)
+    try:
+        reads = read_batches([images[:2], images[2:4]], str(tmp_path), None, "cpu", stall_image_2, ahead=ahead)
+        assert [image.id for image in next(reads)[1]] == [0, 1]
+        assert stalled.wait(10)  # image 2's GET hangs on the only reading thread
+        reads.close()  # the shard stops
+        start = time.monotonic()
+        _, kept, _ = next(read_batches([images[4:]], str(tmp_path), None, "cpu", stall_image_2, ahead=ahead))
+        assert [image.id for image in kept] == [4, 5] and time.monotonic() - start < 10  # not after the 20 s GET
+    finally:
+        release.set()
+        ahead.clear()
+
+
+def test_leaving_early_with_a_read_ahead_drops_this_shards_queued_reads_and_keeps_its_threads(tmp_path):
+    images = _pile(tmp_path, 10)
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def count(height: int, width: int) -> None:
+        with lock:
+            seen.append(height - 10)
+
+    ahead = ReadAhead(threads=1)
+    reads = read_batches([images[i:i + 2] for i in range(0, 10, 2)], str(tmp_path), None, "cpu", count, ahead=ahead)
+    assert [image.id for image in next(reads)[1]] == [0, 1]
+    reads.close()  # the shard stopped: its queued reads are cancelled, the next shard still reads
+    assert set(seen) <= {0, 1, 2, 3}
+    assert [image.id for image in next(read_batches([images[8:]], str(tmp_path), None, "cpu", count,
+                                                    ahead=ahead))[1]] == [8, 9]
+    assert set(seen) <= {0, 1, 2, 3, 8, 9}
+    ahead.clear()
 
 
 def test_a_read_ahead_sent_to_another_process_arrives_empty(tmp_path):

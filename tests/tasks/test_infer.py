@@ -11,6 +11,7 @@ from dd_core.data.unlabeled import write_plan
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint
 from dd_core.pseudo.infer import ShardJob
 from flows.shards import label_shards
+from tasks import cache
 from tests.pseudo.helpers import TTA, planned, setup_pile
 
 
@@ -37,6 +38,7 @@ def test_a_finished_shard_takes_no_gpu_slot_and_a_shard_to_label_waits_for_one(p
     job = ShardJob(ckpt, plan, out, TTA, fp, device="cpu").parameters()
     with get_client(sync_client=True) as client:
         client.create_concurrency_limit(tag="gpu", concurrency_limit=1)
+        cache.GPU_LIMIT.forget()  # an earlier test's shards may have found none: asked again, not in 10 s
         # Another holder (a shard of another run, say) takes the only slot.
         lease = client.increment_concurrency_slots_with_lease(names=["tag:gpu"], slots=1, mode="concurrency",
                                                               lease_duration=300).json()["lease_id"]

@@ -1,0 +1,68 @@
+"""What a process remembers between shard tasks: whether the server has a "gpu" limit, asked at most
+every few seconds instead of one slot request per shard."""
+
+import pytest
+from prefect import flow, task
+from prefect.client.orchestration import get_client
+
+from tasks import cache
+from tasks.cache import Recent
+from tasks.infer import gpu_slot
+
+
+def test_a_recent_answer_is_asked_once_per_period_and_a_failed_ask_is_not_remembered():
+    now, answers, asked = [0.0], iter([False, True, False]), []
+
+    def ask() -> bool:
+        asked.append(now[0])
+        if now[0] == 25.0:
+            raise ConnectionError("server gone")
+        return next(answers)
+
+    recent = Recent(ask, every=10.0, clock=lambda: now[0])
+    assert [recent() for _ in range(5)] == [False] * 5 and asked == [0.0]
+    now[0] = 9.9
+    assert recent() is False and asked == [0.0]
+    now[0] = 10.0  # the period is over: asked again
+    assert recent() is True and asked == [0.0, 10.0]
+    now[0] = 25.0
+    with pytest.raises(ConnectionError, match="server gone"):
+        recent()
+    now[0] = 25.5  # nothing remembered from the failed ask: asked again at once
+    assert recent() is False and asked == [0.0, 10.0, 25.0, 25.5]
+    recent.forget()
+    with pytest.raises(StopIteration):  # forgotten: asked again (and the answers are used up)
+        recent()
+
+
+def _active_gpu_slots() -> int:
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name("tag:gpu").active_slots
+
+
+@task
+def _slotted(look: bool) -> int | None:
+    with gpu_slot():
+        return _active_gpu_slots() if look else None
+
+
+def test_shard_tasks_ask_for_a_gpu_slot_only_while_the_server_has_a_gpu_limit(prefect_harness, monkeypatch):
+    asked = []
+    real = cache.GPU_LIMIT.ask
+    monkeypatch.setattr(cache.GPU_LIMIT, "ask", lambda: asked.append(1) or real())
+    cache.GPU_LIMIT.forget()
+
+    @flow
+    def shards(n: int, look: bool) -> list[int | None]:
+        return [_slotted(look) for _ in range(n)]
+
+    assert shards(5, look=False) == [None] * 5 and len(asked) == 1  # no limit: asked once, no slot taken
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag="gpu", concurrency_limit=2)
+        try:
+            cache.GPU_LIMIT.forget()  # rather than wait out LIMIT_LOOK_EVERY
+            assert shards(3, look=True) == [1, 1, 1] and len(asked) == 2  # each held one slot while it ran
+            assert _active_gpu_slots() == 0  # and gave it back
+        finally:
+            client.delete_concurrency_limit_by_tag("gpu")
+            cache.GPU_LIMIT.forget()
