@@ -231,22 +231,14 @@ def test_a_read_stalled_by_a_stopped_shard_does_not_hold_up_the_next_shards_read
 
 
 def test_leaving_early_with_a_read_ahead_drops_this_shards_queued_reads_and_keeps_its_threads(tmp_path):
-    images = _pile(tmp_path, 10)
-    seen: list[int] = []
-    lock = threading.Lock()
-
-    def count(height: int, width: int) -> None:
-        with lock:
-            seen.append(height - 10)
-
-    ahead = ReadAhead(threads=1)
+    images, count, ahead = _pile(tmp_path, 10), _Counted(), ReadAhead(threads=1)
     reads = read_batches([images[i:i + 2] for i in range(0, 10, 2)], str(tmp_path), None, "cpu", count, ahead=ahead)
     assert [image.id for image in next(reads)[1]] == [0, 1]
     reads.close()  # the shard stopped: its queued reads are cancelled, the next shard still reads
-    assert set(seen) <= {0, 1, 2, 3}
+    assert set(count.reads) <= {0, 1, 2, 3}
     assert [image.id for image in next(read_batches([images[8:]], str(tmp_path), None, "cpu", count,
                                                     ahead=ahead))[1]] == [8, 9]
-    assert set(seen) <= {0, 1, 2, 3, 8, 9}
+    assert set(count.reads) <= {0, 1, 2, 3, 8, 9}
     ahead.clear()
 
 
