@@ -3,11 +3,13 @@
     python bench/speed.py synth        [--images 1000] [--size 128]      # synthetic data generation
     python bench/speed.py train-step   [--steps 20] [--batch 8]          # slim training step, loader stall
     python bench/speed.py tta          [--checkpoint CKPT] [--scales ...] # 18 transforms: ours vs bounds
+    python bench/speed.py tta --precision float32 bfloat16 [--channels-last] # the layers' float types, alternated
     python bench/speed.py post         [--checkpoint CKPT] [--images 256] # after inference vs inference
     python bench/speed.py calibrate    [--predictions 10000000]           # per-category thresholds
     python bench/speed.py memory       [--images 1000 10000]              # peak RSS of an inference worker
     python bench/speed.py overhead                                        # Prefect flow vs a plain loop
     python bench/speed.py gpu-train    [--preset r50-fpn]                 # ours vs torchvision reference loop
+    python bench/speed.py gpu-train --amp-dtype float16 bfloat16          # ours, by AMP dtype, alternated
 
 Each prints one JSON line per measurement. ``--device cuda`` runs the model parts on a GPU.
 """
@@ -129,6 +131,51 @@ def tta(checkpoint: str | None, preset: str, scales: list[int], images: int, bat
             "images_per_s_ours": round(len(pics) / total["ours_s"], 2),
             "ours_over_backbone_only": round(total["ours_s"] / total["backbone_only_s"], 3),
             "naive_over_ours": round(total["naive_s"] / total["ours_s"], 3)}
+
+
+def tta_precisions(checkpoint: str | None, preset: str, scales: list[int], images: int, batch: int, size: int,
+                   repeats: int, detections: int, device: torch.device, precisions: list[str],
+                   channels_last: bool) -> dict:
+    """18-transform keypoint inference with the model's layers in each of ``precisions``, alternated
+    (float32, bfloat16, float32, ...: ``repeats`` rounds after one warm-up round), and how far each
+    one's predictions are from float32's (:func:`dd_core.tta.precision.agreement`)."""
+    from bench.tta_speed import sync
+    from dd_core.data.keypoints import COCO_PERSON_FLIP_INDICES
+    from dd_core.tta import LayerSettings, multi_transform_keypoints, transform_set
+    from dd_core.tta.precision import agreement
+
+    model = _model_for_speed(checkpoint, preset, detections, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        pics = _images(Path(tmp) / "kp", images, size, device)
+    batches = [pics[i:i + batch] for i in range(0, len(pics), batch)]
+    transforms, flips = transform_set(scales, flip=True), list(COCO_PERSON_FLIP_INDICES)
+    settings = {p: LayerSettings(p, channels_last and p != "float32") for p in precisions}
+
+    def label(p: str) -> list[dict]:
+        return [o for b in batches for o in multi_transform_keypoints(model, b, transforms, flips, settings[p])]
+
+    times: dict[str, list[float]] = {p: [] for p in precisions}
+    outputs = {p: label(p) for p in precisions}  # the warm-up round
+    for _ in range(repeats):
+        for p in precisions:
+            sync(device)
+            t0 = time.perf_counter()
+            label(p)
+            sync(device)
+            times[p].append(time.perf_counter() - t0)
+    seconds = {p: statistics.median(t) for p, t in times.items()}
+    host = {p: [{k: v.cpu() for k, v in o.items() if torch.is_tensor(v)} for o in out] for p, out in outputs.items()}
+    base = precisions[0]
+    return {"benchmark": "multi-transform keypoint inference by precision", "preset": preset,
+            "checkpoint": checkpoint or f"random weights, {detections} boxes per image", "scales": scales,
+            "transforms": len(transforms), "images": len(pics), "batch": batch, "image_size": size,
+            "channels_last": channels_last, "rounds": repeats, "order": precisions,
+            "seconds": {p: round(v, 3) for p, v in seconds.items()},
+            "images_per_s": {p: round(len(pics) / v, 2) for p, v in seconds.items()},
+            f"speedup_over_{base}": {p: round(seconds[base] / v, 3) for p, v in seconds.items()},
+            # Random weights score boxes at random (scores near each other): agreement means most for a checkpoint.
+            "agreement_with_float32": ({p: {k: round(v, 4) for k, v in agreement(host["float32"], host[p]).items()}
+                                        for p in precisions if p != "float32"} if "float32" in host else None)}
 
 
 def post_inference(checkpoint: str, scales: list[int], images: int, batch: int, device: torch.device) -> dict:
@@ -275,6 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-size", type=int, default=100)
     p.add_argument("--out", type=Path, default=Path("bench-runs/speed"))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                   help="tta: the model's layers in each of these, alternated (default: float32 alone, the "
+                        "row against the lower bounds)")
+    p.add_argument("--amp-dtype", nargs="+", default=None, choices=["float16", "bfloat16"],
+                   help="gpu-train: our loop with AMP in each of these, alternated (instead of the reference)")
+    p.add_argument("--channels-last", action="store_true", help="tta with --precision: channels-last input "
+                   "for the non-float32 runs (CUDA only; ignored on the CPU)")
     p.add_argument("--quick", action="store_true", help="overhead: the quick demo's data (a smoke run)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -283,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         row = synth((args.images or [1000])[0], args.size)
     elif args.benchmark == "train-step":
         row = train_step(args.steps, args.batch or 8, args.workers)
+    elif args.benchmark == "tta" and args.precision != ["float32"]:
+        row = tta_precisions(args.checkpoint, args.preset, scales, (args.images or [16])[0], args.batch or 4,
+                             args.size, args.repeats, args.detections, device, args.precision, args.channels_last)
     elif args.benchmark == "tta":
         row = tta(args.checkpoint, args.preset, scales, (args.images or [16])[0], args.batch or 4, args.size,
                   args.repeats, args.detections, device)
@@ -301,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.overhead import overhead
 
         row = overhead(args.out / "overhead", quick=args.quick)
+    elif args.amp_dtype:
+        from bench.train_speed import compare_amp_dtypes
+
+        row = compare_amp_dtypes(args.preset, args.size, args.batch or 2, args.steps, device, args.amp_dtype)
     else:
         from bench.train_speed import compare_training
 

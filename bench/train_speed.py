@@ -111,3 +111,32 @@ def compare_training(preset: str, size: int, batch: int, steps: int, device: tor
             "batch": batch, "steps": steps, "amp": device.type == "cuda", "loader_workers": workers,
             "reference_it_per_s": round(ref, 2), "ours_it_per_s": round(ours, 2),
             "ours_over_reference": round(ours / ref, 3)}
+
+
+def compare_amp_dtypes(preset: str, size: int, batch: int, steps: int, device: torch.device, dtypes: list[str],
+                       workers: int = 4) -> dict:
+    """Our loop's iterations per second with AMP autocasting to each of ``dtypes``, alternated twice.
+
+    The loop autocasts to the device's default autocast dtype (float16 on CUDA); it is set per run.
+    """
+    if preset != "r50-fpn":
+        raise ValueError("the AMP comparison trains the r50-fpn preset: use --preset r50-fpn")
+    if device.type != "cuda":
+        raise ValueError("AMP runs on CUDA only: use --device cuda")
+    size = size if size >= 320 else 640
+    default = torch.get_autocast_dtype("cuda")
+    rates: dict[str, list[float]] = {d: [] for d in dtypes}
+    with tempfile.TemporaryDirectory() as tmp:
+        make_keypoints_dataset(Path(tmp) / "kp", max(64, batch * (steps + 2)), seed=0, size=size)
+        coco = load_coco(f"{tmp}/kp/annotations.json", f"{tmp}/kp/images")
+        try:
+            for _ in range(2):  # the first round also warms the allocator and kernels up
+                for name in dtypes:
+                    torch.set_autocast_dtype("cuda", getattr(torch, name))
+                    rates[name].append(our_loop(coco, batch, steps, device, workers))
+        finally:
+            torch.set_autocast_dtype("cuda", default)
+    return {"benchmark": "training iterations per second by AMP dtype", "model": "Keypoint R-CNN R-50-FPN",
+            "image_size": size, "batch": batch, "steps": steps, "loader_workers": workers, "order": dtypes,
+            "first_round_it_per_s": {d: round(r[0], 2) for d, r in rates.items()},
+            "it_per_s": {d: round(r[1], 2) for d, r in rates.items()}}

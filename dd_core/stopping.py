@@ -7,14 +7,19 @@ shard) call :func:`check_stop` between steps and raise :class:`StopRequested`, s
 winds down within one step. The request is per process and stays until cleared
 (:func:`clear_stop`): every command of the CLI and every distillation or labeling flow clears it
 when it starts, so a stop (or a failed labeling, which stops its other shards) ends that run only.
+A condition that lasts (:func:`stop_if`: the run's lock was taken by another run) is not forgotten
+by :func:`clear_stop`; it holds for as long as its ``with`` block.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Callable, Iterator
 
 _requested = threading.Event()
 _reason: list[str] = []
+_conditions: list[Callable[[], "str | None"]] = []
 
 
 class StopRequested(Exception):
@@ -29,14 +34,28 @@ def request_stop(reason: str) -> None:
 
 
 def stop_reason() -> str | None:
-    """Why a stop was requested, or ``None``."""
-    return _reason[0] if _requested.is_set() else None
+    """Why a stop was requested (or a :func:`stop_if` condition holds), or ``None``."""
+    if _requested.is_set():
+        return _reason[0]
+    return next((reason for reason in (condition() for condition in list(_conditions)) if reason), None)
 
 
 def check_stop() -> None:
     """Raise :class:`StopRequested` if a stop was requested: call it between steps of long work."""
-    if _requested.is_set():
-        raise StopRequested(f"stopped: {_reason[0]}")
+    reason = stop_reason()
+    if reason is not None:
+        raise StopRequested(f"stopped: {reason}")
+
+
+@contextlib.contextmanager
+def stop_if(condition: Callable[[], "str | None"]) -> Iterator[None]:
+    """Within: every loop stops whenever ``condition()`` gives a reason (it is asked at each step,
+    so it must be cheap); :func:`clear_stop` does not forget it."""
+    _conditions.append(condition)
+    try:
+        yield
+    finally:
+        _conditions.remove(condition)
 
 
 def clear_stop() -> None:

@@ -73,7 +73,8 @@ def _cmd_label(args: argparse.Namespace) -> int:
                               MultiTransformSettings(tuple(args.scales), not args.no_flip), root=args.root,
                               labeled=args.labeled, fixed=FixedThresholds(args.score_threshold, args.keypoint_threshold),
                               device=resolve_device(args.device), batch_size=args.batch_size,
-                              shard_size=args.shard_size, progress=not args.quiet)
+                              shard_size=args.shard_size, progress=not args.quiet, overwrite=args.overwrite,
+                              max_pixels=args.max_pixels)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -146,13 +147,19 @@ def _add_run(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_label(sub: Any, common: argparse.ArgumentParser) -> None:
+    from dd_core.data.images import MAX_PIXELS
+
     lb = sub.add_parser("label", parents=[common], help="write pseudo-labels (COCO json) for a folder or bucket of "
                         "images", description="Multi-transform inference with a checkpoint on unlabeled images, "
                         "then selection: per-category thresholds calibrated on --labeled (the paper's rule), or a "
                         "fixed --score-threshold.")
     lb.add_argument("--checkpoint", required=True, help="teacher checkpoint URL")
     lb.add_argument("--images", required=True, help="folder/prefix of images, a .txt list, or an image-only COCO json")
-    lb.add_argument("--out", required=True, help="output json URL (or a folder: writes annotations.json in it)")
+    lb.add_argument("--out", required=True, help="output json URL, e.g. o/pseudo.json (o/pseudo.thresholds.json and "
+                    "the folder o/pseudo.predictions/ go beside it), or a folder (writes annotations.json in it); "
+                    "never an input nor inside one")
+    lb.add_argument("--overwrite", action="store_true", help="replace an existing --out json (or its "
+                    ".thresholds.json) that omnidistill label did not write; without it, label refuses")
     lb.add_argument("--root", help="where relative names of a .txt list or json live")
     lb.add_argument("--labeled", help="labeled COCO json whose density the pseudo-labels should match")
     lb.add_argument("--score-threshold", type=_bounded(float, 0.0, 1.0), default=0.5,
@@ -164,6 +171,10 @@ def _add_label(sub: Any, common: argparse.ArgumentParser) -> None:
     lb.add_argument("--shard-size", type=_bounded(int, 1, 1_000_000), default=256,
                     help="images per shard of predictions (Parquet, beside the json): an interrupted call resumes "
                     "from its last finished shard (default 256)")
+    lb.add_argument("--max-pixels", type=_bounded(int, 1, 10**15), default=MAX_PIXELS,
+                    help="an image of more pixels (width x height, read from its header) is rejected before it is "
+                    f"decoded; larger photos below it are decoded reduced (default {MAX_PIXELS:,}; Pillow refuses "
+                    "more than 178,956,970 whatever this is). Changing it relabels the shards done already")
     _add_inference_arguments(lb, batch_size=4)
     lb.set_defaults(func=_cmd_label)
 

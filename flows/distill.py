@@ -10,18 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import CancelledRun
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
-from dd_core.config import RunConfig, multi_transform_settings, train_job
+from dd_core.config import RunConfig, multi_transform_settings, runs_folder, train_job
+from dd_core.config.adapters import training_image_filter
 from dd_core.pseudo.infer import ShardJob
 from dd_core.pseudo.pipeline import SelectionOutputs
 from dd_core.stopping import StopRequested, clear_stop, request_stop
 from dd_core.storage.layout import RunLayout
 from dd_core.storage.lock import RunLock
 from dd_core.train.job import TrainJob
-from flows.interrupts import CancelWatch
+from flows.interrupts import CancelWatch, Interrupted, interruption
 from flows.runners import labeled_next, shard_groups, shard_resources, shard_task_runner
 from tasks import cache
 from tasks.evaluate import evaluate, record_run_settings, validate_inputs
@@ -105,15 +107,34 @@ def _label_by_deployment(config: RunConfig, job: ShardJob, num_shards: int) -> l
     return collect_shards(job.plan_url, job.out_dir, job.fingerprint, config.storage.options)
 
 
-@flow(name="label-unlabeled")
+# A stop the user asked for (Ctrl-C): the flow run ends Cancelled, as a cancel from the UI does, not Crashed.
+USER_STOPS = (Interrupted, KeyboardInterrupt)
+
+
+@flow(name="label-unlabeled", flow_run_name="{layout.run_id}-label-round-{layout.round}")
 def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> dict[str, Any]:
     """Steps 2-3 for one teacher: plan shards, label each shard (retried, idempotent), select pseudo-labels."""
+    try:
+        return _label_unlabeled(config, checkpoint, layout)
+    except USER_STOPS as exc:
+        return Cancelled(message=f"labeling of run {layout.run_id} (round {layout.round}) {_stopped(exc)}")
+
+
+def _stopped(exc: BaseException) -> str:
+    found = interruption(exc)
+    return f"stopped ({found[1] if found else str(exc) or type(exc).__name__})"
+
+
+def _label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> dict[str, Any]:
     clear_stop()  # left by an earlier labeling in this process (a failed shard stops the others)
     options = config.storage.options
     tta = multi_transform_settings(config)
-    plan = plan_shards(config.unlabeled, config.shards.size, layout.plan, options)
-    job = ShardJob(checkpoint, layout.plan, layout.inference, tta, fingerprint_teacher(checkpoint, tta, options),
-                   config.device, config.shards.batch_size, plan["digest"])
+    plan = plan_shards(config.unlabeled, config.shards.size, layout.plan, options,
+                       exclude=(runs_folder(config),))  # a storage root inside the unlabeled folder: not input
+    max_pixels = config.unlabeled.max_pixels  # part of the fingerprint: another limit relabels the shards
+    job = ShardJob(checkpoint, layout.plan, layout.inference, tta,
+                   fingerprint_teacher(checkpoint, tta, options, max_pixels),
+                   config.device, config.shards.batch_size, plan["digest"], max_pixels)
     label = _label_by_deployment if config.shards.runner == "deployment" else _label_on_task_runner
     try:
         shards = label(config, job, plan["num_shards"])
@@ -122,7 +143,8 @@ def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> di
         cache.PLANS.clear()
         cache.READ_AHEAD.clear()
     write_inference_manifest(layout.manifest, shards, job.fingerprint, options)
-    selection = select_pseudo(layout.manifest, config.labeled, config.task, SelectionOutputs.of_run(layout), options)
+    selection = select_pseudo(layout.manifest, config.labeled, config.task, SelectionOutputs.of_run(layout), options,
+                              training_image_filter(config))
     get_run_logger().info("pseudo-labels kept: %s", selection["kept_per_category"])
     return {**selection, "root": plan["root"], "num_shards": plan["num_shards"],
             "num_unlabeled": plan["num_images"]}
@@ -201,4 +223,6 @@ def distill(config: RunConfig) -> dict[str, Any]:
                                   config.storage.options)
     except StopRequested as exc:  # cancelled from the UI: finished checkpoints and shards stay for a resume
         return Cancelled(message=f"run {config.run_id} {exc}; the same run id resumes it")
+    except (*USER_STOPS, CancelledRun) as exc:  # Ctrl-C here or in the labeling subflow (which ended Cancelled)
+        return Cancelled(message=f"run {config.run_id} {_stopped(exc)}; the same run id resumes it")
     return {"run_dir": layout.run_dir, "metrics": metrics, "report": report}

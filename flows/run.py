@@ -48,9 +48,12 @@ def run_and_report(config: RunConfig, config_path: str, overrides: Sequence[str]
     Ctrl-C or SIGTERM stops the run within seconds (its children too: torchrun's ranks, a local
     Dask cluster, the local server) and a cancel in the Prefect UI stops it as well; either way the
     last line says how to resume it, and the exit code is 130 / 143 (a signal) or 1 (cancelled).
+    A run whose lock another run took (:class:`~dd_core.storage.lock.RunLockLost`) stops with one
+    line saying so, exit code 1.
     """
     from prefect.exceptions import CancelledRun
 
+    from dd_core.storage.lock import RunLockLost
     from flows.interrupts import interruption, quiet_resource_tracker, resume_command, stop_on_signals
     from flows.server import prefect_api
 
@@ -63,8 +66,15 @@ def run_and_report(config: RunConfig, config_path: str, overrides: Sequence[str]
             if on_ui is not None:
                 on_ui(ui)
             result = run_distillation(config)
-    except CancelledRun:
+    except CancelledRun as exc:
+        found = interruption(exc)  # Ctrl-C: the flow run ended Cancelled (a stop the user asked for), not Crashed
+        if found is not None:
+            print(f"omnidistill: run {config.run_id} stopped ({found[1]}); resume it with: {resume}", file=sys.stderr)
+            return found[0]
         print(f"omnidistill: run {config.run_id} was cancelled; resume it with: {resume}", file=sys.stderr)
+        return 1
+    except RunLockLost as exc:  # another run took this run id over: it writes the run's folder now
+        print(f"omnidistill: run {config.run_id}: {exc}", file=sys.stderr)
         return 1
     except BaseException as exc:
         found = interruption(exc)

@@ -9,6 +9,7 @@ from typing import Any
 from prefect import task
 
 from dd_core.config import UnlabeledConfig
+from dd_core.data.images import MAX_PIXELS
 from dd_core.device import resolve_device
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint
 from dd_core.pseudo.infer import ShardJob, done_shards, finished_shards, pseudo_label_planned_shard
@@ -19,15 +20,18 @@ from tasks import TASK_DEFAULTS, cache
 
 
 @task(name="plan shards", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
-def plan_shards(unlabeled: UnlabeledConfig, shard_size: int, plan_url: str, options: dict[str, Any]) -> dict[str, Any]:
-    """List the unlabeled images and write the shard plan; returns its size and the images' root."""
+def plan_shards(unlabeled: UnlabeledConfig, shard_size: int, plan_url: str, options: dict[str, Any],
+                exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """List the unlabeled images (none under ``exclude``) and write the shard plan; returns its size and the
+    images' root."""
     return plan(unlabeled.images, plan_url, shard_size, root=unlabeled.root, limit=unlabeled.limit,
-                options=options).to_dict()
+                options=options, exclude=exclude).to_dict()
 
 
 @task(name="fingerprint teacher", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
-def fingerprint_teacher(checkpoint: str, tta: MultiTransformSettings, options: dict[str, Any]) -> str:
-    return checkpoint_fingerprint(checkpoint, tta, options)
+def fingerprint_teacher(checkpoint: str, tta: MultiTransformSettings, options: dict[str, Any],
+                        max_pixels: int | None = MAX_PIXELS) -> str:
+    return checkpoint_fingerprint(checkpoint, tta, options, max_pixels)
 
 
 GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu N`: at most N training, evaluation or shard tasks at once

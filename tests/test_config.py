@@ -237,8 +237,11 @@ def test_a_labeled_set_of_crowd_regions_only_is_refused_before_a_run_unless_kept
     write_json_atomic(str(tmp_path / "labeled/annotations.json"), coco)
     with pytest.raises(ValueError, match=r"labeled/annotations.json: every one of its 2 images is left out of training "
                                          r"\(images with fewer than 1 visible keypoint\(s\) on instances to train on "
-                                         r"left out; crowd regions and tiny boxes are not such instances\)"):
+                                         r"left out; crowd regions and tiny boxes are not such instances\): nothing in "
+                                         r"it teaches the model; label instances that are not crowd regions \(iscrowd "
+                                         r"0\) with boxes of at least 0.01 px and visible keypoints$") as refused:
         check_run_inputs(local_config(tmp_path))
+    assert "keep_empty" not in str(refused.value)  # it would train on the same crowd regions: nothing to learn
     assert check_run_inputs(local_config(tmp_path, training_images={"keep_empty": True}))["labeled"] == 2
 
 
@@ -358,3 +361,74 @@ def test_a_gpu_asked_for_on_a_machine_without_one_is_refused_before_a_run(tmp_pa
 def test_empty_locations_are_refused(extra, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(_config(**extra))
+
+
+URL_FIELDS = [("storage", "root"), ("labeled", "annotations"), ("labeled", "images"), ("unlabeled", "images"),
+              ("unlabeled", "root"), ("val", "annotations"), ("val", "images"), ("upper_bound", "annotations"),
+              ("upper_bound", "images")]
+
+
+@pytest.mark.parametrize("section, field", URL_FIELDS)
+@pytest.mark.parametrize("url, canonical", [
+    ("s3://bkt//y", "s3://bkt/y"),  # s3fs wrote the key "/y/..." and listed "y/...": a late FileNotFoundError
+    ("s3://bkt/y/", "s3://bkt/y"),
+    ("s3://bkt/", "s3://bkt"),
+    ("s3://bkt/a/./y", "s3://bkt/a/y"),
+    ("s3://bkt/a/../y", "s3://bkt/y"),
+    ("s3:///bkt/y", "s3://bkt/y"),
+])
+def test_object_store_urls_that_are_not_canonical_are_refused_naming_the_field_and_the_canonical_form(
+        section, field, url, canonical):
+    data = {**BASE, "upper_bound": {"annotations": "l.json", "images": "l"}}
+    data[section] = {**data.get(section, {}), field: url}
+    with pytest.raises(ConfigError) as refused:
+        parse_config(data)
+    assert str(refused.value) == (f"config: invalid configuration: {section}.{field}: Value error, {url!r} is not a "
+                                  f"canonical URL (empty, '.' or '..' path segments, or a trailing slash): write "
+                                  f"{canonical!r}")
+
+
+def test_canonical_urls_and_local_paths_of_any_form_are_accepted():
+    config = parse_config({**BASE, "storage": {"root": "s3://bkt/a.b/..c/y"},
+                           "unlabeled": {"images": "./data//unlabeled/", "root": "file:///data/./x/"},
+                           "val": {"annotations": "memory:///v.json", "images": "memory:///v"}})  # fsspec's own form
+    assert (config.storage.root, config.unlabeled.images) == ("s3://bkt/a.b/..c/y", "./data//unlabeled/")
+
+
+def test_a_resumed_run_whose_unlabeled_pool_changed_is_refused_before_anything_is_written(tmp_path):
+    import shutil
+
+    from dd_core.config import check_run_inputs
+    from dd_core.config.resume import record_settings
+    from dd_core.data.unlabeled import PoolChanged
+    from dd_core.pseudo.pipeline import plan
+    from dd_core.storage.layout import RunLayout
+    from tests.flows.conftest import local_config, make_sets
+
+    make_sets(tmp_path, (2, 3, 1))
+    config = local_config(tmp_path, run_id="planned", rounds=2)
+    layout = RunLayout(config.storage.root, "planned")
+    record_settings(config, layout.settings)
+    assert check_run_inputs(config)  # recorded, not planned yet: any pool
+    plan(config.unlabeled.images, layout.plan, config.shards.size)
+    assert check_run_inputs(config)  # the same pool: a resume
+    shutil.copy(tmp_path / "unlabeled/images/001001.png", tmp_path / "unlabeled/images/001004.png")
+    with pytest.raises(PoolChanged, match=r"^run planned was planned on 3 unlabeled images \(plan digest [0-9a-f]{12}, "
+                                          r".*/store/runs/planned/inference/_plan.json\); the pool now lists 4 "
+                                          r"\('001004.png' is new\)"):
+        check_run_inputs(config)
+    assert check_run_inputs(local_config(tmp_path, run_id="another"))  # a new run id labels the new pool
+
+
+def test_unlabeled_images_inside_the_storage_roots_runs_folder_are_refused_before_a_run(tmp_path):
+    from dd_core.config import check_run_inputs
+    from tests.flows.conftest import local_config, make_sets
+
+    make_sets(tmp_path, (2, 1, 1))
+    (tmp_path / "store/runs/old").mkdir(parents=True)
+    (tmp_path / "unlabeled/images").rename(tmp_path / "store/runs/old/images")
+    config = local_config(tmp_path, unlabeled={"images": f"{tmp_path}/store/runs/old/images"})
+    with pytest.raises(ValueError, match=r"store/runs/old/images: the unlabeled images lie inside .*/store/runs, where "
+                                         r"runs write their outputs: a run's own files are never unlabeled input; keep "
+                                         r"them apart \(unlabeled.images, unlabeled.root; storage.root\)$"):
+        check_run_inputs(config)

@@ -3,7 +3,7 @@
 arguments of dd_core's functions in one place (:mod:`.adapters`)."""
 
 from dd_core.config.adapters import model_overrides, multi_transform_settings, train_config, train_job
-from dd_core.config.inputs import check_run_inputs
+from dd_core.config.inputs import check_run_inputs, runs_folder
 from dd_core.config.loading import ConfigError, apply_overrides, load_config, parse_config
 from dd_core.config.schema import (
     DistributedConfig,
@@ -22,5 +22,5 @@ from dd_core.config.schema import (
 __all__ = [
     "ConfigError", "DistributedConfig", "LabeledConfig", "ModelConfig", "RunConfig", "ShardsConfig", "StorageConfig",
     "StudentConfig", "TTAConfig", "TrainStageConfig", "TrainingImagesConfig", "UnlabeledConfig", "apply_overrides", "check_run_inputs",
-    "load_config", "model_overrides", "multi_transform_settings", "parse_config", "train_config", "train_job",
+    "load_config", "model_overrides", "multi_transform_settings", "parse_config", "runs_folder", "train_config", "train_job",
 ]

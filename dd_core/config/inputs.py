@@ -15,7 +15,7 @@ from dd_core.data.coco import MIN_BOX_SIDE, CocoData, CocoFormatError, check_com
 from dd_core.data.filtering import check_labeled_for_training
 from dd_core.data.images import IMAGE_SUFFIXES
 from dd_core.data.transforms import vanishing_scale
-from dd_core.data.unlabeled import has_image, is_listing, list_unlabeled
+from dd_core.data.unlabeled import check_outside, check_planned_pool, has_image, is_listing, list_unlabeled
 from dd_core.device import resolve_device
 from dd_core.models.presets import PRESETS
 from dd_core.storage import exists, join
@@ -45,6 +45,7 @@ def check_run_inputs(config: RunConfig) -> dict[str, int]:
     _warn_untrainable(labeled)
     check_labeled_for_training(labeled, training_image_filter(config))  # all background: now, not at training
     _check_image_sizes(labeled, config.model)
+    _check_start(config, labeled)
     for name in ("val", "upper_bound"):
         source = getattr(config, name)
         if source is not None:
@@ -56,8 +57,42 @@ def check_run_inputs(config: RunConfig) -> dict[str, int]:
                 _warn_untrainable(data)
     if config.run_id:  # a run id again: the same result settings, or nothing happens
         check_resume(config, RunLayout(config.storage.root, config.run_id).settings, options)
-    _check_unlabeled(config.unlabeled, options)
+    _check_unlabeled(config.unlabeled, runs_folder(config), options)
+    if config.run_id:  # and the same unlabeled pool as it planned, or nothing happens
+        _check_planned_pool(config, options)
     return counts
+
+
+def runs_folder(config: RunConfig) -> str:
+    """Where runs write their outputs (``<storage.root>/runs``): never a source of input."""
+    return join(config.storage.root, "runs")
+
+
+def _check_start(config: RunConfig, labeled: CocoData) -> None:
+    """The keypoint set's flip pairs and sigmas fit the labeled set; the weights the model starts from
+    fit the preset and the data set and are at hand (downloaded now, or a one-line error naming the
+    file to place in torch's cache)."""
+    from dd_core.config.adapters import model_overrides
+    from dd_core.data.keypoints import flip_indices, oks_sigmas
+    from dd_core.models.weights import check_start_weights
+    from dd_core.train.detector import spec_for
+
+    names = labeled.keypoint_names
+    for field, value, check in (("flip_pairs", config.keypoints.flip_pairs, flip_indices),
+                                ("sigmas", config.keypoints.sigmas, oks_sigmas)):
+        if value is not None:
+            if not names:
+                raise ValueError(f"keypoints.{field}: the labeled set {labeled.source} has no keypoints")
+            try:
+                check(names, value)
+            except ValueError as exc:
+                raise ValueError(f"keypoints.{field}: {exc} (the labeled set {labeled.source})") from None
+    spec = spec_for(config.task, labeled, model_overrides(config.model, config.keypoints))
+    remade = check_start_weights(spec, options=config.storage.options)
+    if remade:
+        log.info("model.weights %s: %s will be made anew for the labeled set's %d categories and %d keypoints; "
+                 "the rest is loaded", spec.weights, ", ".join(remade), spec.num_classes - 1,
+                 len(names))
 
 
 def _load_set(source: LabeledConfig, name: str, options: Options) -> CocoData:
@@ -72,14 +107,33 @@ def _load_set(source: LabeledConfig, name: str, options: Options) -> CocoData:
     return data
 
 
-def _check_unlabeled(unlabeled: UnlabeledConfig, options: Options) -> None:
+def _check_unlabeled(unlabeled: UnlabeledConfig, runs: str, options: Options) -> None:
     if not exists(unlabeled.images, options):
         raise FileNotFoundError(f"{unlabeled.images}: unlabeled images not found (unlabeled.images)")
+    try:
+        check_outside(unlabeled.images, unlabeled.root, [runs])
+    except ValueError as exc:
+        raise ValueError(f"{exc} (unlabeled.images, unlabeled.root; storage.root)") from None
     if is_listing(unlabeled.images):
         list_unlabeled(unlabeled.images, unlabeled.root, options, unlabeled.limit)
     elif not has_image(unlabeled.images, options):
         raise ValueError(f"{unlabeled.images}: no images in this folder (expected {', '.join(IMAGE_SUFFIXES)} "
                          f"files; unlabeled.images)")
+
+
+def _check_planned_pool(config: RunConfig, options: Options) -> None:
+    """A resumed run whose rounds planned shards already: refuse (before anything is written) an
+    unlabeled pool that is not the one planned (:func:`~dd_core.data.unlabeled.check_planned_pool`).
+    A new run, or one stopped before labeling, plans whatever pool it finds."""
+    layout = RunLayout(config.storage.root, config.run_id)
+    plans = [layout.for_round(r).plan for r in range(1, config.rounds + 1)]
+    plans = [url for url in plans if exists(url, options)]
+    if not plans:
+        return
+    source = config.unlabeled
+    pool = list_unlabeled(source.images, source.root, options, source.limit, exclude=[runs_folder(config)])
+    for url in plans:
+        check_planned_pool(pool, config.shards.size, url, config.run_id, options)
 
 
 def _check_image_sizes(data: CocoData, model: ModelConfig) -> None:

@@ -7,6 +7,7 @@ arguments of dd_core's functions.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import Annotated, Any, Literal
 
@@ -39,8 +40,28 @@ def _names_something(value: str) -> str:
     return value
 
 
-Location = Annotated[str, AfterValidator(_names_something)]
-"""A path or URL that names something: not empty, not a bare ``file://`` or ``s3://``."""
+OBJECT_STORES = ("s3", "s3a", "gs", "gcs")  # bucket/key URLs, where a key is any string
+
+
+def _canonical(value: str) -> str:
+    """An object-store URL written one way only: s3fs writes ``s3://b//y/k`` under the key ``/y/k``
+    but lists it as ``y/k`` (a run there failed at its first checkpoint, after retries), and
+    ``.``/``..`` segments or a trailing slash name keys other than the folder meant. Local paths
+    (plain or ``file://``) are left to the operating system, which reads them all one way, and
+    other file systems (``memory://``) to themselves."""
+    protocol, sep, rest = value.partition("://")
+    if protocol not in OBJECT_STORES or not sep:
+        return value
+    canonical = f"{protocol}://{posixpath.normpath('/' + rest).lstrip('/')}"
+    if canonical != value:
+        raise ValueError(f"{value!r:.200} is not a canonical URL (empty, '.' or '..' path segments, or a trailing "
+                         f"slash): write {canonical!r:.200}")
+    return value
+
+
+Location = Annotated[str, AfterValidator(_names_something), AfterValidator(_canonical)]
+"""A path or URL that names something: not empty, not a bare ``file://`` or ``s3://``; an object-store
+URL in its canonical form (``s3://bucket/a/b``: no empty, ``.`` or ``..`` segments, no trailing slash)."""
 
 
 class StorageConfig(_Strict):
@@ -62,15 +83,28 @@ class UnlabeledConfig(_Strict):
     # Where the names of a .txt list or json live (default: the list's folder; images/ beside a json).
     root: Location | None = None
     limit: int | None = Field(default=None, gt=0)
+    # An image of more pixels (width x height, read from its header) is rejected before it is decoded;
+    # larger ones below it are decoded reduced to what the teacher uses (dd_core.data.images.MAX_PIXELS).
+    max_pixels: int = Field(default=150_000_000, gt=0)
 
 
 class ModelConfig(_Strict):
     preset: Literal["slim", "r50-fpn", "r101-fpn", "x101-32x4d-fpn", "x101-64x4d-fpn"] = "slim"
-    backbone_weights: str | None = None  # a local/URL torchvision ImageNet state dict; never downloaded
+    # torchvision weights names (ResNet50_Weights.IMAGENET1K_V1; KeypointRCNN_ResNet50_FPN_Weights.COCO_V1),
+    # fetched into torch's cache ($TORCH_HOME), or a state dict's URL or path (dd_core/models/weights.py).
+    backbone_weights: str | None = None  # an ImageNet classifier's backbone
+    weights: str | None = None  # a whole detector; heads that do not fit the data set are made anew
+    trainable_backbone_layers: int | None = Field(default=None, ge=0, le=5)  # default: 3 with weights, 5 without
     # Training scales (shorter side, px); default: the preset's.
     min_size: list[Side] | None = Field(default=None, min_length=1)
     test_size: Side | None = None
     max_size: int | None = Field(default=None, gt=0, le=MAX_LONG_SIDE)
+
+    @model_validator(mode="after")
+    def _one_start(self) -> ModelConfig:
+        if self.weights and self.backbone_weights:
+            raise ValueError("weights (a whole detector) already hold a backbone: leave backbone_weights out")
+        return self
 
     @model_validator(mode="after")
     def _max_size_holds_the_scales(self) -> ModelConfig:
@@ -98,6 +132,30 @@ class TrainStageConfig(_Strict):
     # Seconds between the progress lines a training task logs (the UI's progress artifact moves
     # every few seconds regardless): a run of days logs every few minutes, not every step.
     report_every: float = Field(default=180.0, gt=0, le=86400)
+    # The learning rate is divided by 10 at these fractions of the iterations (default: the paper's
+    # 2/3 and 8/9; Detectron's s1x: [0.769, 0.923], 100k and 120k of 130k).
+    lr_steps: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(default=None, max_length=8)
+
+    @field_validator("lr_steps")
+    @classmethod
+    def _increasing(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and v != sorted(v):
+            raise ValueError(f"must be increasing fractions of the iterations, got {v}")
+        return v
+
+
+class TeacherConfig(TrainStageConfig):
+    # 0: no training; the detector of model.weights is the teacher as published.
+    iterations: int = Field(default=2000, ge=0, le=MAX_ITERATIONS)
+
+
+class KeypointSetConfig(_Strict):
+    """A keypoint set other than COCO's 17: how it mirrors and how evaluation scores it."""
+
+    # Pairs of keypoint names swapped by a horizontal flip; default: left_<x> with right_<x>.
+    flip_pairs: list[Annotated[list[str], Field(min_length=2, max_length=2)]] | None = None
+    # OKS sigmas, one per keypoint in the data set's order; default: COCO's for its 17, else 0.05.
+    sigmas: list[Annotated[float, Field(gt=0)]] | None = None
 
 
 class StudentConfig(TrainStageConfig):
@@ -115,6 +173,10 @@ class TTAConfig(_Strict):
     nms_threshold: float = Field(default=0.5, gt=0, le=1)
     voting_threshold: float = Field(default=0.8, gt=0, le=1)
     scoring: Literal["ID", "AVG", "IOU_AVG", "GENERALIZED_AVG", "QUASI_SUM"] = "ID"
+    # The teacher's layers in bfloat16 (heatmap average, argmax and box voting stay float32): for a
+    # GPU's speed; off by default. channels_last: the backbone's input channels-last, CUDA only.
+    precision: Literal["float32", "bfloat16"] = "float32"
+    channels_last: bool = False
 
     @field_validator("scales")
     @classmethod
@@ -181,12 +243,13 @@ class RunConfig(_Strict):
     unlabeled: UnlabeledConfig
     val: LabeledConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
-    teacher: TrainStageConfig = Field(default_factory=TrainStageConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     tta: TTAConfig = Field(default_factory=TTAConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     training_images: TrainingImagesConfig = Field(default_factory=TrainingImagesConfig)
+    keypoints: KeypointSetConfig = Field(default_factory=KeypointSetConfig)
     rounds: int = Field(default=1, gt=0, le=100)
     upper_bound: LabeledConfig | None = None  # optionally also train on this fully-labeled set
 
@@ -212,6 +275,15 @@ class RunConfig(_Strict):
         if not DEVICE.fullmatch(v):
             raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, got {v!r:.60}")
         return v
+
+    @model_validator(mode="after")
+    def _teacher_to_train(self) -> RunConfig:
+        if self.teacher.iterations == 0 and not self.model.weights:
+            raise ValueError("teacher.iterations 0 keeps the teacher as it starts: it needs model.weights (a "
+                             "published detector such as KeypointRCNN_ResNet50_FPN_Weights.COCO_V1)")
+        if self.teacher.iterations == 0 and self.student.schedule_factor is not None:
+            raise ValueError("student.schedule_factor scales teacher.iterations, which is 0: set student.iterations")
+        return self
 
     @model_validator(mode="after")
     def _student_schedule(self) -> RunConfig:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dd_core.data.coco import CocoData, trainable_box
+from dd_core.data.coco import MIN_BOX_SIDE, CocoData, trainable_box
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,19 @@ def check_labeled_for_training(labeled: CocoData, image_filter: TrainingImageFil
     """The labeled set as trained on; raises ``ValueError`` if the filter leaves none of it."""
     filtered = filter_for_training(labeled, image_filter)
     if not filtered.data.images:
+        keypoints = bool(labeled.keypoint_names)
         raise ValueError(f"{labeled.source}: every one of its {len(labeled.images)} images is left out of training "
-                         f"({image_filter.rule(bool(labeled.keypoint_names))}); keep them with "
-                         "training_images.keep_empty")
+                         f"({image_filter.rule(keypoints)}): nothing in it teaches the model; "
+                         f"{_what_to_try(image_filter, keypoints)}")
     return filtered
+
+
+def _what_to_try(image_filter: TrainingImageFilter, keypoints: bool) -> str:
+    """The hint of a set left out whole. Not ``keep_empty``: it would train on the same images, with
+    nothing on them to learn (crowd regions and tiny boxes are ignored by training either way)."""
+    hint = f"label instances that are not crowd regions (iscrowd 0) with boxes of at least {MIN_BOX_SIDE} px"
+    if keypoints:
+        hint += " and visible keypoints"
+        if image_filter.min_visible_keypoints > 1:
+            hint += f", or lower training_images.min_visible_keypoints (now {image_filter.min_visible_keypoints})"
+    return hint

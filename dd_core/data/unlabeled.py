@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import posixpath
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from dd_core.data.coco import check_file_name, load_coco
 from dd_core.data.images import IMAGE_SUFFIXES
@@ -90,13 +92,59 @@ def _read_listing(url: str, options: Mapping[str, Any] | None) -> str:
         raise ValueError(f"{url}: a list of images must be UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
+def canonical_location(url: str) -> str:
+    """``url`` written one way, for comparing locations: a local path (plain or ``file://``) as
+    ``file://`` and its real absolute path (links resolved), an object-store URL without empty,
+    ``.`` or ``..`` segments (``s3a://`` as ``s3://``)."""
+    protocol, sep, rest = url.partition("://")
+    if not sep or len(protocol) <= 1 or protocol == "file":
+        return "file://" + os.path.realpath(rest if sep else url)
+    protocol = "s3" if protocol == "s3a" else protocol
+    return f"{protocol}://{posixpath.normpath('/' + rest).strip('/')}"
+
+
+def _below(url: str, folder: str) -> str | None:
+    """``url``'s path below ``folder`` ("" for the folder itself), or None when it is not inside it."""
+    inner, outer = canonical_location(url), canonical_location(folder).rstrip("/")
+    if inner == outer:
+        return ""
+    return inner[len(outer) + 1:] if inner.startswith(outer + "/") else None
+
+
+def check_outside(images: str, root: str | None, exclude: Sequence[str]) -> None:
+    """Refuse an unlabeled source (or its ``root``) inside a folder of ``exclude`` (the storage
+    root's ``runs`` folder): a run's own outputs are never unlabeled input."""
+    for folder in exclude:
+        for url in (images, root):
+            if url is not None and _below(url, folder) is not None:
+                raise ValueError(f"{url}: the unlabeled images lie inside {folder}, where runs write their "
+                                 f"outputs: a run's own files are never unlabeled input; keep them apart")
+
+
+def _leave_out(names: list[str], folder: str, exclude: Sequence[str]) -> list[str]:
+    """The names of ``folder`` without those under a folder of ``exclude`` inside it (the storage
+    root's ``runs`` folder: its reports' figures are images too)."""
+    for out in exclude:
+        below = _below(out, folder)
+        if below:
+            kept = [n for n in names if not n.startswith(below + "/")]
+            if len(kept) < len(names):
+                log.info("%s: %d file(s) under %s left out: runs write their outputs there", folder,
+                         len(names) - len(kept), out)
+            names = kept
+    return names
+
+
 def list_unlabeled(images: str, root: str | None = None, options: Mapping[str, Any] | None = None,
-                   limit: int | None = None) -> UnlabeledSet:
+                   limit: int | None = None, exclude: Sequence[str] = ()) -> UnlabeledSet:
     """Every unlabeled image of a source, in a deterministic order with deterministic ids.
 
     Ids of a folder or list are 1..N in sorted name order, so listing the same pile twice gives
-    the same ids (and the same shards).
+    the same ids (and the same shards). ``exclude``: folders that are never input (the storage
+    root's ``runs`` folder): a folder inside the source is left out of its listing, and a source
+    inside one is refused (:func:`check_outside`).
     """
+    check_outside(images, root, exclude)
     if images.lower().endswith(".json"):
         coco = load_coco(images, root or join(parent(images), "images"), options, require_annotations=False)
         out = [UnlabeledImage(img["id"], img["file_name"], img.get("width"), img.get("height"))
@@ -107,6 +155,7 @@ def list_unlabeled(images: str, root: str | None = None, options: Mapping[str, A
         found = UnlabeledSet(root or parent(images), _from_listing(text, images))
     else:
         names = _storable(list_files(images, suffixes=IMAGE_SUFFIXES, options=options), images)
+        names = _leave_out(names, images, exclude)
         found = UnlabeledSet(images.rstrip("/"), [UnlabeledImage(i + 1, n) for i, n in enumerate(names)])
     if not found.images:
         raise ValueError(f"{images}: no unlabeled images found (expected {', '.join(IMAGE_SUFFIXES)} files, "
@@ -147,17 +196,61 @@ def _digest(document: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _plan_document(unlabeled: UnlabeledSet, shard_size: int) -> dict[str, Any]:
+    """A shard plan as json: root, shard size, the shards with their images, and its digest."""
+    document = {"root": unlabeled.root, "shard_size": shard_size,
+                "shards": [[im.to_dict() for im in s.images] for s in plan_shards(unlabeled.images, shard_size)]}
+    return {**document, "digest": _digest(document)}
+
+
 def write_plan(unlabeled: UnlabeledSet, shard_size: int, url: str,
                options: Mapping[str, Any] | None = None) -> WrittenPlan:
     """Write the shard plan (root + shards with their images, and its digest) as json."""
     from dd_core.storage import write_json_atomic
 
-    shards = plan_shards(unlabeled.images, shard_size)
-    document = {"root": unlabeled.root, "shard_size": shard_size,
-                "shards": [[im.to_dict() for im in s.images] for s in shards]}
-    digest = _digest(document)
-    write_json_atomic(url, {**document, "digest": digest}, options)
-    return WrittenPlan(len(shards), digest)
+    document = _plan_document(unlabeled, shard_size)
+    write_json_atomic(url, document, options)
+    return WrittenPlan(len(document["shards"]), document["digest"])
+
+
+class PoolChanged(ValueError):
+    """A run's unlabeled pool is no longer the one its shards were planned on."""
+
+
+def check_planned_pool(unlabeled: UnlabeledSet, shard_size: int, plan_url: str, run: str,
+                       options: Mapping[str, Any] | None = None) -> None:
+    """Refuse to resume ``run`` on a pool other than the one planned at ``plan_url`` (no plan there:
+    nothing labeled yet, any pool will do).
+
+    Re-planned, the run would relabel and rewrite its pseudo-labels and thresholds, and then its
+    student, trained on the old ones, would refuse them: the report and the pseudo-labels would
+    describe two pools, and every later resume would fail the same way. Nothing is written here.
+    """
+    from dd_core.storage import exists, read_json
+
+    if not exists(plan_url, options):
+        return
+    planned = read_json(plan_url, options)
+    now = _plan_document(unlabeled, shard_size)
+    digest = planned.get("digest") or _digest(planned)
+    if digest == now["digest"]:
+        return
+    before = [im for shard in planned["shards"] for im in shard]
+    raise PoolChanged(f"run {run} was planned on {len(before):,} unlabeled images (plan digest {digest[:12]}, "
+                      f"{plan_url}); the pool now lists {len(unlabeled.images):,}"
+                      f"{_what_changed(planned['root'], before, unlabeled)}: its pseudo-labels, student and report are "
+                      f"of the planned pool. Restore that pool to resume it, or start a new run id for this one")
+
+
+def _what_changed(root: str, before: list[Mapping[str, Any]], now: UnlabeledSet) -> str:
+    if root != now.root:
+        return f" under {now.root!r:.200}, planned under {root!r:.200}"
+    old, new = {im["file_name"] for im in before}, {im.file_name for im in now.images}
+    if new - old:
+        return f" ({min(new - old)!r:.200} is new)"
+    if old - new:
+        return f" ({min(old - new)!r:.200} is gone)"
+    return " (the same names, with other ids or sizes)"
 
 
 def _parse_plan(plan: Mapping[str, Any]) -> tuple[str, list[Shard]]:

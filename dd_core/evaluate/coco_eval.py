@@ -11,7 +11,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from dd_core.data.keypoints import COCO_PERSON_SIGMAS, NUM_KEYPOINTS
+from dd_core.data.keypoints import oks_sigmas
 from dd_core.evaluate.results import validate_results
 
 BBOX_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -31,11 +31,17 @@ def _num_keypoints(gt: dict[str, Any]) -> int:
     return max((len(c.get("keypoints") or []) for c in gt["categories"]), default=0)
 
 
+def _keypoint_names(gt: dict[str, Any]) -> list[str]:
+    return max((list(c.get("keypoints") or []) for c in gt["categories"]), key=len, default=[])
+
+
 def coco_evaluate(gt: dict[str, Any], results: Sequence[dict[str, Any]], iou_type: str,
-                  verbose: bool = False) -> dict[str, float]:
+                  verbose: bool = False, sigmas: Sequence[float] | None = None) -> dict[str, float]:
     """COCO AP of ``results`` on the ground-truth dict ``gt`` (``iou_type``: bbox or keypoints).
 
-    No results at all scores 0 on every stat (pycocotools would raise IndexError).
+    Keypoints are scored with the OKS ``sigmas`` given (one per keypoint), else COCO's for its 17
+    person keypoints, else 0.05 each (:func:`dd_core.data.keypoints.oks_sigmas`). No results at all
+    scores 0 on every stat (pycocotools would raise IndexError).
     """
     if iou_type not in ("bbox", "keypoints"):
         raise ValueError(f"iou_type must be 'bbox' or 'keypoints', got {iou_type!r}")
@@ -49,10 +55,8 @@ def coco_evaluate(gt: dict[str, Any], results: Sequence[dict[str, Any]], iou_typ
     with contextlib.redirect_stdout(out):
         dt_api = gt_api.loadRes(copy.deepcopy(list(results)))
         evaluator = COCOeval(gt_api, dt_api, iou_type)
-        if iou_type == "keypoints" and k != NUM_KEYPOINTS:
-            evaluator.params.kpt_oks_sigmas = np.full(k, 0.05)  # COCO's sigmas are for its 17 keypoints
-        elif iou_type == "keypoints":
-            evaluator.params.kpt_oks_sigmas = np.asarray(COCO_PERSON_SIGMAS)
+        if iou_type == "keypoints":
+            evaluator.params.kpt_oks_sigmas = np.asarray(oks_sigmas(_keypoint_names(gt), sigmas))
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

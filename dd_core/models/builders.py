@@ -7,6 +7,9 @@ channels, a 4x64 keypoint head, a small box head and anchors for 128-px images.
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 from torch import nn
 from torchvision.models import resnet
@@ -21,43 +24,47 @@ from torchvision.ops import misc as misc_ops
 
 from dd_core.models.presets import PRESETS, Preset
 from dd_core.models.spec import ModelSpec
+from dd_core.models.weights import fetch_state_dict, load_detector_weights
 
 
-def _norm_layer(kind: str) -> type[nn.Module]:
-    return misc_ops.FrozenBatchNorm2d if kind == "frozen" else nn.BatchNorm2d
+def _norm_layer(kind: str, eps: float) -> Callable[[int], nn.Module]:
+    return functools.partial(misc_ops.FrozenBatchNorm2d, eps=eps) if kind == "frozen" else nn.BatchNorm2d
 
 
-def load_backbone_weights(body: nn.Module, path: str) -> None:
-    """Load ImageNet classification weights (a torchvision ResNet state dict) from a local file."""
-    import io
-
-    from dd_core.storage import read_bytes
-
-    state = torch.load(io.BytesIO(read_bytes(path)), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
+def load_backbone_weights(body: nn.Module, source: str) -> None:
+    """Load ImageNet classification weights (a torchvision ResNet state dict, its ``fc`` left out):
+    a torchvision weights name (``ResNet50_Weights.IMAGENET1K_V1``), a URL or a path."""
+    state = fetch_state_dict(source, "model.backbone_weights")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     try:
         missing, unexpected = body.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
-        raise ValueError(f"{path}: backbone weights do not match the architecture ({exc})") from None
-    missing = [k for k in missing if not k.startswith("fc.")]
+        raise ValueError(f"{source}: backbone weights do not match the architecture ({exc})") from None
+    missing = [k for k in missing if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ValueError(f"{path}: backbone weights do not match the architecture "
+        raise ValueError(f"{source}: backbone weights do not match the architecture "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+
+def freeze_backbone_layers(body: nn.Module, trainable: int) -> None:
+    """Train only the last ``trainable`` of ResNet's five stages (conv1, layer1..4), as torchvision's
+    ``trainable_backbone_layers`` does (5 also trains ``bn1``)."""
+    layers = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable]
+    if trainable == 5:
+        layers.append("bn1")
+    for name, param in body.named_parameters():
+        if not name.startswith(tuple(layers)):
+            param.requires_grad_(False)
 
 
 def _backbone(spec: ModelSpec, preset: Preset) -> BackboneWithFPN:
     norm = spec.resolved_norm
     block = resnet.BasicBlock if preset.block == "basic" else resnet.Bottleneck
     body = resnet.ResNet(block, list(preset.depth), groups=preset.groups,
-                         width_per_group=preset.width_per_group, norm_layer=_norm_layer(norm))
+                         width_per_group=preset.width_per_group, norm_layer=_norm_layer(norm, spec.resolved_norm_eps))
     if spec.backbone_weights:
         load_backbone_weights(body, spec.backbone_weights)
-        # As torchvision does with pretrained weights: keep the stem and first stage fixed.
-        for name, param in body.named_parameters():
-            if not name.startswith(("layer2", "layer3", "layer4")):
-                param.requires_grad_(False)
+    freeze_backbone_layers(body, spec.resolved_trainable_layers)
     c = 64 * block.expansion
     return BackboneWithFPN(
         body,
@@ -68,7 +75,8 @@ def _backbone(spec: ModelSpec, preset: Preset) -> BackboneWithFPN:
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """A torchvision Keypoint R-CNN or Faster R-CNN as described by ``spec``."""
+    """A torchvision Keypoint R-CNN or Faster R-CNN as described by ``spec``, started from its
+    ``backbone_weights`` or ``weights`` (:mod:`dd_core.models.weights`) if it names any."""
     preset = PRESETS[spec.preset]
     backbone = _backbone(spec, preset)
     ch = preset.fpn_channels
@@ -102,4 +110,6 @@ def build_model(spec: ModelSpec) -> nn.Module:
         )
     else:
         model = FasterRCNN(backbone, **common)
+    if spec.weights:  # as torchvision: the frozen stages and norm are set above, then every weight loaded
+        load_detector_weights(model, fetch_state_dict(spec.weights), spec.weights)
     return model

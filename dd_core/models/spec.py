@@ -20,10 +20,15 @@ def _known_fields(cls: type, d: Mapping[str, Any], what: str) -> dict[str, Any]:
     unknown = set(d) - known
     if unknown:
         raise ValueError(f"{what}: unknown fields {sorted(unknown)} (expected some of {sorted(known)})")
-    out = dict(d)
-    if out.get("min_size") is not None:  # JSON has lists; specs (and training signatures) have tuples
-        out["min_size"] = tuple(out["min_size"])
-    return out
+    return dict(d)  # lists (JSON) become tuples in the dataclass's __post_init__
+
+
+def _tuples(obj: Any) -> None:
+    """JSON (checkpoints, job files) and pydantic give lists; a frozen spec holds tuples."""
+    for name in ("min_size", "flip_pairs", "oks_sigmas"):
+        value = getattr(obj, name, None)
+        if value is not None:
+            object.__setattr__(obj, name, tuple(tuple(v) if isinstance(v, list) else v for v in value))
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,16 @@ class ModelSpec:
     test_size: int | None = None
     max_size: int | None = None
     norm: str | None = None  # "batch" | "frozen"; default: frozen with weights, batch without
-    backbone_weights: str | None = None
+    backbone_weights: str | None = None  # ImageNet classifier: a torchvision weights name, URL or path
     box_detections_per_img: int = 100
+    weights: str | None = None  # a whole detector: a torchvision weights name, URL or path
+    # ResNet stages trained (torchvision's trainable_backbone_layers, 0-5); default: 3 with weights, 5 without.
+    trainable_backbone_layers: int | None = None
+    # The keypoint set: mirror pairs of keypoint names (default: left_*/right_* names), OKS sigmas
+    # for evaluation (default: COCO's for its 17 keypoints, else 0.05 each).
+    flip_pairs: tuple[tuple[str, str], ...] | None = None
+    oks_sigmas: tuple[float, ...] | None = None
+    norm_eps: float | None = None  # frozen BatchNorm's epsilon; default: what torchvision uses with the weights
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -55,6 +68,12 @@ class ModelSpec:
             raise ValueError(f"ModelSpec.num_classes: must count the background and at least one class, got {self.num_classes}")
         if self.norm not in (None, *NORMS):
             raise ValueError(f"ModelSpec.norm: expected one of {NORMS} (or None), got {self.norm!r}")
+        if self.trainable_backbone_layers is not None and not 0 <= self.trainable_backbone_layers <= 5:
+            raise ValueError(f"ModelSpec.trainable_backbone_layers: expected 0 to 5, got {self.trainable_backbone_layers}")
+        if self.weights and self.backbone_weights:
+            raise ValueError("ModelSpec: weights (a whole detector) already hold a backbone; expected no backbone_weights "
+                             "beside them")
+        _tuples(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -62,12 +81,32 @@ class ModelSpec:
     def for_restore(self) -> "ModelSpec":
         """The same architecture without re-reading ``backbone_weights``: a checkpoint is about to
         overwrite every weight, and the weights file may not exist where the checkpoint is used."""
-        return dataclasses.replace(self, norm=self.resolved_norm, backbone_weights=None)
+        return dataclasses.replace(self, norm=self.resolved_norm, backbone_weights=None, weights=None,
+                                   trainable_backbone_layers=self.resolved_trainable_layers,
+                                   norm_eps=self.resolved_norm_eps)
+
+    @property
+    def pretrained(self) -> bool:
+        return bool(self.backbone_weights or self.weights)
 
     @property
     def resolved_norm(self) -> str:
         """Frozen BatchNorm over pretrained statistics, trainable BatchNorm from scratch (torchvision's choice)."""
-        return self.norm or ("frozen" if self.backbone_weights else "batch")
+        return self.norm or ("frozen" if self.pretrained else "batch")
+
+    @property
+    def resolved_norm_eps(self) -> float:
+        """0 for the COCO detectors torchvision runs with eps 0 (they were trained so), else 1e-5."""
+        from dd_core.models.weights import frozen_norm_eps
+
+        return self.norm_eps if self.norm_eps is not None else frozen_norm_eps(self.weights)
+
+    @property
+    def resolved_trainable_layers(self) -> int:
+        """ResNet stages trained: torchvision's default, 3 of 5 over pretrained weights, all from scratch."""
+        if self.trainable_backbone_layers is not None:
+            return self.trainable_backbone_layers
+        return 3 if self.pretrained else 5
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
@@ -93,22 +132,27 @@ class ModelOverrides:
     """
 
     preset: str = "slim"
-    backbone_weights: str | None = None  # a torchvision ImageNet state dict (local path or URL)
+    backbone_weights: str | None = None  # ImageNet classifier: a torchvision weights name, URL or path
     min_size: tuple[int, ...] | None = None  # training scales (shorter side)
     test_size: int | None = None
     max_size: int | None = None  # cap on the longer side
+    weights: str | None = None  # a whole detector: a torchvision weights name, URL or path
+    trainable_backbone_layers: int | None = None
+    flip_pairs: tuple[tuple[str, str], ...] | None = None
+    oks_sigmas: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"ModelOverrides.preset: expected one of {sorted(PRESETS)}, got {self.preset!r}")
-        if self.min_size is not None:  # a list (JSON, pydantic) becomes the spec's tuple
-            object.__setattr__(self, "min_size", tuple(self.min_size))
+        _tuples(self)  # a list (JSON, pydantic) becomes the spec's tuple
 
     def spec(self, task: str, num_classes: int, num_keypoints: int) -> ModelSpec:
         """The full spec of a ``task`` model with these settings."""
         return ModelSpec(task=task, preset=self.preset, num_classes=num_classes, num_keypoints=num_keypoints,
                          min_size=self.min_size, test_size=self.test_size, max_size=self.max_size,
-                         backbone_weights=self.backbone_weights)
+                         backbone_weights=self.backbone_weights, weights=self.weights,
+                         trainable_backbone_layers=self.trainable_backbone_layers, flip_pairs=self.flip_pairs,
+                         oks_sigmas=self.oks_sigmas)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

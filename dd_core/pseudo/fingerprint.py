@@ -1,8 +1,13 @@
 """Fingerprints: the identity of "this teacher under these transforms" (on these images).
 
 A shard's Parquet file records the fingerprint that produced it; a finished shard with the same
-fingerprint is not labeled again, one with another is (a new teacher, other transforms, other
-images under the same shard name).
+fingerprint is not labeled again, one with another is (a new teacher, other transforms, another
+pixel limit, other images under the same shard name).
+
+The pixel limit (``unlabeled.max_pixels``, ``label --max-pixels``) decides which images are
+rejected unread, so it is part of the identity. At its default it adds nothing to the hash: shards
+labeled before the limit existed stay finished (they differ only on images of 150 to 179 million
+pixels, above which Pillow refuses to decode anyway).
 """
 
 from __future__ import annotations
@@ -11,21 +16,26 @@ import hashlib
 import json
 from typing import Any, Mapping
 
+from dd_core.data.images import MAX_PIXELS
 from dd_core.data.unlabeled import Shard
 from dd_core.storage import read_bytes
 from dd_core.tta.settings import MultiTransformSettings
 
 
-def fingerprint(checkpoint_digest: str, tta: MultiTransformSettings) -> str:
-    """Identity of 'this model under these transforms': shards with another fingerprint are redone."""
-    blob = json.dumps({"model": checkpoint_digest, "tta": tta.identity()}, sort_keys=True)
+def fingerprint(checkpoint_digest: str, tta: MultiTransformSettings, max_pixels: int | None = MAX_PIXELS) -> str:
+    """Identity of 'this model under these transforms, on images of at most ``max_pixels`` pixels'
+    (None: no limit): shards with another fingerprint are redone."""
+    identity: dict[str, Any] = {"model": checkpoint_digest, "tta": tta.identity()}
+    if max_pixels != MAX_PIXELS:  # the default keeps the fingerprints of before
+        identity["max_pixels"] = max_pixels
+    blob = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def checkpoint_fingerprint(checkpoint: str, tta: MultiTransformSettings,
-                           options: Mapping[str, Any] | None = None) -> str:
-    """:func:`fingerprint` of the checkpoint file's bytes and the transform set."""
-    return fingerprint(hashlib.sha256(read_bytes(checkpoint, options)).hexdigest(), tta)
+def checkpoint_fingerprint(checkpoint: str, tta: MultiTransformSettings, options: Mapping[str, Any] | None = None,
+                           max_pixels: int | None = MAX_PIXELS) -> str:
+    """:func:`fingerprint` of the checkpoint file's bytes, the transform set and the pixel limit."""
+    return fingerprint(hashlib.sha256(read_bytes(checkpoint, options)).hexdigest(), tta, max_pixels)
 
 
 def shard_fingerprint(teacher_fingerprint: str, root: str, shard: Shard) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from dd_core.data.images import MAX_PIXELS
 from dd_core.data.unlabeled import PlanCache, Shard, UnlabeledImage, read_plan
 from dd_core.pseudo.columns import ShardColumns, check_image_id, outputs_to_host
 from dd_core.pseudo.fingerprint import shard_fingerprint
@@ -161,19 +162,19 @@ class ShardOutcome:
 
 def _pseudo_label_batch(teacher: Teacher, read: BatchRead, root: str, columns: ShardColumns,
                         outcome: ShardOutcome, clock: StageClock | None) -> None:
-    images, kept, refused = read
+    images, kept, refused, reductions = read
     for image, exc in refused:
         outcome.reject(image, str(exc), exc.__cause__)
     if not images:
         return
     outputs = predict_each(teacher, images, clock)
-    for output, image, tensor in zip(outputs, kept, images):
+    for output, image, reduction in zip(outputs, kept, reductions):
         if isinstance(output, Exception):
             outcome.fail(image, join(root, image.file_name), output)
             continue
-        columns.add(output, image)
+        columns.add(reduction.to_original(output), image)  # a large photo was labeled reduced
         outcome.done.append({"id": image.id, "file_name": image.file_name,
-                             "height": int(tensor.shape[-2]), "width": int(tensor.shape[-1])})
+                             "height": reduction.height, "width": reduction.width})
 
 
 @torch.inference_mode()
@@ -182,7 +183,7 @@ def pseudo_label_shard(shard: Shard, root: str, out_dir: str, fingerprint: str, 
                        progress: bool = False, clock: StageClock | None = None,
                        hold: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
                        check_done: bool = True, read_ahead: ReadAhead | None = None,
-                       next_shard: Shard | None = None) -> ShardSummary:
+                       next_shard: Shard | None = None, max_pixels: int | None = MAX_PIXELS) -> ShardSummary:
     """Multi-transform inference on every image of ``shard``, written to :func:`shard_url`.
 
     ``fingerprint`` is the teacher's (:func:`~dd_core.pseudo.fingerprint.checkpoint_fingerprint`);
@@ -193,6 +194,7 @@ def pseudo_label_shard(shard: Shard, root: str, out_dir: str, fingerprint: str, 
     caller that has just found none (:func:`done_shards`); on S3 the look costs two requests.
     With ``read_ahead``, images it holds are taken from it, and the first batch of ``next_shard``
     (labeled next by this thread, if known) is read into it while this shard's last batch is labeled.
+    An image of more than ``max_pixels`` pixels is rejected before it is decoded.
     """
     url = shard_url(out_dir, shard)
     expected = shard_fingerprint(fingerprint, root, shard)
@@ -204,7 +206,8 @@ def pseudo_label_shard(shard: Shard, root: str, out_dir: str, fingerprint: str, 
     with hold():
         return _compute_shard(shard, root, url, expected, load_teacher(), options=options, device=device,
                               batch_size=batch_size, progress=progress, clock=clock, read_ahead=read_ahead,
-                              then=next_shard.images[:batch_size] if next_shard is not None else [])
+                              then=next_shard.images[:batch_size] if next_shard is not None else [],
+                              max_pixels=max_pixels)
 
 
 def _on_device(model: torch.nn.Module, device: str) -> torch.nn.Module:
@@ -218,13 +221,13 @@ def _on_device(model: torch.nn.Module, device: str) -> torch.nn.Module:
 def _compute_shard(shard: Shard, root: str, url: str, expected: str, teacher: Teacher, *,
                    options: Mapping[str, Any] | None, device: str, batch_size: int, progress: bool,
                    clock: StageClock | None, read_ahead: ReadAhead | None = None,
-                   then: Sequence[UnlabeledImage] = ()) -> ShardSummary:
+                   then: Sequence[UnlabeledImage] = (), max_pixels: int | None = MAX_PIXELS) -> ShardSummary:
     """Every image of ``shard`` pseudo-labeled by ``teacher`` and written to ``url``."""
     _on_device(teacher.model, device).eval()
     columns, outcome = ShardColumns(teacher.label_to_category), ShardOutcome()
     batches = [shard.images[i:i + batch_size] for i in range(0, len(shard.images), batch_size)]
     with contextlib.closing(read_batches(batches, root, options, device, teacher.check_image, ahead=read_ahead,
-                                         then=then)) as reads:
+                                         then=then, max_pixels=max_pixels)) as reads:
         for _ in tqdm(batches, desc=shard.name, disable=not progress, unit="batch"):
             check_stop()  # a stopped run leaves this shard unwritten: it is redone when the run resumes
             with _stage(clock, "read"):  # the wait for this batch's images (read while the last was labeled)
@@ -260,6 +263,9 @@ class ShardJob:
     device: str = "auto"
     batch_size: int = 4
     plan_digest: str | None = None  # as planned (PlanSummary.digest): tasks find the plan in their cache at once
+    # unlabeled.max_pixels: larger images are rejected before decoding (``fingerprint`` includes it:
+    # dd_core.pseudo.fingerprint.checkpoint_fingerprint)
+    max_pixels: int | None = MAX_PIXELS
 
     def parameters(self) -> dict[str, Any]:
         """As JSON values: the parameters of a flow run that labels shards on another worker."""
@@ -292,7 +298,7 @@ def pseudo_label_planned_shard(job: ShardJob, index: int, *, cache: TeacherCache
     load = lambda: cache.get(job.fingerprint, lambda: teacher_from_checkpoint(job.checkpoint, job.tta, options))  # noqa: E731
     return pseudo_label_shard(shards[index], root, job.out_dir, job.fingerprint, load, options=options, device=device,
                               batch_size=job.batch_size, progress=progress, hold=hold, check_done=check_done,
-                              read_ahead=read_ahead, next_shard=following)
+                              read_ahead=read_ahead, next_shard=following, max_pixels=job.max_pixels)
 
 
 def done_shards(plan_url: str, out_dir: str, fingerprint: str, options: Mapping[str, Any] | None = None,

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dd_core.data.filtering import TrainingImageFilter
 from dd_core.data.unlabeled import list_unlabeled, write_plan
 from dd_core.pseudo.manifest import remove_unplanned_shards
 from dd_core.pseudo.select import (
@@ -27,6 +28,7 @@ from dd_core.pseudo.select import (
     Selection,
     apply_selection,
     calibrate_selection,
+    check_something_to_learn,
     fixed_selection,
     read_predictions,
 )
@@ -53,14 +55,15 @@ class PlanSummary:
 
 
 def plan(images: str, plan_url: str, shard_size: int, *, root: str | None = None, limit: int | None = None,
-         options: Mapping[str, Any] | None = None) -> PlanSummary:
+         options: Mapping[str, Any] | None = None, exclude: Sequence[str] = ()) -> PlanSummary:
     """List the unlabeled images, write the shard plan beside the shards (``plan_url``'s folder)
     and remove the shard files of an earlier plan that this one does not have.
 
     An earlier manifest goes first: until labeling writes the new one, no manifest can list a
-    shard that this plan removes or rewrites.
+    shard that this plan removes or rewrites. ``exclude``: folders never listed as input (a run's
+    storage root's ``runs`` folder; see :func:`~dd_core.data.unlabeled.list_unlabeled`).
     """
-    unlabeled = list_unlabeled(images, root, options, limit)
+    unlabeled = list_unlabeled(images, root, options, limit, exclude)
     remove(join(parent(plan_url), MANIFEST), options)
     written = write_plan(unlabeled, shard_size, plan_url, options)
     remove_unplanned_shards(parent(plan_url), written.num_shards, options)
@@ -128,12 +131,16 @@ class FixedThresholds:
 
 def select(shard_urls: Sequence[str], categories: list[dict[str, Any]], task: str, outputs: SelectionOutputs, *,
            labeled: Mapping[str, Any] | None = None, fixed: FixedThresholds | None = None,
-           options: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], Selection, Predictions]:
+           options: Mapping[str, Any] | None = None, trained_with: TrainingImageFilter | None = None
+           ) -> tuple[dict[str, Any], Selection, Predictions]:
     """Read every shard, choose thresholds, write the three outputs; (pseudo-label COCO dict, selection,
     predictions read). Every image rejected is an error (after the rejected table is written).
 
     With ``labeled`` (a COCO dict) thresholds follow the paper: per category, as many instances
     per image as the labeled set, and as many keypoints per instance. Otherwise ``fixed`` applies.
+    With ``trained_with`` (the filter of the student's training) pseudo-labels that would teach
+    that student nothing are an error, :class:`~dd_core.pseudo.select.NoPseudoLabels`, raised before
+    the thresholds and the pseudo-label json are written.
     """
     if (labeled is None) == (fixed is None):
         raise ValueError("select needs either a labeled set to calibrate on or fixed thresholds, not both")
@@ -147,6 +154,8 @@ def select(shard_urls: Sequence[str], categories: list[dict[str, Any]], task: st
     else:
         selection = fixed_selection(predictions, categories, task, fixed.score, fixed.keypoint_logit)
     coco = apply_selection(predictions, categories, selection.thresholds, selection.keypoint_thresholds)
+    if trained_with is not None:
+        check_something_to_learn(coco, selection, trained_with)
     write_json_atomic(outputs.thresholds, selection.to_dict(), options, indent=1)
     write_json_atomic(outputs.annotations, coco, options)
     return coco, selection, predictions

@@ -1,9 +1,15 @@
 """Reading the unlabeled images of a shard: each one that cannot be labeled is rejected on its own.
 
 One odd image must not fail its shard (a failed shard is retried, and fails again on the same
-image). An image that cannot be read (missing, a folder, forbidden), decoded, or resized by every
-test-time transform is a rejection with its reason; storage that cannot be reached
-(:class:`~dd_core.storage.StorageError`) concerns every image and goes through.
+image). An image that cannot be read (missing, a folder, forbidden), decoded (in memory too: a
+``MemoryError``), resized by every test-time transform, or that has more than ``max_pixels``
+pixels (``unlabeled.max_pixels``, read from its header) is a rejection with its reason; storage
+that cannot be reached (:class:`~dd_core.storage.StorageError`) concerns every image and goes through.
+
+A photo much larger than the teacher's largest frame is decoded reduced to about that size
+(:func:`dd_core.data.images.decode_reduced`, with the teacher's ``check_image.largest_frame`` where
+it has one); each image read comes with its :class:`~dd_core.data.images.Reduction`, which maps the
+predictions back to the file's own coordinates and size.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 
 import torch
 
-from dd_core.data.images import ImageDecodeError, read_image
+from dd_core.data.images import MAX_PIXELS, ImageDecodeError, Reduction, read_reduced
 from dd_core.data.unlabeled import UnlabeledImage
 from dd_core.pseudo.teacher import ImageCheck, any_size
 from dd_core.storage import StorageError, join
@@ -40,25 +46,36 @@ _UNREADABLE: dict[type[OSError], str] = {
 }
 
 
-def read_pixels(url: str, options: Mapping[str, Any] | None, check_image: ImageCheck) -> torch.Tensor:
-    """The image at ``url`` as decoded: uint8 CHW on the CPU.
+def read_pixels(url: str, options: Mapping[str, Any] | None, check_image: ImageCheck,
+                max_pixels: int | None = MAX_PIXELS) -> torch.Tensor:
+    """The image at ``url`` as decoded (reduced for the teacher): uint8 CHW on the CPU; see :func:`read_unlabeled`."""
+    return read_unlabeled(url, options, check_image, max_pixels)[0]
 
-    Raises :class:`ImageRejected` for an image that cannot be read, decoded, or resized by the
-    teacher's transforms (``check_image``); :data:`TRANSIENT` errors (unreachable storage, a
-    connection reset, a timeout) go through.
+
+def read_unlabeled(url: str, options: Mapping[str, Any] | None, check_image: ImageCheck,
+                   max_pixels: int | None = MAX_PIXELS) -> tuple[torch.Tensor, Reduction]:
+    """The image at ``url`` as decoded, reduced for the teacher (uint8 CHW on the CPU), and its reduction.
+
+    Raises :class:`ImageRejected` for an image that cannot be read, decoded (``MemoryError``
+    included), resized by the teacher's transforms (``check_image``), or has more than
+    ``max_pixels`` pixels; :data:`TRANSIENT` errors (unreachable storage, a connection reset, a
+    timeout) go through.
     """
     try:
-        pixels = read_image(url, options)
+        pixels, reduction = read_reduced(url, options, max_pixels, getattr(check_image, "largest_frame", None))
     except TRANSIENT:
         raise
     except ImageDecodeError as exc:
         raise ImageRejected(str(exc)) from exc
+    except MemoryError as exc:  # reading the file itself (up to MAX_IMAGE_BYTES)
+        raise ImageRejected(f"{url}: not enough memory to read it (MemoryError)") from exc
     except (OSError, ValueError) as exc:  # missing, a folder, forbidden, a FIFO, a name too long, ...
         raise ImageRejected(_unreadable(url, exc)) from exc
-    reason = check_image(int(pixels.shape[-2]), int(pixels.shape[-1]))
-    if reason is not None:
-        raise ImageRejected(f"{url}: {reason}")
-    return pixels
+    for height, width in {(reduction.height, reduction.width), tuple(int(n) for n in pixels.shape[-2:])}:
+        reason = check_image(height, width)  # the file's size, and the reduced one the teacher sees
+        if reason is not None:
+            raise ImageRejected(f"{url}: {reason}")
+    return pixels, reduction
 
 
 def as_input(pixels: torch.Tensor, device: str) -> torch.Tensor:
@@ -80,9 +97,10 @@ def _unreadable(url: str, exc: Exception) -> str:
 
 
 def _read_one(image: UnlabeledImage, root: str, options: Mapping[str, Any] | None,
-              check_image: ImageCheck) -> torch.Tensor | ImageRejected:
+              check_image: ImageCheck, max_pixels: int | None = MAX_PIXELS
+              ) -> tuple[torch.Tensor, Reduction] | ImageRejected:
     try:
-        return read_pixels(join(root, image.file_name), options, check_image)
+        return read_unlabeled(join(root, image.file_name), options, check_image, max_pixels)
     except ImageRejected as exc:
         return exc
 
@@ -91,7 +109,9 @@ def _read_one(image: UnlabeledImage, root: str, options: Mapping[str, Any] | Non
 # batch of 8 would keep a GPU waiting longer than its inference takes.
 READ_THREADS = 8
 
-BatchRead = tuple[list[torch.Tensor], list[UnlabeledImage], list[tuple[UnlabeledImage, ImageRejected]]]
+BatchRead = tuple[list[torch.Tensor], list[UnlabeledImage], list[tuple[UnlabeledImage, ImageRejected]],
+                  list[Reduction]]
+"""(inputs, the images they are, the images rejected and why, each input's reduction)."""
 
 
 class ReadAhead:
@@ -111,7 +131,7 @@ class ReadAhead:
     def __init__(self, threads: int = READ_THREADS, keep: int = 2) -> None:
         self.threads, self.keep = max(1, threads), max(1, keep)
         self._lock = threading.Lock()
-        self._starts: OrderedDict[int, dict[str, tuple[Any, ImageCheck, Future]]] = OrderedDict()
+        self._starts: OrderedDict[int, dict[str, tuple[Any, tuple[ImageCheck, int | None], Future]]] = OrderedDict()
         self._count = 0
         self._pool: ThreadPoolExecutor | None = None
 
@@ -123,18 +143,18 @@ class ReadAhead:
         self.__init__(state["threads"], state["keep"])
 
     def read(self, image: UnlabeledImage, root: str, options: Mapping[str, Any] | None,
-             check_image: ImageCheck) -> Future:
+             check_image: ImageCheck, max_pixels: int | None = MAX_PIXELS) -> Future:
         """``image`` read on this object's threads, kept from shard to shard until :meth:`clear`:
         :func:`read_batches` reads its shard on them too, rather than start threads of its own for
         every shard."""
         with self._lock:
-            return self._submit(image, root, options, check_image)
+            return self._submit(image, root, options, check_image, max_pixels)
 
     def _submit(self, image: UnlabeledImage, root: str, options: Mapping[str, Any] | None,
-                check_image: ImageCheck) -> Future:
+                check_image: ImageCheck, max_pixels: int | None) -> Future:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="omnidistill-ahead")
-        return self._pool.submit(_read_one, image, root, options, check_image)
+        return self._pool.submit(_read_one, image, root, options, check_image, max_pixels)
 
     def abandon(self) -> None:
         """Leave the reads under way (a stalled GET of a shard that stopped) to the threads they
@@ -145,13 +165,13 @@ class ReadAhead:
                 self._pool = None
 
     def start(self, images: Sequence[UnlabeledImage], root: str, options: Mapping[str, Any] | None,
-              check_image: ImageCheck) -> None:
+              check_image: ImageCheck, max_pixels: int | None = MAX_PIXELS) -> None:
         """Read ``images`` (of the shard labeled next) in the background."""
         if not images:
             return
         with self._lock:
-            reads = {join(root, image.file_name): (options, check_image,
-                                                   self._submit(image, root, options, check_image))
+            reads = {join(root, image.file_name): (options, (check_image, max_pixels),
+                                                   self._submit(image, root, options, check_image, max_pixels))
                      for image in images}
             for older in self._starts.values():  # a retried shard announces its successor again: the newest read
                 _cancel({url: older.pop(url) for url in reads.keys() & older.keys()})
@@ -161,8 +181,9 @@ class ReadAhead:
                 _cancel(self._starts.popitem(last=False)[1])
 
     def take(self, image: UnlabeledImage, root: str, options: Mapping[str, Any] | None,
-             check_image: ImageCheck) -> Future | None:
-        """The read of ``image`` started earlier with these options and check, now the caller's; else None."""
+             check_image: ImageCheck, max_pixels: int | None = MAX_PIXELS) -> Future | None:
+        """The read of ``image`` started earlier with these options, check and pixel limit, now the
+        caller's; else None."""
         url = join(root, image.file_name)
         with self._lock:
             for reads in self._starts.values():
@@ -172,7 +193,7 @@ class ReadAhead:
             else:
                 return None
         started_with, check, future = found
-        if started_with != options or check != check_image:
+        if started_with != options or check != (check_image, max_pixels):
             future.cancel()
             return None
         return future
@@ -193,15 +214,16 @@ class ReadAhead:
             return sum(len(reads) for reads in self._starts.values())
 
 
-def _cancel(reads: Mapping[str, tuple[Any, ImageCheck, Future]]) -> None:
+def _cancel(reads: Mapping[str, tuple[Any, tuple[ImageCheck, int | None], Future]]) -> None:
     for _, _, future in reads.values():
         future.cancel()
 
 
 def read_batches(batches: Sequence[list[UnlabeledImage]], root: str, options: Mapping[str, Any] | None, device: str,
                  check_image: ImageCheck = any_size, threads: int = READ_THREADS, ahead: ReadAhead | None = None,
-                 then: Sequence[UnlabeledImage] = ()) -> Iterator[BatchRead]:
-    """(tensors on ``device``, their images, the images rejected and why) of each batch, in order.
+                 then: Sequence[UnlabeledImage] = (), max_pixels: int | None = MAX_PIXELS) -> Iterator[BatchRead]:
+    """(tensors on ``device``, their images, the images rejected and why, each tensor's
+    :class:`~dd_core.data.images.Reduction`) of each batch, in order.
 
     ``threads`` images are read at once, and the next batch is read while the caller labels this
     one: besides the batch being labeled, two batches at most are in memory, as decoded uint8 pixels
@@ -218,16 +240,16 @@ def read_batches(batches: Sequence[list[UnlabeledImage]], root: str, options: Ma
 
     def read(image: UnlabeledImage) -> Future:
         if own is not None:
-            return own.submit(_read_one, image, root, options, check_image)
-        started = ahead.take(image, root, options, check_image)
-        return started if started is not None else ahead.read(image, root, options, check_image)
+            return own.submit(_read_one, image, root, options, check_image, max_pixels)
+        started = ahead.take(image, root, options, check_image, max_pixels)
+        return started if started is not None else ahead.read(image, root, options, check_image, max_pixels)
 
     def submit(i: int) -> list[Future]:
         if i >= len(batches):
             return []
         futures = [read(image) for image in batches[i]]
         if ahead is not None and i == len(batches) - 1:
-            ahead.start(then, root, options, check_image)
+            ahead.start(then, root, options, check_image, max_pixels)
         return futures
 
     current: list[Future] = []
@@ -236,15 +258,16 @@ def read_batches(batches: Sequence[list[UnlabeledImage]], root: str, options: Ma
         pending = submit(0)
         for i, batch in enumerate(batches):
             current, pending = pending, submit(i + 1)
-            images, kept, refused = [], [], []
+            images, kept, refused, reductions = [], [], [], []
             for image, future in zip(batch, current):
                 result = future.result()
                 if isinstance(result, ImageRejected):
                     refused.append((image, result))
                 else:
-                    images.append(as_input(result, device))
+                    images.append(as_input(result[0], device))
                     kept.append(image)
-            yield images, kept, refused
+                    reductions.append(result[1])
+            yield images, kept, refused, reductions
     finally:  # this shard's reads not started are dropped; those under way are not waited for
         for future in (*current, *pending):
             future.cancel()

@@ -21,6 +21,7 @@ from dd_core.calibrate import (
     labeled_keypoints_per_instance,
     per_category_thresholds,
 )
+from dd_core.data.filtering import TrainingImageFilter
 from dd_core.storage.parquet import arrow_array, column_values, list_rows, numpy_view, read_shard, shard_meta
 
 
@@ -205,3 +206,36 @@ def select_pseudo_labels(predictions: Predictions, labeled: Mapping[str, Any], t
     selection = calibrate_selection(predictions, labeled, task)
     coco = apply_selection(predictions, labeled["categories"], selection.thresholds, selection.keypoint_thresholds)
     return coco, selection
+
+
+class NoPseudoLabels(ValueError):
+    """A selection that leaves a student nothing to learn from: no pseudo-label kept, or no
+    pseudo-labeled image that training would use. Trained anyway, the "student" would learn from
+    the labeled images alone and be reported as data distillation."""
+
+
+def check_something_to_learn(coco: Mapping[str, Any], selection: Selection, image_filter: TrainingImageFilter) -> None:
+    """Refuse (:class:`NoPseudoLabels`) pseudo-labels of which a student trained with ``image_filter``
+    would use no image: none kept at all (a teacher that predicts nothing, e.g. weights a huge
+    learning rate blew up), or none on an image the filter keeps (keypoints too few to count)."""
+    predicted, kept = sum(selection.predicted_per_category.values()), len(coco["annotations"])
+    thresholds = ", ".join(f"{c}: {t:.3g}" for c, t in selection.thresholds.items())
+    if not kept:
+        teacher = ("the teacher predicted nothing" if not predicted else
+                   f"none of the teacher's {predicted:,} predictions passed the thresholds ({thresholds})")
+        raise NoPseudoLabels(
+            f"pseudo-label selection: 0 pseudo-labels kept on {selection.num_images:,} unlabeled images ({teacher}): "
+            f"a student would learn from the labeled images only. Check the teacher: its loss and AP in this run's "
+            f"log, teacher.lr, teacher.iterations")
+    keypoints = any(c.get("keypoints") for c in coco["categories"])
+    by_image: dict[int, list[Mapping[str, Any]]] = {}
+    for ann in coco["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    if not any(image_filter.keeps(anns, keypoints) for anns in by_image.values()):
+        raise NoPseudoLabels(
+            f"pseudo-label selection: {kept:,} pseudo-labels kept on {len(by_image):,} of {selection.num_images:,} "
+            f"unlabeled images, but training would leave every one of those images out "
+            f"({image_filter.rule(keypoints)}): a student would learn from the labeled images only. Check the "
+            f"teacher's training, and the keypoint thresholds {selection.keypoint_thresholds} against "
+            f"training_images.min_visible_keypoints ({image_filter.min_visible_keypoints})")
+

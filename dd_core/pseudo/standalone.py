@@ -9,10 +9,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from dd_core.data.coco import load_coco
+from dd_core.data.images import MAX_PIXELS
 from dd_core.data.unlabeled import PlanCache
+from dd_core.models.data_fit import check_data_fits_model
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint
 from dd_core.pseudo.infer import ShardJob, done_shards, labeled_after, pseudo_label_planned_shard
 from dd_core.pseudo.manifest import write_manifest
+from dd_core.pseudo.outputs import LabelOutputs, check_not_inputs, check_replaceable
 from dd_core.pseudo.pipeline import MANIFEST, FixedThresholds, SelectionOutputs, plan, select
 from dd_core.pseudo.reading import ReadAhead
 from dd_core.pseudo.teacher import TeacherCache
@@ -21,34 +24,42 @@ from dd_core.train.checkpoint import load_checkpoint
 from dd_core.tta.settings import MultiTransformSettings
 
 
-def output_paths(out: str) -> tuple[str, str]:
-    """(json URL, its predictions folder) for ``--out`` given as a json or as a folder.
-
-    ``a/pseudo.json`` keeps its shards in ``a/pseudo.predictions/``, so two outputs in one folder
-    never share (and wrongly reuse) shards.
-    """
-    json_url = out if out.endswith(".json") else join(out, "annotations.json")
-    return json_url, json_url.removesuffix(".json") + ".predictions"
-
-
 def pseudo_label_images(checkpoint: str, images: str, out: str, tta: MultiTransformSettings, *,
                         root: str | None = None, labeled: str | None = None, labeled_images: str | None = None,
                         fixed: FixedThresholds | None = None, device: str = "cpu", batch_size: int = 4,
                         shard_size: int = 256, options: Mapping[str, Any] | None = None,
-                        progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True, overwrite: bool = False, max_pixels: int | None = MAX_PIXELS
+                        ) -> dict[str, Any]:
     """Pseudo-label every image under ``images`` with multi-transform inference and write a COCO json.
 
     With ``labeled`` (a COCO json) thresholds follow the paper (see
     :func:`dd_core.pseudo.pipeline.select`); otherwise ``fixed``. Predictions are kept as Parquet
     shards beside the json, so an interrupted call resumes where it stopped.
+
+    Refused before anything is written: an ``out`` that is or holds an input (see
+    :mod:`dd_core.pseudo.outputs`), an existing json ``label`` did not write (unless ``overwrite``), and a
+    ``labeled`` set whose task or categories are not the checkpoint's. An image of more than
+    ``max_pixels`` pixels is rejected before it is decoded; shards labeled with another limit are redone.
     """
-    json_url, predictions_dir = output_paths(out)
+    outputs = LabelOutputs.of(out)
+    check_not_inputs(outputs, {"--checkpoint": checkpoint, "--images": images, "--labeled": labeled, "--root": root},
+                     options)
+    check_replaceable(outputs, overwrite, options)
+    json_url, predictions_dir = outputs.annotations, outputs.predictions
     state = load_checkpoint(checkpoint, options)
-    tta = tta.fitted(state["spec"]["task"])
+    task = state["spec"]["task"]
+    calibration = None
+    if labeled:
+        labeled_set = load_coco(labeled, labeled_images or "", options)
+        check_data_fits_model(labeled_set, state["categories"], task, f"the checkpoint {checkpoint}",
+                              same_categories=True)
+        calibration = labeled_set.to_dict()
+    tta = tta.fitted(task)
     plan_url = join(predictions_dir, "_plan.json")
     planned = plan(images, plan_url, shard_size, root=root, options=options)
-    job = ShardJob(checkpoint, plan_url, predictions_dir, tta, checkpoint_fingerprint(checkpoint, tta, options),
-                   device, batch_size, planned.digest)
+    job = ShardJob(checkpoint, plan_url, predictions_dir, tta,
+                   checkpoint_fingerprint(checkpoint, tta, options, max_pixels),
+                   device, batch_size, planned.digest, max_pixels)
     # The shards done already (an interrupted call) are found in one listing, as the flow's resume
     # does; the others are not looked for one by one (on S3, two requests each).
     done = done_shards(plan_url, predictions_dir, job.fingerprint, options)
@@ -65,9 +76,8 @@ def pseudo_label_images(checkpoint: str, images: str, out: str, tta: MultiTransf
         ahead.clear()
     summaries = [done[i].to_dict() for i in range(planned.num_shards)]
     write_manifest(join(predictions_dir, MANIFEST), summaries, job.fingerprint, options)
-    calibration = load_coco(labeled, labeled_images or "", options).to_dict() if labeled else None
     pseudo, selection, predictions = select(
-        [s["url"] for s in summaries], state["categories"], state["spec"]["task"],
+        [s["url"] for s in summaries], state["categories"], task,
         SelectionOutputs.beside(json_url, predictions_dir), labeled=calibration,
         fixed=None if labeled else (fixed or FixedThresholds(0.5, 0.5)), options=options)
     return {"annotations": json_url, "images_root": planned.root, "images": len(pseudo["images"]),

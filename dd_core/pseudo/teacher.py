@@ -50,19 +50,31 @@ def frame_check(model: torch.nn.Module, scales: Sequence[int], min_side: int = M
     Frame sizes come from :func:`dd_core.tta.transforms.frame_size`, the arithmetic of torchvision's
     own resize, so the check refuses exactly the images the resize would fail on.
     """
-    ordered = sorted(set(int(s) for s in scales))
+    return FrameCheck(model, sorted(set(int(s) for s in scales)), min_side)
 
-    def check(height: int, width: int) -> str | None:
+
+class FrameCheck:
+    """The :data:`ImageCheck` of :func:`frame_check`; also knows the largest frame an image gets
+    (:meth:`largest_frame`), so that a large photo is decoded no larger than that needs
+    (:func:`dd_core.data.images.decode_reduced`)."""
+
+    def __init__(self, model: torch.nn.Module, scales: Sequence[int], min_side: int) -> None:
+        self.model, self.scales, self.min_side = model, list(scales), min_side
+
+    def __call__(self, height: int, width: int) -> str | None:
         if min(height, width) < 1:
             return f"{width}x{height} px (width x height): an empty image"
-        for scale in ordered:
-            side = min(frame_size(model, scale, (height, width)))
-            if side < min_side:
+        for scale in self.scales:
+            side = min(frame_size(self.model, scale, (height, width)))
+            if side < self.min_side:
                 return (f"{width}x{height} px (width x height): too thin for the test-time transforms "
-                        f"(its shorter side resizes to {side} px at scale {scale}; at least {min_side} px needed)")
+                        f"(its shorter side resizes to {side} px at scale {scale}; at least {self.min_side} px needed)")
         return None
 
-    return check
+    def largest_frame(self, height: int, width: int) -> tuple[int, int]:
+        """The largest ``(h, w)`` an image of this size is resized to by any of the scales."""
+        frames = [frame_size(self.model, scale, (height, width)) for scale in self.scales]
+        return max(h for h, _ in frames), max(w for _, w in frames)
 
 
 def checked_scales(model: torch.nn.Module, tta: MultiTransformSettings) -> list[int]:
@@ -91,7 +103,7 @@ def teacher_from_checkpoint(checkpoint: str, tta: MultiTransformSettings,
         raise ValueError(f"{checkpoint}: a {task} teacher needs multi-transform settings for {task} "
                          f"({'no ' if task == 'keypoints' else ''}box merging settings)")
     model = model_from_checkpoint(state)
-    predict_fn = multi_transform_predict_fn(tta, checkpoint_keypoint_names(state))
+    predict_fn = multi_transform_predict_fn(tta, checkpoint_keypoint_names(state), state["spec"].get("flip_pairs"))
     check = frame_check(model, checked_scales(model, tta))
     return Teacher(model, predict_fn, checkpoint_label_to_category(state), check)
 

@@ -3,7 +3,9 @@
 A URL is a local path, ``file://...`` or ``s3://bucket/key``. ``options`` are passed to fsspec
 (``endpoint_url``, ``key``, ``secret``, ...) and are never logged. Writes are atomic so that a
 retried or resumed stage never leaves (or reads) half a file: locally a temporary file in the same
-folder is renamed over the target; on S3 a single PUT is atomic by itself.
+folder is renamed over the target; on S3 a single PUT is atomic by itself. A writer killed between
+the two (SIGKILL during a checkpoint write) leaves its temporary file behind: the first write of each
+process into a folder removes the ones whose writer is gone (see :func:`remove_stale_temps`).
 
 Paths are taken literally. Run ids and image names end up in URLs, and fsspec reads some
 characters as instructions: ``*``, ``?`` and ``[`` are glob patterns to ``rm`` and ``expand_path``
@@ -18,12 +20,16 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import stat
 import tempfile
+import time
 from typing import Any, Iterator, Mapping
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from dd_core.storage.host import boot_id, pid_namespace, pid_runs
 
 Options = Mapping[str, Any] | None
 
@@ -199,10 +205,66 @@ def write_bytes_atomic(url: str, data: bytes, options: Options = None) -> None:
         fs.pipe_file(path, data)
 
 
+TEMP_PREFIX = ".tmp-"
+STALE_TEMP_SECONDS = 3600.0
+"""A temporary file untouched for this long is abandoned, whoever wrote it (a write in progress
+changes its modification time as it goes, and a rename follows the last byte at once)."""
+
+# ".tmp-<boot id, 8 hex>.<PID namespace inode>.<pid>.<mkstemp's random part>": who wrote it.
+_TEMP_NAME = re.compile(r"\.tmp-([0-9a-f]{8})\.(\d+)\.(\d+)\.")
+_swept: set[tuple[int, str]] = set()  # (pid, folder): folders this process has cleaned already
+
+
+def _writer() -> str:
+    """This process as a temporary file's name holds it: boot, PID namespace, pid."""
+    namespace = re.sub(r"\D", "", pid_namespace() or "") or "0"
+    return f"{(boot_id() or '0' * 8)[:8]}.{namespace}.{os.getpid()}"
+
+
+def _writer_gone(name: str) -> bool:
+    """Whether the process that wrote temporary file ``name`` is known not to run: it named this
+    boot and PID namespace (where its pid can be trusted) and is not this process."""
+    found = _TEMP_NAME.match(name)
+    if found is None or boot_id() is None:
+        return False
+    boot, namespace, pid = found.group(1), found.group(2), int(found.group(3))
+    ours = _writer().split(".")
+    return [boot, namespace] == ours[:2] and pid != os.getpid() and pid > 0 and not pid_runs(pid)
+
+
+def remove_stale_temps(folder: str, older_than: float = STALE_TEMP_SECONDS) -> list[str]:
+    """Delete the temporary files of atomic writes in ``folder`` left by writers that are gone: one
+    of this machine's PID namespace whose process does not run, or any untouched for
+    ``older_than`` seconds (a writer on another host or container). Returns the names removed."""
+    removed: list[str] = []
+    try:
+        entries = os.scandir(folder)
+    except OSError:
+        return removed
+    now = time.time()
+    with entries:
+        for entry in entries:
+            if not entry.name.startswith(TEMP_PREFIX):
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if _writer_gone(entry.name) or now - entry.stat(follow_symlinks=False).st_mtime > older_than:
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+            except OSError:  # removed by another writer meanwhile, or not ours to remove: leave it
+                continue
+    return removed
+
+
 def _complete_temp_file(folder: str, data: bytes) -> str:
-    """A temporary file in ``folder`` holding all of ``data`` (on disk, with the usual mode); its path."""
+    """A temporary file in ``folder`` holding all of ``data`` (on disk, with the usual mode); its path.
+    The first in each folder of each process removes the stale ones first (:func:`remove_stale_temps`)."""
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    if (os.getpid(), folder) not in _swept:
+        _swept.add((os.getpid(), folder))
+        remove_stale_temps(folder)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{_writer()}.", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -1,19 +1,34 @@
 """One live run per run id: a lock file with a heartbeat under the run's folder.
 
 Two runs with the same id would write the same shards and checkpoints. The first takes
-``runs/<id>/_lock.json`` and refreshes it every ``heartbeat`` seconds; a second is refused while
-that lock is live. A lock is stale — and taken over — when its heartbeat is older than
-``stale_after`` seconds, or at once when its process is gone from this very host (a killed run
-can be restarted immediately).
+``runs/<id>/_lock.json`` and rewrites it every ``heartbeat`` seconds; a second is refused while
+that lock is live.
+
+**Live** means: its heartbeat is fresh, and its process is not known to be gone. Fresh is judged
+by the storage's own clock, never by the clocks of the two hosts (one 300 s off would see every
+lock as stale): the lock's age is the storage's time now minus the time the storage says the lock
+was last written (``os.stat`` mtime locally, ``LastModified`` on S3). The storage's time now is
+read the same way, from a probe object the contender writes and deletes beside the lock, and then
+carried forward on the contender's monotonic clock. A lock not rewritten for ``stale_after``
+seconds is stale, whatever times its record holds. Where the storage tells no modification time,
+the record's heartbeat is compared with this host's clock, as before.
+
+A process that is gone makes its lock stale at once (a killed run can be restarted immediately),
+but only where its pid can be trusted: the record names the host, boot id and PID namespace of its
+process (:mod:`dd_core.storage.host`), and ``os.kill(pid, 0)`` is asked only when all three are
+this process's own. A run in another container on the same host (another PID namespace) is "no
+such process" to ``os.kill``, so its lock is live for as long as its heartbeat is fresh.
 
 Taking the lock is an exclusive create (a hard link locally, a PUT with ``If-None-Match: *`` on
 S3), so of many runs started at the same moment exactly one gets it. Taking over a stale lock is
 race-free too: only the start that exclusively creates the marker ``_lock.json.takeover-<owner>-0``
 may delete the stale lock of that owner (see :meth:`RunLock._take_over`); then everyone races for
 the exclusive create again. What no lock file can rule out: a holder that stalls for longer than
-``stale_after`` (a paused machine) and wakes up just as its lock is taken over may write one last
-heartbeat over the new holder's lock; the new holder's heartbeat then finds it lost the lock and
-warns. A lease is only as good as its timeout.
+``stale_after`` (a paused machine) and wakes up just as its lock is taken over. Its heartbeat then
+finds the lock taken and the run stops (:class:`RunLockLost`): while the lock is held,
+:func:`dd_core.stopping.check_stop` raises in every loop of the process once the heartbeat has
+found the lock taken, and leaving the ``with`` block raises :class:`RunLockLost` (a run that lost
+its lock never ends as a success). A lease is only as good as its timeout.
 """
 
 from __future__ import annotations
@@ -23,13 +38,14 @@ import json
 import logging
 import math
 import os
-import socket
 import threading
 import time
 import uuid
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from dd_core.storage.fs import read_bytes, remove, write_bytes_atomic, write_bytes_exclusive
+from dd_core.stopping import stop_if
+from dd_core.storage.fs import _is_local, filesystem, read_bytes, remove, write_bytes_atomic, write_bytes_exclusive
+from dd_core.storage.host import pid_runs, process_space, same_process_space
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +58,27 @@ class RunLockedError(ValueError):
     """Another live run holds this run id (a bad ``run_id`` for this start)."""
 
 
+class RunLockLost(RuntimeError):
+    """This run's lock was taken by another run while this one held it: this run must stop."""
+
+
 PROCESS = uuid.uuid4().hex
 """This process among all that ever had its pid on this host (a restarted container reuses pids)."""
 
 
-def _pid_alive(pid: int, process: Any = None) -> bool:
-    """Whether process ``pid`` of this host runs. Our own pid is alive only for a lock of this very
-    process (``process`` is :data:`PROCESS`): a container restarted with the same host name starts
-    with the pid of the run it replaced, and that run is gone."""
-    if pid == os.getpid():
-        return process in (None, PROCESS)  # None: a lock written before locks named their process
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, ValueError, OverflowError):  # gone, or not a pid at all
+def _process_gone(lock: Mapping[str, Any]) -> bool:
+    """Whether the process of ``lock`` is known not to run: only where its pid can be trusted (same
+    host, boot and PID namespace). Our own pid is alive only for a lock of this very process
+    (``process`` is :data:`PROCESS`): a container restarted with the same host name starts with the
+    pid of the run it replaced, and that run is gone."""
+    if not same_process_space(lock):
         return False
-    except PermissionError:
+    pid = _number(lock.get("pid"))
+    if pid is None or pid != int(pid) or pid < 1:  # not a pid: never a process of ours
         return True
-    return True
+    if int(pid) == os.getpid():
+        return lock.get("process") not in (None, PROCESS)  # None: a lock written before locks named their process
+    return not pid_runs(int(pid))
 
 
 def _number(value: Any) -> float | None:
@@ -69,22 +89,34 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def lock_is_live(lock: Mapping[str, Any], stale_after: float, now: float | None = None) -> bool:
+def lock_is_live(lock: Mapping[str, Any], stale_after: float, age: float | None = None,
+                 now: float | None = None) -> bool:
     """Whether a lock record still belongs to a running run.
 
-    Stale: a heartbeat older than ``stale_after`` seconds, or one that is not a time (missing, NaN)
-    or lies further in the future than a clock could be off (``stale_after``); a pid of this host
-    that is gone (or is this very process).
+    ``age``: seconds since the lock was last written, by the storage's clock (see the module
+    docstring). Without it the record's heartbeat is compared with ``now`` (default: this host's
+    clock). Stale: older than ``stale_after`` seconds; a heartbeat that is not a time (missing,
+    NaN: never written by a RunLock); a process known to be gone (see :func:`_process_gone`).
     """
-    now = time.time() if now is None else now
     heartbeat = _number(lock.get("heartbeat"))
-    if heartbeat is None or abs(now - heartbeat) > stale_after:
+    if heartbeat is None:
         return False
-    if lock.get("host") == socket.gethostname():
-        pid = _number(lock.get("pid"))
-        if pid is None or pid != int(pid) or not _pid_alive(int(pid), lock.get("process")):
-            return False
-    return True
+    if age is None:
+        age = abs((time.time() if now is None else now) - heartbeat)
+    return age <= stale_after and not _process_gone(lock)
+
+
+def modified_at(url: str, options: Mapping[str, Any] | None = None) -> float | None:
+    """When the storage says ``url`` was last written (its own clock, seconds since the epoch); None
+    when it does not say. ``FileNotFoundError`` when there is nothing at ``url``."""
+    fs, path = filesystem(url, options)
+    if _is_local(fs):
+        return os.stat(path).st_mtime
+    meta = fs.info(path)
+    stamp = meta.get("LastModified") or meta.get("mtime") or meta.get("last_modified")
+    if hasattr(stamp, "timestamp"):
+        return float(stamp.timestamp())
+    return _number(stamp)
 
 
 def _owner_key(record: Mapping[str, Any]) -> str:
@@ -93,16 +125,23 @@ def _owner_key(record: Mapping[str, Any]) -> str:
 
 
 class RunLock:
-    """``with RunLock(url): ...`` holds the run id for the duration of the block."""
+    """``with RunLock(url): ...`` holds the run id for the duration of the block.
+
+    ``clock`` stamps this holder's heartbeats (shown to the user; staleness is judged by the
+    storage's clock, see the module docstring).
+    """
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None, stale_after: float = 300.0,
-                 heartbeat: float = 60.0, holder: str = ""):
+                 heartbeat: float = 60.0, holder: str = "", clock: Callable[[], float] = time.time):
         self.url, self.options = url, options
-        self.stale_after, self.heartbeat = stale_after, heartbeat
-        self.record = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
-                       "process": PROCESS, "holder": holder, "started": time.time()}
+        self.stale_after, self.heartbeat, self.clock = stale_after, heartbeat, clock
+        self.record = {"owner": uuid.uuid4().hex, **process_space(), "pid": os.getpid(),
+                       "process": PROCESS, "holder": holder, "started": clock()}
+        self.lost: str | None = None  # why this run must stop: its lock was taken (set by the heartbeat)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stopping = stop_if(lambda: self.lost)
+        self._storage_clock: tuple[float, float] | None = None  # (storage time, monotonic time) of a probe
 
     def _read(self, url: str) -> dict[str, Any] | None:
         """The record at ``url``, None when there is none; ValueError when it is not a record."""
@@ -124,8 +163,37 @@ class RunLock:
         except ValueError as exc:  # never written by a RunLock: we do not guess whether it is live
             raise RunLockedError(f"{exc}; if no run uses this run id, delete that file and start again") from exc
 
+    def _storage_now(self) -> float | None:
+        """The storage's time now: read once from a probe object (its modification time), then carried
+        forward on this process's monotonic clock. None where the storage tells no time."""
+        if self._storage_clock is None:
+            probe = f"{self.url}.clock-{self.record['owner']}"
+            write_bytes_atomic(probe, b"", self.options)
+            try:
+                stamp = modified_at(probe, self.options)
+            finally:
+                remove(probe, self.options)
+            self._storage_clock = (math.nan if stamp is None else stamp, time.monotonic())
+        stamp, then = self._storage_clock
+        return None if math.isnan(stamp) else stamp + (time.monotonic() - then)
+
+    def _age(self, url: str) -> float | None:
+        """Seconds since ``url`` was last written, by the storage's clock (None: it tells no time).
+        Read after the record: a record rewritten in between then looks younger, never older."""
+        written = modified_at(url, self.options)
+        now = self._storage_now() if written is not None else None
+        return None if now is None else now - written
+
+    def _is_live(self, url: str, record: Mapping[str, Any]) -> bool:
+        """Whether ``record``, just read from ``url``, is a live lock (or takeover marker)."""
+        try:
+            age = self._age(url)
+        except FileNotFoundError:  # removed since it was read: whoever wrote it is done with it
+            return False
+        return lock_is_live(record, self.stale_after, age=age, now=self.clock())
+
     def _stamped(self) -> bytes:
-        return json.dumps({**self.record, "heartbeat": time.time()}).encode()
+        return json.dumps({**self.record, "heartbeat": self.clock()}).encode()
 
     def _create(self, url: str) -> bool:
         """Exclusively create ``url`` with our record; False when it exists (or is being created)."""
@@ -135,24 +203,36 @@ class RunLock:
             return False
         return True
 
-    def _is_ours(self) -> bool:
+    def _held(self) -> dict[str, Any] | None:
+        """The record of the lock as it is now (None: none; ``{}``: one that is not a record)."""
         try:
-            held = self._read(self.url)
+            return self._read(self.url)
         except ValueError:  # we never write anything unreadable
-            return False
+            return {}
+
+    def _is_ours(self) -> bool:
+        held = self._held()
         return held is not None and held.get("owner") == self.record["owner"]
 
     def _beat(self) -> None:
-        """Refresh the heartbeat while the lock is ours; stop (and warn) once someone took it over."""
+        """Rewrite the heartbeat while the lock is ours; once another run took it, ask this run to stop."""
         while not self._stop.wait(self.heartbeat):
             try:
-                if not self._is_ours():
-                    log.warning("%s: the run lock was taken over by another run (this one looked stale for "
-                                "%s s); not refreshing it any more", self.url, self.stale_after)
+                held = self._held()
+                if held is None or held.get("owner") != self.record["owner"]:
+                    self.lost = self._taken_by(held)
+                    log.error("%s", self.lost)
                     return
                 write_bytes_atomic(self.url, self._stamped(), self.options)
             except OSError:  # storage hiccup: the next beat tries again
                 pass
+
+    def _taken_by(self, held: Mapping[str, Any] | None) -> str:
+        if held is None:
+            return f"the run lock {self.url} was removed by someone else; this run stops"
+        who = held.get("holder") or "a run"
+        return (f"the run lock {self.url} was taken by {who} on {held.get('host')}, pid {held.get('pid')}; "
+                f"this run stops")
 
     def _refusal(self, held: Mapping[str, Any]) -> RunLockedError:
         started = _number(held.get("started"))
@@ -186,7 +266,7 @@ class RunLock:
                 taker = {}  # unreadable: never one of ours, so abandoned
             if taker is None:
                 continue  # its start has just finished: try the same marker again
-            if lock_is_live(taker, self.stale_after):
+            if self._is_live(marker, taker):
                 return False
             markers.append(marker)  # abandoned by a start that died: go on to the next one
         gone = False  # whether the stale lock is gone for good (an owner never takes its lock again)
@@ -194,7 +274,7 @@ class RunLock:
             held = self._read_lock()
             if held is None or _owner_key(held) != owner:
                 gone = True
-            elif not lock_is_live(held, self.stale_after):  # else its run came back to life
+            elif not self._is_live(self.url, held):  # else its run came back to life
                 remove(self.url, self.options)
                 gone = True
         finally:
@@ -206,7 +286,7 @@ class RunLock:
         deadline = time.monotonic() + TAKEOVER_PATIENCE
         while not self._create(self.url):
             held = self._read_lock()
-            if held is not None and lock_is_live(held, self.stale_after):
+            if held is not None and self._is_live(self.url, held):
                 raise self._refusal(held)
             if held is not None and self._take_over(held):
                 continue  # the stale lock is gone: race for the exclusive create again
@@ -214,18 +294,23 @@ class RunLock:
                 raise RunLockedError(f"{self.url}: could not take the run lock within {TAKEOVER_PATIENCE:g} s "
                                      f"(another start is taking over its stale lock); try again")
             time.sleep(0.05)
+        self._stopping.__enter__()
         self._thread = threading.Thread(target=self._beat, name="omnidistill-run-lock", daemon=True)
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self._stop.set()
         try:
             if self._thread is not None:
                 self._thread.join(timeout=5)
         finally:  # also when a signal interrupts the join: a lock left behind would hold up the resume
+            self._stopping.__exit__(None, None, None)
             try:
                 if self._is_ours():
                     remove(self.url, self.options)
             except OSError:  # storage gone: the lock goes stale and the next start takes it over
                 pass
+        # A lost lock ends the run as a failure, whatever ended the block (a signal stays a signal).
+        if self.lost is not None and (exc_type is None or issubclass(exc_type, Exception)):
+            raise RunLockLost(self.lost)

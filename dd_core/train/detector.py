@@ -6,14 +6,15 @@ import dataclasses
 import hashlib
 import json
 import logging
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from dd_core.data.coco import CocoData
-from dd_core.data.dataset import CocoDataset, category_to_label
+from dd_core.data.dataset import CocoDataset, TrainingFrame, category_to_label
 from dd_core.data.filtering import TrainingImageFilter, check_labeled_for_training, filter_for_training
+from dd_core.data.images import FrameSize
 from dd_core.data.keypoints import flip_indices
 from dd_core.data.sampler import MixedBatchSampler
 from dd_core.data.transforms import Compose, RandomHorizontalFlip, to_float, vanishing_scale
@@ -31,9 +32,11 @@ def spec_for(task: str, coco: CocoData, overrides: ModelOverrides | None = None)
                                                 num_keypoints=max(len(coco.keypoint_names), 1))
 
 
-def training_transforms(coco: CocoData) -> Compose:
-    """Horizontal flip (left/right keypoints swapped) then float conversion."""
-    return Compose([RandomHorizontalFlip(flip_indices(coco.keypoint_names) if coco.keypoint_names else []), to_float])
+def training_transforms(coco: CocoData, flip_pairs: Sequence[Sequence[str]] | None = None) -> Compose:
+    """Horizontal flip (left/right keypoints swapped: ``left_*``/``right_*`` names, or ``flip_pairs``)
+    then float conversion."""
+    names = coco.keypoint_names
+    return Compose([RandomHorizontalFlip(flip_indices(names, flip_pairs) if names else []), to_float])
 
 
 def checkpoint_meta(spec: ModelSpec, coco: CocoData) -> dict[str, Any]:
@@ -61,7 +64,8 @@ def training_signature(spec: ModelSpec, cfg: TrainConfig, labeled: CocoData, pse
     images trained on, mix, init."""
     schedule = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("checkpoint_every", "keep_checkpoints",
                                                                                "num_workers")}
-    return {"model": spec.to_dict(), "schedule": schedule, "labeled": _digest(labeled.to_dict()),
+    model = {k: v for k, v in spec.to_dict().items() if k != "oks_sigmas"}  # evaluation's, not training's
+    return {"model": model, "schedule": schedule, "labeled": _digest(labeled.to_dict()),
             "pseudo": _digest(pseudo.to_dict()) if pseudo else None,
             "labeled_ratio": labeled_ratio if pseudo else None,
             "init": _state_digest(init_state) if init_state is not None else None,
@@ -100,16 +104,19 @@ def size_check(spec: ModelSpec) -> Callable[[int, int], str | None]:
 
 
 def training_data(labeled: CocoData, pseudo: CocoData | None, cfg: TrainConfig, labeled_ratio: float,
-                  options: Mapping[str, Any] | None = None, check_size: Callable[[int, int], str | None] | None = None
+                  options: Mapping[str, Any] | None = None, check_size: Callable[[int, int], str | None] | None = None,
+                  flip_pairs: Sequence[Sequence[str]] | None = None, frame: FrameSize | None = None
                   ) -> tuple[Dataset, BatchSamplerFactory | None]:
     """A teacher's labeled set (default batches), or a student's labeled + pseudo-labeled sets and
-    batches that mix them at ``labeled_ratio`` (:class:`MixedBatchSampler`)."""
+    batches that mix them at ``labeled_ratio`` (:class:`MixedBatchSampler`). With ``frame`` (the
+    model's :class:`~dd_core.data.dataset.TrainingFrame`) large photos are decoded reduced."""
     cat_to_label = category_to_label(labeled)
-    transforms = training_transforms(labeled)  # pseudo-labels have the labeled set's keypoints
-    labeled_set = CocoDataset(labeled, transforms, options, cat_to_label, check_size)
+    transforms = training_transforms(labeled, flip_pairs)  # pseudo-labels have the labeled set's keypoints
+    labeled_set = CocoDataset(labeled, transforms, options, cat_to_label, check_size, frame)
     if pseudo is None:
         return labeled_set, None
-    pseudo_set = CocoDataset(pseudo, transforms, options, cat_to_label, check_size)
+    # no pixel limit: labeling applied the run's (unlabeled.max_pixels) to these images already
+    pseudo_set = CocoDataset(pseudo, transforms, options, cat_to_label, check_size, frame, max_pixels=None)
     n_l, n_p = len(labeled_set), len(pseudo_set)
     return (ConcatDataset([labeled_set, pseudo_set]),
             lambda start: MixedBatchSampler(n_l, n_p, cfg.batch_size, labeled_ratio, cfg.seed, start))
@@ -135,7 +142,8 @@ def train_detector(spec: ModelSpec, labeled: CocoData, cfg: TrainConfig, checkpo
     if init_state is not None:
         model.load_state_dict(init_state)
     labeled_set, pseudo_set, counts = _sets_to_train_on(labeled, pseudo, image_filter)
-    dataset, make_batches = training_data(labeled_set, pseudo_set, cfg, labeled_ratio, options, size_check(spec))
+    dataset, make_batches = training_data(labeled_set, pseudo_set, cfg, labeled_ratio, options, size_check(spec),
+                                          spec.flip_pairs, TrainingFrame.of(model.transform))
     meta = {**checkpoint_meta(spec, labeled),
             "signature": training_signature(spec, cfg, labeled, pseudo, labeled_ratio, init_state, image_filter)}
     result = train(model, dataset, cfg, checkpoint_dir=checkpoint_dir, make_batches=make_batches, meta=meta,

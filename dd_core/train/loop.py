@@ -65,11 +65,19 @@ class TrainConfig:
     keep_checkpoints: int = 2       # older ones are deleted; 2 so a truncated newest one has a fallback
     seed: int = 0
     num_workers: int = 0
+    lr_steps: tuple[float, ...] | None = None  # /10 at these fractions of iterations; None: 2/3 and 8/9
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "batch_size", "checkpoint_every", "keep_checkpoints"):
+        if self.iterations < 0:  # 0: the initial weights (model.weights) are the result, written as a checkpoint
+            raise ValueError(f"TrainConfig.iterations must be 0 or more, got {self.iterations}")
+        for name in ("batch_size", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.lr_steps is not None:
+            object.__setattr__(self, "lr_steps", tuple(self.lr_steps))
+            if any(not 0 < s <= 1 for s in self.lr_steps) or list(self.lr_steps) != sorted(self.lr_steps):
+                raise ValueError(f"TrainConfig.lr_steps must be increasing fractions of the iterations in (0, 1], "
+                                 f"got {list(self.lr_steps)}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be positive, got {self.lr}")
 
@@ -90,7 +98,8 @@ class Optimization:
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, amp: bool):
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        self.scheduler = make_scheduler(self.optimizer, cfg.iterations, cfg.warmup_iters, cfg.warmup_factor)
+        self.scheduler = make_scheduler(self.optimizer, cfg.iterations, cfg.warmup_iters, cfg.warmup_factor,
+                                        cfg.lr_steps)
         self.amp = amp  # float16 autocast and a scaled loss: on CUDA only
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
@@ -133,6 +142,7 @@ class Checkpointer:
         """Checkpoint ``iteration`` (nanoGPT-style: state dicts and primitives); its URL on every rank."""
         if not self.directory:
             return None
+        _check_finite_weights(model, iteration)
         url = checkpoint_url(self.directory, iteration)
         if self.world.is_main:
             save_checkpoint(url, {"model": model.state_dict(), **optimization.state_dict(), "iteration": iteration,
@@ -155,6 +165,16 @@ def _check_finite(losses: dict[str, torch.Tensor], iteration: int) -> float:
         raise FloatingPointError(f"loss is {value} at iteration {iteration}: {parts}; training stopped "
                                  f"(lower the learning rate or check the labels)")
     return value
+
+
+def _check_finite_weights(model: torch.nn.Module, iteration: int) -> None:
+    """Refuse to checkpoint weights that are not finite: the loss is checked before each step, so
+    the last step's blow-up would otherwise be saved, labeled with, and trained on."""
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise FloatingPointError(f"weights are not finite after iteration {iteration} ({name!r} holds "
+                                     f"{float(value[~torch.isfinite(value)].flatten()[0])}); training stopped "
+                                     f"(lower the learning rate or check the labels)")
 
 
 @dataclass
@@ -298,13 +318,15 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, *, checkpo
     seed_everything(cfg.seed)
     start = resume(checkpoint_dir, model, optimization, meta=meta or {}, options=options)
     check_same_start(world, start, checkpoint_dir)
+    hooks = hooks.for_rank(world)
+    checkpointer = Checkpointer(checkpoint_dir, cfg.keep_checkpoints, dict(meta or {}), world, options,
+                                hooks.on_checkpoint)
+    if cfg.iterations == 0:  # nothing to train: the model as started (a published detector) is the result
+        return TrainResult(0, checkpointer.write(0, model, optimization), 0.0, {})
     if start >= cfg.iterations:
         return TrainResult(start, checkpoint_url(checkpoint_dir, start) if checkpoint_dir else None, 0.0, {})
     loader_seed = _seed_rank(cfg.seed, world, start)
     loader = _loader(dataset, _batches(dataset, cfg, world, start, make_batches), cfg.num_workers, loader_seed)
-    hooks = hooks.for_rank(world)
-    checkpointer = Checkpointer(checkpoint_dir, cfg.keep_checkpoints, dict(meta or {}), world, options,
-                                hooks.on_checkpoint)
     steps = StepLoop(cfg, model, data_parallel(model, world, device), optimization, checkpointer, device,
                      progress=progress and world.is_main, hooks=hooks)
     end = cfg.iterations if stop_after is None else min(cfg.iterations, start + stop_after)

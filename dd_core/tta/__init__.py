@@ -16,6 +16,7 @@ _EXPORTS = {
     "dd_core.tta.boxes": ["detect_in_frame", "multi_transform_boxes"],
     "dd_core.tta.keypoints": ["average_keypoint_logits", "multi_transform_keypoints",
                               "multi_transform_keypoints_on_boxes", "predictor_stages", "upsample_heatmaps"],
+    "dd_core.tta.precision": ["LayerSettings"],
     "dd_core.tta.predict": ["PredictFn", "multi_transform_predict_fn"],
     "dd_core.tta.settings": ["DEFAULT_SCALES", "BoxMergeSettings", "MultiTransformSettings"],
     "dd_core.tta.transforms": ["TestTransform", "base_transform", "boxes_from_frame", "boxes_to_frame", "hflip_boxes",

@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import boxes as box_ops
 
 from dd_core.ensemble.merge import merge_detections
+from dd_core.tta.precision import FLOAT32, LayerSettings
 from dd_core.tta.transforms import TestTransform, boxes_from_frame, image_size, scale_batches
 
 Detections = dict[str, Tensor]
@@ -38,31 +40,63 @@ def check_inference_ready(model: nn.Module, transforms: Sequence[TestTransform])
         raise ValueError("multi-transform inference needs at least one transform")
 
 
-def detect_in_frame(model: nn.Module, images: ImageList, features: dict[str, Tensor]) -> list[Detections]:
+def proposals_in_frame(model: nn.Module, images: ImageList, features: dict[str, Tensor],
+                       layers: LayerSettings = FLOAT32) -> list[Tensor]:
+    """The RPN's proposals (eval mode): ``model.rpn`` itself in float32; otherwise its head as
+    ``layers`` says and everything after it (anchors, decoding, NMS) in float32.
+
+    torchvision's box coder decodes in the dtype of the deltas, anchors included: bfloat16 deltas
+    would round anchor coordinates to 8 px at 1,200 px. The steps are ``RegionProposalNetwork.forward``'s.
+    """
+    if layers.precision == "float32":
+        return model.rpn(images, features)[0]
+    return rpn_proposals(model, images, features, layers)
+
+
+def rpn_proposals(model: nn.Module, images: ImageList, features: dict[str, Tensor], layers: LayerSettings) -> list[Tensor]:
+    """``model.rpn``'s eval-mode steps with the head run as ``layers`` says and float32 from its outputs on."""
+    rpn, levels = model.rpn, list(features.values())
+    objectness, deltas = layers.run(rpn.head, levels, device=images.tensors.device)
+    anchors = rpn.anchor_generator(images, levels)
+    per_level = [o[0].numel() for o in objectness]  # anchors per level and image
+    objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+    proposals = rpn.box_coder.decode(deltas, anchors).view(len(anchors), -1, 4)
+    return rpn.filter_proposals(proposals, objectness, images.image_sizes, per_level)[0]
+
+
+def _box_head(model: nn.Module, images: ImageList, features: dict[str, Tensor], proposals: list[Tensor],
+              layers: LayerSettings) -> tuple[Tensor, Tensor]:
+    """``(class_logits, box_regression)`` of the proposals: RoI pooling in float32, the head as ``layers`` says."""
+    heads = model.roi_heads
+    pooled = heads.box_roi_pool(features, proposals, images.image_sizes)
+    return layers.run(lambda x: heads.box_predictor(heads.box_head(x)), pooled, device=pooled.device)
+
+
+def detect_in_frame(model: nn.Module, images: ImageList, features: dict[str, Tensor],
+                    layers: LayerSettings = FLOAT32) -> list[Detections]:
     """RPN + box head on already computed features: ``boxes, labels, scores`` in the frame.
 
     The box half of ``model.roi_heads`` only, so a Keypoint R-CNN does not also run its keypoint
     head here; results are exactly those of ``model.roi_heads`` before ``postprocess``.
     """
-    proposals, _ = model.rpn(images, features)
+    proposals = proposals_in_frame(model, images, features, layers)
     heads = model.roi_heads
-    box_features = heads.box_head(heads.box_roi_pool(features, proposals, images.image_sizes))
-    class_logits, box_regression = heads.box_predictor(box_features)
+    class_logits, box_regression = _box_head(model, images, features, proposals, layers)
     boxes, scores, labels = heads.postprocess_detections(class_logits, box_regression, proposals, images.image_sizes)
     return [{"boxes": b, "labels": lab, "scores": s} for b, lab, s in zip(boxes, labels, scores)]
 
 
-def raw_detections_in_frame(model: nn.Module, images: ImageList, features: dict[str, Tensor]) -> list[Detections]:
+def raw_detections_in_frame(model: nn.Module, images: ImageList, features: dict[str, Tensor],
+                            layers: LayerSettings = FLOAT32) -> list[Detections]:
     """RPN + box head on computed features: every detection before NMS, in the frame.
 
     What ``RoIHeads.postprocess_detections`` computes before its NMS and cap: class-specific
     boxes decoded from each proposal, clipped to the image, for every class whose score is above
     ``roi_heads.score_thresh``, boxes under 0.01 px dropped.
     """
-    proposals, _ = model.rpn(images, features)
+    proposals = proposals_in_frame(model, images, features, layers)
     heads = model.roi_heads
-    class_logits, box_regression = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals,
-                                                                                         images.image_sizes)))
+    class_logits, box_regression = _box_head(model, images, features, proposals, layers)
     boxes = heads.box_coder.decode(box_regression, proposals).split([len(p) for p in proposals])
     scores = F.softmax(class_logits, -1).split([len(p) for p in proposals])
     out = []
@@ -98,6 +132,7 @@ def multi_transform_boxes(
     voting_threshold: float = 0.8,
     scoring: str = "ID",
     max_detections: int = 100,
+    layers: LayerSettings = FLOAT32,
 ) -> list[dict[str, Tensor | int]]:
     """Detections of ``model`` on each image, ensembled over ``transforms`` (union of the raw
     detections, then NMS and box voting once).
@@ -106,12 +141,13 @@ def multi_transform_boxes(
     ``boxes`` (xyxy, original image coordinates), ``labels``, ``scores`` and ``num_transforms``.
     With the single identity transform, the model's own NMS threshold and cap, and a voting
     threshold of 1 (each box votes for itself alone), this returns the model's own detections.
+    ``layers`` may run the model's layers in bfloat16; the union, NMS and voting stay float32.
     """
     check_inference_ready(model, transforms)
     sizes = [image_size(image) for image in images]
     parts: list[list[Detections]] = [[] for _ in images]
-    for batch in scale_batches(model, images, transforms):
-        detections = raw_detections_in_frame(model, batch.images, batch.features)
+    for batch in scale_batches(model, images, transforms, layers):
+        detections = raw_detections_in_frame(model, batch.images, batch.features, layers)
         for (transform, i, frame), det in zip(batch.entries(), detections):
             parts[i].append({**det, "boxes": boxes_from_frame(det["boxes"], transform, frame, sizes[i])})
     options = dict(nms_threshold=nms_threshold, voting_threshold=voting_threshold,

@@ -29,6 +29,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from dd_core.data.transforms import hflip_boxes, hflip_keypoints, resized_size  # the same geometry as training
+from dd_core.tta.precision import FLOAT32, LayerSettings
 
 Size = tuple[int, int]  # (height, width)
 
@@ -217,17 +218,19 @@ def group_by_scale(transforms: Sequence[TestTransform]) -> dict[int, list[TestTr
     return groups
 
 
-def scale_batches(model: nn.Module, images: Sequence[Tensor], transforms: Sequence[TestTransform]) -> Iterator[ScaleBatch]:
+def scale_batches(model: nn.Module, images: Sequence[Tensor], transforms: Sequence[TestTransform],
+                  layers: LayerSettings = FLOAT32) -> Iterator[ScaleBatch]:
     """Augment and run the backbone, one scale at a time.
 
     A generator, so features do not pile up over scales (at the paper's 1200-px scale an FPN's
     features dwarf everything else): besides the scale being computed, only the batch the caller
-    still holds is alive.
+    still holds is alive. The backbone runs as ``layers`` says; its features are float32 either way.
     """
     for scale, group in group_by_scale(transforms).items():
         inputs = [apply_to_image(t, image) for t in group for image in images]
         image_list, _ = resize_transform(model, scale)(inputs)
-        features = model.backbone(image_list.tensors)
+        tensors = layers.backbone_input(image_list.tensors)
+        features = layers.run(model.backbone, tensors, device=tensors.device)
         if isinstance(features, Tensor):
             features = OrderedDict([("0", features)])
         yield ScaleBatch(scale, group, image_list, features)

@@ -6,9 +6,17 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from dd_core.data.images import ImageDecodeError, decode_image
+from dd_core.data.images import (
+    MAX_PIXELS,
+    ImageDecodeError,
+    Reduction,
+    decode_image,
+    decode_reduced,
+    reduction_factor,
+)
 
 SIXTEEN = np.array([[0, 255, 256, 0x8000, 0xFFFF, 0x01FF]], np.uint16)
 HIGH_BYTE = np.array([[0, 0, 1, 128, 255, 1]], np.uint8)  # SIXTEEN >> 8, by hand
@@ -169,3 +177,121 @@ def test_empty_truncated_non_image_and_bomb_files_are_refused_naming_the_url():
     bomb = _saved(Image.new("1", (20_000, 20_000)), "PNG", optimize=True)
     with pytest.raises(ImageDecodeError, match=r"d\.png: image too large to decode safely"):
         decode_image(bomb, "d.png")
+
+
+# --- Large photos: refused from the header, or decoded reduced within bounded memory --------------
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def write_big_png(path, width: int, height: int, square: tuple[int, int, int, int]) -> None:
+    """An 8-bit RGB PNG, black with a red ``square`` (x0, y0, x1, y1), written row by row: a
+    12000 x 12000 one takes a few hundred KB on disk and never its 432 MB of pixels in memory."""
+    x0, y0, x1, y1 = square
+    plain, band = bytearray(1 + 3 * width), bytearray(1 + 3 * width)
+    band[1 + 3 * x0:1 + 3 * x1:3] = b"\xff" * (x1 - x0)
+    packer = zlib.compressobj(1)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
+        for y in range(height):
+            data = packer.compress(bytes(band if y0 <= y < y1 else plain))
+            if data:
+                f.write(_chunk(b"IDAT", data))
+        f.write(_chunk(b"IDAT", packer.flush()) + _chunk(b"IEND", b""))
+
+
+def _red_box(pixels) -> list[int]:
+    """xyxy of the red pixels of decoded CHW pixels: a 'prediction' made on them."""
+    ys, xs = np.nonzero(pixels[0].numpy() > 127)
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
+_DECODE_BIG = """
+import json, resource, sys
+from dd_core.data.images import decode_reduced
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+pixels, reduction = decode_reduced(data, sys.argv[1], 150_000_000, frame=lambda h, w: (160, 160))
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+ys, xs = (pixels[0] > 127).nonzero(as_tuple=True)
+box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+print(json.dumps({"grown_kb": grown, "shape": list(pixels.shape), "factor": reduction.factor,
+                  "size": [reduction.width, reduction.height], "box": box}))
+"""
+
+
+def test_a_12000_px_square_png_is_decoded_reduced_within_bounded_memory(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "big.png"
+    write_big_png(path, 12000, 12000, square=(6400, 3200, 7680, 4480))  # block-aligned at 64 px
+    assert path.stat().st_size < 2_000_000
+    run = subprocess.run([sys.executable, "-c", _DECODE_BIG, str(path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    found = json.loads(run.stdout)
+    # 4 bytes per pixel for Pillow's buffer (576 MB); a whole decode to float took 8.4 GB
+    assert found["grown_kb"] < 1.5 * 2**20, found
+    assert found["factor"] == 64 and found["shape"] == [3, 187, 187] and found["size"] == [12000, 12000]
+    assert [64 * v for v in found["box"]] == [6400, 3200, 7680, 4480]  # the square, mapped back exactly
+
+
+def test_a_header_over_max_pixels_is_refused_before_decoding(tmp_path):
+    # 13000 x 13000: a header, and no pixels at all (decoding would fail as truncated)
+    header = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 13000, 13000, 8, 2, 0, 0, 0))
+    data = header + _chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + _chunk(b"IEND", b"")
+    with pytest.raises(ImageDecodeError, match=r"^x.png: 13000x13000 px \(width x height\) is 169,000,000 pixels, "
+                                               r"more than the 150,000,000 allowed \(max_pixels\); refused before"):
+        decode_image(data, "x.png", max_pixels=MAX_PIXELS)
+    small = _saved(Image.new("RGB", (100, 100)), "PNG")
+    with pytest.raises(ImageDecodeError, match=r"100x100 px .* 10,000 pixels, more than the 9,999 allowed"):
+        decode_reduced(small, "s.png", max_pixels=9_999)
+    assert decode_image(small, "s.png", max_pixels=10_000).shape == (3, 100, 100)
+    from dd_core.config.schema import UnlabeledConfig
+
+    assert UnlabeledConfig(images="x").max_pixels == MAX_PIXELS  # the setting's default is the library's
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_reduced_image_maps_back_to_the_original_exactly(fmt):
+    """A red square on black, reduced 8x (JPEG: while decoding); the square found on the reduced
+    pixels, mapped back, is the square of the original."""
+    pixels = np.zeros((2048, 4096, 3), np.uint8)
+    pixels[512:1024, 1024:2048, 0] = 255
+    data = _saved(Image.fromarray(pixels), fmt, **({"quality": 100} if fmt == "JPEG" else {}))
+    reduced, reduction = decode_reduced(data, "x", frame=lambda h, w: (256, 512))
+    assert reduction == Reduction(2048, 4096, 8) and reduced.shape == (3, 256, 512)
+    box = _red_box(reduced)
+    assert box == [128, 64, 256, 128]
+    mapped = reduction.to_original({"boxes": torch.tensor([box], dtype=torch.float32),
+                                    "keypoints": torch.tensor([[[128.0, 64.0, 1.0], [255.5, 127.5, 0.0]]]),
+                                    "scores": torch.tensor([0.9])})
+    assert mapped["boxes"].tolist() == [[1024, 512, 2048, 1024]]
+    assert mapped["keypoints"].tolist() == [[[1024, 512, 1], [2044, 1020, 0]]]  # visibility untouched
+    assert mapped["scores"].tolist() == [pytest.approx(0.9)]
+    same = Reduction(10, 10).to_original({"boxes": np.array([[1.5, 2, 3, 4]])})
+    assert same["boxes"].tolist() == [[1.5, 2, 3, 4]]
+
+
+def test_an_exif_rotated_photo_is_turned_upright_then_reduced_and_maps_back(tmp_path):
+    pixels = np.zeros((1024, 2048, 3), np.uint8)  # as stored: 2048 wide, 1024 high
+    pixels[0:256, 0:512, 0] = 255  # top-left corner as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 clockwise to show: 1024 wide, 2048 high, the square top-right
+    data = _saved(Image.fromarray(pixels), "PNG", exif=exif)
+    reduced, reduction = decode_reduced(data, "x", frame=lambda h, w: (256, 128))
+    assert reduction == Reduction(2048, 1024, 8) and reduced.shape == (3, 256, 128)
+    assert reduction.to_original({"boxes": torch.tensor([_red_box(reduced)])})["boxes"].tolist() == [
+        [1024 - 256, 0, 1024, 512]]
+    assert _red_box(decode_image(data)) == [1024 - 256, 0, 1024, 512]  # as a whole decode shows it
+
+
+def test_no_frame_or_a_small_image_decodes_whole_as_before():
+    im = Image.fromarray(np.arange(64 * 48 * 3, dtype=np.uint8).reshape(48, 64, 3) % 251)
+    data = _saved(im, "PNG")
+    whole, reduction = decode_reduced(data, "x", frame=lambda h, w: (200, 300))
+    assert reduction == Reduction(48, 64, 1) and torch.equal(whole, decode_image(data))
+    assert reduction_factor(48, 64, (24, 32)) == 2 and reduction_factor(47, 64, (24, 32)) == 1

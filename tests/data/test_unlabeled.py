@@ -211,3 +211,62 @@ def test_list_names_end_at_newlines_only_and_upper_case_suffixes_are_lists(tmp_p
     (tmp_path / "LIST.TXT").write_text("a\u2028b.png\nc\x85d.png\r\n# a comment\n")
     found = list_unlabeled(str(tmp_path / "LIST.TXT"))
     assert [im.file_name for im in found.images] == ["a\u2028b.png", "c\x85d.png"]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_storage_root_inside_the_unlabeled_folder_is_never_listed_as_unlabeled_images(where, tmp_path, request):
+    root, options = request.getfixturevalue("s3") if where == "s3" else (str(tmp_path), None)
+    names = ["a.png", "runs.png", "sub/b.png", "runs/old/ap.png", "runs/old/pseudo_labels.png", "out/runs/x/ap.png"]
+    for name in names:
+        write_bytes_atomic(join(root, "pool", name), b"x", options)
+    pool = join(root, "pool")
+    # storage.root = the unlabeled folder, written another way: the runs folder is left out, nothing else.
+    spelled = f"file://{tmp_path}/./pool/" if where == "local" else pool.replace("s3://", "s3a://")
+    found = list_unlabeled(pool, options=options, exclude=[join(spelled, "runs")])
+    assert [im.file_name for im in found.images] == ["a.png", "out/runs/x/ap.png", "runs.png", "sub/b.png"]
+    # storage.root below it: only that root's runs folder is left out.
+    found = list_unlabeled(pool, options=options, exclude=[join(pool, "out", "runs")])
+    assert [im.file_name for im in found.images] == ["a.png", "runs.png", "runs/old/ap.png",
+                                                    "runs/old/pseudo_labels.png", "sub/b.png"]
+    # An unlabeled source inside a storage root's runs folder is refused.
+    with pytest.raises(ValueError, match=r"/pool/runs/old: the unlabeled images lie inside .*/pool/runs, where runs "
+                                         r"write their outputs: a run's own files are never unlabeled input"):
+        list_unlabeled(join(pool, "runs", "old"), options=options, exclude=[join(pool, "runs")])
+
+
+def test_a_local_unlabeled_folder_reached_through_a_link_still_leaves_the_runs_folder_out(tmp_path):
+    _touch_images(tmp_path / "pool", ["a.png", "runs/r/ap.png"])
+    (tmp_path / "link").symlink_to(tmp_path / "pool")
+    found = list_unlabeled(str(tmp_path / "link"), exclude=[str(tmp_path / "pool" / "runs")])
+    assert [im.file_name for im in found.images] == ["a.png"]
+
+
+def _planned(tmp_path, names):
+    _touch_images(tmp_path / "pool", names)
+    unlabeled = list_unlabeled(str(tmp_path / "pool"))
+    write_plan(unlabeled, 2, str(tmp_path / "_plan.json"))
+    return unlabeled
+
+
+def test_a_run_planned_on_one_pool_refuses_another_naming_what_changed(tmp_path):
+    from dd_core.data.unlabeled import PoolChanged, check_planned_pool
+
+    plan = str(tmp_path / "_plan.json")
+    check_planned_pool(_planned(tmp_path, ["a.png", "b.png", "c.png"]), 2, str(tmp_path / "none.json"), "x")
+    before = (tmp_path / "_plan.json").read_bytes()
+    check_planned_pool(list_unlabeled(str(tmp_path / "pool")), 2, plan, "x")  # the same pool: resumes
+    _touch_images(tmp_path / "pool", ["d.png"])
+    with pytest.raises(PoolChanged, match=r"^run x was planned on 3 unlabeled images \(plan digest [0-9a-f]{12}, "
+                                          rf".*_plan.json\); the pool now lists 4 \('d.png' is new\): its pseudo-labels, "
+                                          r"student and report are of the planned pool. Restore that pool to resume it, "
+                                          r"or start a new run id for this one$"):
+        check_planned_pool(list_unlabeled(str(tmp_path / "pool")), 2, plan, "x")
+    (tmp_path / "pool" / "d.png").unlink()
+    (tmp_path / "pool" / "a.png").unlink()
+    _touch_images(tmp_path / "pool", ["e.png"])
+    with pytest.raises(PoolChanged, match=r"the pool now lists 3 \('e.png' is new\)"):
+        check_planned_pool(list_unlabeled(str(tmp_path / "pool")), 2, plan, "x")
+    (tmp_path / "pool" / "e.png").unlink()
+    with pytest.raises(PoolChanged, match=r"the pool now lists 2 \('a.png' is gone\)"):
+        check_planned_pool(list_unlabeled(str(tmp_path / "pool")), 2, plan, "x")
+    assert (tmp_path / "_plan.json").read_bytes() == before  # nothing written

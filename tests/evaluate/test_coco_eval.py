@@ -91,3 +91,27 @@ def test_bad_results_are_refused_before_pycocotools(mutate, message):
 def test_unknown_iou_type():
     with pytest.raises(ValueError, match="iou_type"):
         coco_evaluate(_gt(), [], "segm")
+
+
+def _five_keypoint_gt():
+    """_gt's people with 5 of their keypoints, named as no COCO set is."""
+    gt = _gt()
+    names = ["beak", "wing_l", "wing_r", "foot_l", "foot_r"]
+    gt["categories"] = [{"id": 1, "name": "bird", "keypoints": names, "skeleton": []}]
+    for ann in gt["annotations"]:
+        ann["keypoints"] = ann["keypoints"][:15]
+        ann["num_keypoints"] = 5
+    return gt
+
+
+def test_oks_sigmas_come_from_the_caller_for_a_keypoint_set_of_its_own():
+    gt = _five_keypoint_gt()
+    shifted = gt_as_results(gt)
+    for r in shifted:
+        r["keypoints"] = [v + 3 if j % 3 == 0 else v for j, v in enumerate(r["keypoints"])]
+    default = coco_evaluate(gt, shifted, "keypoints")  # 0.05 for each keypoint of a set not COCO's
+    assert coco_evaluate(gt, shifted, "keypoints", sigmas=[0.05] * 5) == default
+    wide, narrow = (coco_evaluate(gt, shifted, "keypoints", sigmas=[s] * 5)["AP"] for s in (0.5, 0.01))
+    assert narrow < default["AP"] < wide  # a larger sigma forgives the same error more
+    with pytest.raises(ValueError, match=r"OKS sigmas: expected 5 positive numbers \(one per keypoint: \['beak'"):
+        coco_evaluate(gt, shifted, "keypoints", sigmas=[0.05] * 17)

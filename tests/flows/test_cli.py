@@ -96,6 +96,28 @@ def test_label_again_keeps_its_finished_shards_and_labels_the_missing_one(tmp_pa
     assert (again["images"], again["instances"]) == (first["images"], first["instances"]) == (4, again["instances"])
 
 
+def test_label_max_pixels_rejects_larger_images_and_another_limit_relabels(tmp_path, capsys):
+    from PIL import Image
+
+    coco = write_tiny_coco(tmp_path / "pile", num_images=3)  # 64 x 64: 4,096 pixels
+    Image.new("RGB", (100, 80), "white").save(tmp_path / "pile" / "images" / "wide.png")  # 8,000 pixels
+    ckpt = save_random_checkpoint(str(tmp_path / "m.pth"), coco)
+    args = ["label", "--checkpoint", ckpt, "--images", str(tmp_path / "pile" / "images"), "--out",
+            str(tmp_path / "out"), "--scales", "64", "--score-threshold", "0.0", "--quiet"]
+    assert main([*args, "--max-pixels", "7999"]) == 0
+    limited = json.loads(capsys.readouterr().out)
+    assert (limited["images"], limited["rejected"]) == (3, 1)
+    shard = tmp_path / "out" / "annotations.predictions" / "shard-00000.parquet"
+    import pyarrow.parquet as pq
+
+    assert "more than the 7,999 allowed (max_pixels)" in str(pq.read_metadata(shard).metadata)
+    assert main([*args, "--max-pixels", "8000"]) == 0  # another limit: the finished shard is labeled again
+    assert json.loads(capsys.readouterr().out)["images"] == 4
+    pseudo = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    assert [(im["file_name"], im["width"], im["height"]) for im in pseudo["images"] if im["file_name"] == "wide.png"] \
+        == [("wide.png", 100, 80)]
+
+
 def test_detection_checkpoint_evaluates_with_box_voting_tta_and_labels(tmp_path, capsys):
     coco = write_tiny_coco(tmp_path / "val", num_images=3, task="detection")
     ckpt = save_random_checkpoint(str(tmp_path / "det.pth"), coco, task="detection")
@@ -182,6 +204,7 @@ def test_a_run_failing_inside_the_flow_ends_with_its_error_in_one_line(tmp_path,
     (["--scales", "64", "5000"], "argument --scales: expected 1 to 4096, got 5000"),
     (["--score-threshold", "nan"], "argument --score-threshold: expected 0 to 1, got nan"),
     (["--shard-size", "0"], "argument --shard-size: expected 1 to 1000000, got 0"),
+    (["--max-pixels", "0"], "argument --max-pixels: expected 1 to 1000000000000000, got 0"),
 ])
 def test_label_refuses_settings_run_would_refuse(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -217,3 +240,123 @@ def test_the_command_exits_with_its_code_even_when_an_exit_hook_hangs():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and done.stderr == ""
     assert time.monotonic() - started < 20
+
+
+def _tree(folder) -> dict[str, bytes | None]:
+    """Every path under ``folder`` with its bytes (None for a folder): to check that nothing was written."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture
+def label_inputs(tmp_path):
+    """A labeled set ``lab/`` (annotations.json + images/), its checkpoint and an image-only list json."""
+    coco = write_tiny_coco(tmp_path / "lab", num_images=2)
+    ckpt = save_random_checkpoint(str(tmp_path / "m.pth"), coco)
+    listing = {"info": {"description": "my list"}, "licenses": [{"id": 1, "name": "mine"}],
+               "images": coco["images"]}
+    (tmp_path / "lab" / "list.json").write_text(json.dumps(listing))
+    (tmp_path / "link.json").symlink_to(tmp_path / "lab" / "list.json")
+    return tmp_path, ckpt
+
+
+@pytest.mark.parametrize("images, out, extra, message", [
+    # The image list given as --out, spelled in every way that names the same file.
+    ("lab/list.json", "lab/list.json", [], "pseudo-label json {out} over the --images input {images};"),
+    ("lab/list.json", "./lab/../lab/list.json", [], "over the --images input"),
+    ("lab/list.json", "file://{tmp}/lab/list.json", [], "over the --images input"),
+    ("lab/list.json", "link.json", [], "over the --images input"),
+    ("link.json", "lab/list.json", [], "over the --images input"),
+    # The labeled json, as a file and as the folder whose annotations.json label would write.
+    ("lab/images", "lab/annotations.json", ["--labeled", "lab/annotations.json"], "over the --labeled input"),
+    ("lab/images", "lab", ["--labeled", "./lab/annotations.json"], "over the --labeled input"),
+    # Inside an input: the images folder, the checkpoint (a file is no folder), the --root.
+    ("lab/images", "lab/images", [], "inside the --images input"),
+    ("lab/images", "lab/images/pseudo.json", [], "inside the --images input"),
+    ("lab/images", "m.pth", [], "inside the --checkpoint input"),
+    ("lab/list.json", "lab/images/x.json", ["--root", "lab/images"], "inside the --root input"),
+    # Its thresholds over an input; an input inside its predictions folder.
+    ("lab/images", "o/p.json", ["--labeled", "o/p.thresholds.json"], "its thresholds o/p.thresholds.json over the "
+     "--labeled input o/p.thresholds.json;"),
+    ("o/p.predictions/sub", "o/p.json", [], "the --images input o/p.predictions/sub lies inside o/p.predictions, "
+     "the folder where --out keeps its predictions"),
+])
+def test_label_refuses_an_out_that_is_or_holds_an_input(label_inputs, capsys, monkeypatch, images, out, extra,
+                                                        message):
+    tmp, ckpt = label_inputs
+    monkeypatch.chdir(tmp)  # relative spellings resolve from here
+    (tmp / "o" / "p.predictions" / "sub").mkdir(parents=True)
+    (tmp / "o" / "p.thresholds.json").write_text('{"thresholds": {}}')
+    before = _tree(tmp)
+    out = out.format(tmp=tmp)
+    args = ["label", "--checkpoint", ckpt, "--images", images, "--out", out, "--scales", "64", "--quiet", *extra]
+    assert main(args) == 2
+    assert main([*args, "--overwrite"]) == 2  # --overwrite never allows replacing an input
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert err == f"{first}\n{first}\n" and first.startswith("omnidistill label: error: ")
+    assert message.format(tmp=tmp, out=out, images=images) in first
+    assert _tree(tmp) == before  # nothing written: no json, no thresholds, no predictions folder
+
+
+def test_label_refuses_to_replace_a_json_it_did_not_write(label_inputs, capsys):
+    tmp, ckpt = label_inputs
+    truth = (tmp / "lab" / "annotations.json").read_bytes()
+    args = ["label", "--checkpoint", ckpt, "--images", str(tmp / "lab" / "images"), "--out", str(tmp / "lab"),
+            "--scales", "64", "--score-threshold", "0", "--quiet"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"omnidistill label: error: {tmp}/lab/annotations.json: exists and omnidistill label did not write it "
+        f"(no info.description 'omnidistill pseudo-labels' with {tmp}/lab/annotations.thresholds.json beside it); "
+        "pass --overwrite to replace it, or choose another --out\n")
+    assert (tmp / "lab" / "annotations.json").read_bytes() == truth
+    assert sorted(p.name for p in (tmp / "lab").iterdir()) == ["annotations.json", "images", "list.json"]
+    # A thresholds file of someone else's is not replaced either.
+    (tmp / "o").mkdir()
+    (tmp / "o" / "annotations.thresholds.json").write_text('{"mine": 1}')
+    assert main([*args[:6], str(tmp / "o"), *args[7:]]) == 2
+    assert "o/annotations.thresholds.json: exists and is not the thresholds json" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp / "o").iterdir()) == ["annotations.thresholds.json"]
+    # Asked to, it replaces the ground truth; what it wrote it replaces again without asking.
+    assert main([*args, "--overwrite"]) == 0
+    assert json.loads((tmp / "lab" / "annotations.json").read_text())["info"] == {
+        "description": "omnidistill pseudo-labels"}
+    capsys.readouterr()
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["annotations"] == f"{tmp}/lab/annotations.json"
+
+
+@pytest.mark.parametrize("task, labeled_task, message", [
+    ("keypoints", "detection", "{lab}/annotations.json: no category lists 'keypoints' (a detection json), but the "
+     "checkpoint {ckpt} is a keypoints model (spec.task 'keypoints', 17 keypoints); expected a keypoints json"),
+    ("detection", "keypoints", "{lab}/annotations.json: categories[0] (id 1) field 'name' is 'person', but in the "
+     "checkpoint {ckpt} category 1 is 'box'"),
+])
+def test_label_refuses_a_labeled_set_of_another_task_before_inference(tmp_path, capsys, task, labeled_task, message):
+    trained = write_tiny_coco(tmp_path / "train", num_images=2, task=task)
+    ckpt = save_random_checkpoint(str(tmp_path / "m.pth"), trained, task=task)
+    write_tiny_coco(tmp_path / "lab", num_images=2, task=labeled_task)
+    assert main(["label", "--checkpoint", ckpt, "--images", str(tmp_path / "train" / "images"), "--out",
+                 str(tmp_path / "out"), "--labeled", str(tmp_path / "lab" / "annotations.json"), "--scales", "64",
+                 "--quiet"]) == 2
+    expected = message.format(lab=tmp_path / "lab", ckpt=ckpt)
+    assert capsys.readouterr().err == f"omnidistill label: error: {expected}\n"
+    assert not (tmp_path / "out").exists()  # no plan, no shard, no json
+
+
+@pytest.mark.parametrize("task, data_task, empty, message", [
+    ("detection", "keypoints", False, "categories[0] (id 1) field 'name' is 'person', but in the checkpoint {ckpt} "
+     "category 1 is 'box'"),
+    ("keypoints", "detection", True, "no category lists 'keypoints' (a detection json), but the checkpoint {ckpt} "
+     "is a keypoints model (spec.task 'keypoints', 17 keypoints); expected a keypoints json"),
+])
+def test_evaluate_refuses_a_set_of_another_task_before_inference(tmp_path, capsys, task, data_task, empty, message):
+    import shutil
+
+    ckpt = save_random_checkpoint(str(tmp_path / "m.pth"), write_tiny_coco(tmp_path / "train", 2, task=task), task=task)
+    coco = write_tiny_coco(tmp_path / "val", num_images=2, task=data_task)
+    if empty:  # without annotations the keypoint names were never compared
+        (tmp_path / "val" / "annotations.json").write_text(json.dumps({**coco, "annotations": []}))
+    shutil.rmtree(tmp_path / "val" / "images")  # inference would fail on the first image: the check comes first
+    assert main(["evaluate", "--checkpoint", ckpt, "--data", str(tmp_path / "val"), "--quiet"]) == 2
+    expected = f"{tmp_path}/val/annotations.json: " + message.format(ckpt=ckpt)
+    assert capsys.readouterr().err == f"omnidistill evaluate: error: {expected}\n"

@@ -173,3 +173,56 @@ def test_detection_flow_selects_per_category_pseudo_labels(tmp_path, prefect_har
     pseudo = json.loads((tmp_path / "store/runs/det/pseudo/annotations.json").read_text())
     for cat, kept in thresholds["kept_per_category"].items():
         assert kept == sum(a["category_id"] == int(cat) for a in pseudo["annotations"])
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_storage_root_inside_the_pool_is_not_labeled_and_a_changed_pool_is_refused_leaving_the_run_untouched(
+        tmp_path, prefect_harness):
+    import shutil
+
+    from dd_core.data.unlabeled import PoolChanged
+
+    make_sets(tmp_path, (4, 4, 2))
+    pool = tmp_path / "unlabeled/images"
+    config = local_config(tmp_path, run_id="pool", storage={"root": str(pool)})  # the storage root is the pool
+    run_distillation(config)
+    run = pool / "runs/pool"
+    assert (run / "ap.png").exists() and (run / "pseudo_labels.png").exists()
+    planned = json.loads((run / "inference/_plan.json").read_text())
+    assert [im["file_name"] for shard in planned["shards"] for im in shard] == [f"{i:06d}.png" for i in range(1001, 1005)]
+    plan = (run / "inference/_plan.json").read_bytes()
+    run_distillation(config)  # resumed: the run's own figures are not new unlabeled images
+    assert (run / "inference/_plan.json").read_bytes() == plan
+
+    before = _files(run)
+    shutil.copy(pool / "001001.png", pool / "001005.png")  # one image more in the pool
+    with pytest.raises(PoolChanged, match=r"^run pool was planned on 4 unlabeled images \(plan digest [0-9a-f]{12}, "
+                                          r".*\); the pool now lists 5 \('001005.png' is new\)"):
+        run_distillation(config)
+    assert _files(run) == before  # the finished run is untouched: report, metrics, pseudo-labels, thresholds
+
+
+def test_a_teacher_that_learned_nothing_fails_the_run_at_selection_without_retries(tmp_path, prefect_harness):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    from dd_core.pseudo.select import NoPseudoLabels
+
+    make_sets(tmp_path, (4, 4, 2))
+    # One step at this rate blows the weights up to about 1e30: finite, but nothing scores any more.
+    config = local_config(tmp_path, run_id="learned-nothing",
+                          teacher={"iterations": 1, "batch_size": 2, "warmup_iters": 0, "lr": 1e30})
+    with pytest.raises(NoPseudoLabels, match=r"^pseudo-label selection: 0 pseudo-labels kept on 4 unlabeled images"):
+        run_distillation(config)
+    run = tmp_path / "store/runs/learned-nothing"
+    assert not (run / "student").exists() and not (run / "pseudo").exists() and not (run / "report.md").exists()
+    with get_client(sync_client=True) as client:
+        runs = {r.name: r for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(
+            any_=["learned-nothing", "learned-nothing-label-round-1"])))}  # the labeling subflow: run id and round
+        assert runs["learned-nothing"].state.is_failed() and runs["learned-nothing-label-round-1"].state.is_failed()
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [runs["learned-nothing-label-round-1"].id]}))
+        selection = next(t for t in tasks if t.name.startswith("select pseudo-labels"))
+        assert selection.state.is_failed() and selection.run_count == 1  # not retried: trying again cannot help

@@ -179,3 +179,39 @@ def test_s3_going_away_mid_run_fails_clearly_and_leaves_no_partial_output(tmp_pa
             assert runs and max(r.run_count for r in runs) == 4  # 1 attempt + 3 retries
     finally:
         server.stop()
+
+
+def test_ctrl_c_while_labeling_ends_the_run_and_its_labeling_subflow_cancelled_not_crashed(
+        data, prefect_harness, monkeypatch, capsys):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.settings import PREFECT_API_URL
+
+    from dd_core.stopping import clear_stop
+    from flows.run import run_and_report
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # run_and_report's API: the test server
+    monkeypatch.setenv("PYTHONWARNINGS", os.environ.get("PYTHONWARNINGS", ""))  # restored after the test
+    config = local_config(data, run_id="ctrl-c", shards={"size": 1}, tta={"scales": [56, 64, 72, 80], "flip": True})
+    inference = data / "store/runs/ctrl-c/inference"
+
+    def press_ctrl_c():  # as a user's Ctrl-C: SIGINT to this process, once labeling is under way
+        while not any(inference.glob("shard-*.parquet")):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    try:
+        code = run_and_report(config, "run.yaml", verbose=True)
+    finally:
+        clear_stop()
+    assert code == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == ("omnidistill: run ctrl-c stopped (interrupted by SIGINT); resume it with: omnidistill run "
+                    "run.yaml --set run_id=ctrl-c")
+    with get_client(sync_client=True) as client:
+        runs = {r.name: r for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(
+            any_=["ctrl-c", "ctrl-c-label-round-1"])))}
+    assert runs["ctrl-c"].state.is_cancelled(), runs["ctrl-c"].state
+    assert runs["ctrl-c"].state.message == "run ctrl-c stopped (interrupted by SIGINT); the same run id resumes it"
+    assert runs["ctrl-c-label-round-1"].state.is_cancelled(), runs["ctrl-c-label-round-1"].state

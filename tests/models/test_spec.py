@@ -35,6 +35,14 @@ def test_a_spec_of_an_earlier_version_loads_without_its_empty_extra():
 
 def test_norm_is_batch_or_frozen():
     assert ModelSpec().resolved_norm == "batch" and ModelSpec(backbone_weights="w.pth").resolved_norm == "frozen"
-    assert ModelSpec(backbone_weights="w.pth").for_restore() == ModelSpec(norm="frozen")
+    # Restored from a checkpoint: no weights file re-read, the pretrained model's norm and frozen stages kept.
+    pretrained = ModelSpec(norm="frozen", trainable_backbone_layers=3, norm_eps=1e-5)
+    assert ModelSpec(backbone_weights="w.pth").for_restore() == pretrained
+    assert ModelSpec(weights="w.pth").for_restore() == pretrained
+    assert ModelSpec().for_restore() == ModelSpec(norm="batch", trainable_backbone_layers=5, norm_eps=1e-5)
+    # torchvision runs its v1 COCO detectors with eps 0 (overwrite_eps): so does a model started from them.
+    coco = ModelSpec(preset="r50-fpn", weights="KeypointRCNN_ResNet50_FPN_Weights.COCO_V1").for_restore()
+    assert coco == ModelSpec(preset="r50-fpn", norm="frozen", trainable_backbone_layers=3, norm_eps=0.0)
+    assert ModelSpec(weights="https://example.com/models/keypointrcnn_resnet50_fpn_coco-fc266e95.pth").resolved_norm_eps == 0
     with pytest.raises(ValueError, match=r"ModelSpec.norm: expected one of \('batch', 'frozen'\)"):
         ModelSpec(norm="group")

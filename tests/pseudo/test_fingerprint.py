@@ -36,3 +36,18 @@ def test_a_shard_s_fingerprint_covers_its_images_and_root():
     assert same != shard_fingerprint("fp", "s3://b/other", shard)
     assert same != shard_fingerprint("fp", "s3://b/pile", Shard(0, shard.images[:1]))
     assert same != shard_fingerprint("fq", "s3://b/pile", shard)
+
+
+def test_the_pixel_limit_is_part_of_the_fingerprint_and_its_default_changes_nothing(tmp_path):
+    from dd_core.data.images import MAX_PIXELS
+    from dd_core.pseudo.fingerprint import checkpoint_fingerprint
+
+    tta = MultiTransformSettings((96, 128), True)
+    before = _before("abc", {"scales": [96, 128], "flip": True})
+    assert fingerprint("abc", tta) == fingerprint("abc", tta, MAX_PIXELS) == before  # shards of before stay done
+    others = [fingerprint("abc", tta, n) for n in (MAX_PIXELS - 1, 4_096, None)]
+    assert len({before, *others}) == 4  # another limit (or none): the shards are relabeled
+    (tmp_path / "m.pth").write_bytes(b"weights")
+    digest = hashlib.sha256(b"weights").hexdigest()
+    assert checkpoint_fingerprint(str(tmp_path / "m.pth"), tta) == fingerprint(digest, tta)
+    assert checkpoint_fingerprint(str(tmp_path / "m.pth"), tta, max_pixels=4_096) == fingerprint(digest, tta, 4_096)

@@ -217,14 +217,14 @@ def test_a_folder_a_missing_file_and_a_forbidden_file_are_rejected_naming_the_ur
     for name in ("a.png", "forbidden.png"):
         save_image(images / name, 8, 8)
     (images / "folder.png").mkdir()
-    read = reading.read_image
+    read = reading.read_reduced
 
-    def read_image(url, options=None):
+    def read_reduced(url, options=None, *limits):
         if url.endswith("forbidden.png"):  # the tests run as root, for whom chmod 000 forbids nothing
             raise PermissionError(13, "Permission denied", url)
-        return read(url, options)
+        return read(url, options, *limits)
 
-    monkeypatch.setattr(reading, "read_image", read_image)
+    monkeypatch.setattr(reading, "read_reduced", read_reduced)
     root, shard = shard_of(images, ["a.png", "folder.png", "forbidden.png", "missing.png", "a.png/b.png"])
     summary = pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", stub_teacher)
     meta = shard_meta(read_shard(summary.url))
@@ -245,21 +245,21 @@ def test_unreachable_storage_or_every_image_forbidden_fails_the_shard(tmp_path, 
     for name in ("a.png", "b.png"):
         save_image(images / name, 8, 8)
     root, shard = shard_of(images, ["a.png", "b.png"])
-    read = reading.read_image
+    read = reading.read_reduced
 
-    def unreachable(url, options=None):
+    def unreachable(url, options=None, *limits):
         if url.endswith("b.png"):
             raise StorageError(f"{url}: storage unreachable (connection refused)")
-        return read(url, options)
+        return read(url, options, *limits)
 
-    monkeypatch.setattr(reading, "read_image", unreachable)
+    monkeypatch.setattr(reading, "read_reduced", unreachable)
     with pytest.raises(StorageError, match="b.png: storage unreachable"):
         pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", stub_teacher)
 
-    def expired_credentials(url, options=None):
+    def expired_credentials(url, options=None, *limits):
         raise PermissionError(13, "ExpiredToken", url)
 
-    monkeypatch.setattr(reading, "read_image", expired_credentials)
+    monkeypatch.setattr(reading, "read_reduced", expired_credentials)
     with pytest.raises(PermissionError, match="shard-00000: the storage refused to read every one of its 2 images"):
         pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", stub_teacher)
     assert not (tmp_path / "inf").exists()

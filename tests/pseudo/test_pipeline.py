@@ -78,3 +78,34 @@ def test_a_pile_where_every_image_was_rejected_is_an_error_not_a_run_without_pse
         select([url], coco["categories"], "keypoints", outputs, labeled=coco)
     assert (tmp_path / "store/runs/r/inference/_rejected.parquet").exists()  # the reasons are written first
     assert not (tmp_path / "store/runs/r/pseudo").exists()
+
+
+def test_pseudo_labels_that_would_teach_the_student_nothing_fail_before_the_outputs_are_written(tmp_path, shards):
+    from dd_core.data.filtering import TrainingImageFilter
+    from dd_core.pseudo.select import NoPseudoLabels
+
+    coco, urls = shards
+    outputs = SelectionOutputs.of_run(RunLayout(str(tmp_path / "store"), "r"))
+    # 1 person on 10 labeled images: 0.1 per image, 0 on 4 unlabeled images; the teacher predicted more.
+    sparse = {**coco, "images": coco["images"] + [{**coco["images"][0], "id": 100 + i} for i in range(6)],
+              "annotations": coco["annotations"][:1]}
+    with pytest.raises(NoPseudoLabels, match=r"^pseudo-label selection: 0 pseudo-labels kept on 4 unlabeled images "
+                                             r"\(none of the teacher's [0-9,]+ predictions passed the thresholds "
+                                             r"\(1: [0-9.e+-]+\)\): a student would learn from the labeled images only. "
+                                             r"Check the teacher: its loss and AP in this run's log, teacher.lr, "
+                                             r"teacher.iterations$"):
+        select(urls, coco["categories"], "keypoints", outputs, labeled=sparse, trained_with=TrainingImageFilter())
+    assert not (tmp_path / "store/runs/r/pseudo").exists() and not (tmp_path / "store/runs/r/thresholds.json").exists()
+    # Kept, but on images a student's training leaves out (too few visible keypoints to count).
+    with pytest.raises(NoPseudoLabels, match=r"^pseudo-label selection: 4 pseudo-labels kept on 4 of 4 unlabeled "
+                                             r"images, but training would leave every one of those images out "
+                                             r"\(images with fewer than 18 visible keypoint\(s\)"):
+        select(urls, coco["categories"], "keypoints", outputs, labeled=coco,
+               trained_with=TrainingImageFilter(min_visible_keypoints=18))
+    assert not (tmp_path / "store/runs/r/pseudo").exists()
+    # omnidistill label asks for no student: an empty selection is written as it is.
+    pseudo, _, _ = select(urls, coco["categories"], "keypoints", outputs, labeled=sparse)
+    assert pseudo["annotations"] == [] and read_json(outputs.annotations) == pseudo
+    pseudo, _, _ = select(urls, coco["categories"], "keypoints", outputs, labeled=coco,
+                          trained_with=TrainingImageFilter())
+    assert len(pseudo["annotations"]) == 4

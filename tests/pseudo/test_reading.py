@@ -28,9 +28,9 @@ def test_batches_come_back_in_order_with_odd_images_rejected_alone(tmp_path):
     batches = [images[0:3], images[3:6], images[6:7]]
     reads = list(read_batches(batches, str(tmp_path), None, "cpu", threads=4))
     assert len(reads) == 3
-    kept_ids = [[image.id for image in kept] for _, kept, _ in reads]
+    kept_ids = [[image.id for image in kept] for _, kept, *_ in reads]
     assert kept_ids == [[0, 1, 2], [4], [6]]
-    heights = [[int(t.shape[-2]) for t in tensors] for tensors, _, _ in reads]
+    heights = [[int(t.shape[-2]) for t in tensors] for tensors, *_ in reads]
     assert heights == [[10, 11, 12], [14], [16]]  # each tensor beside its own image
     assert float(reads[0][0][1].max()) == pytest.approx(1 / 255)  # image 1's pixels, as floats in [0, 1]
     refused = [(image.id, str(exc)) for image, exc in reads[1][2]]
@@ -49,7 +49,7 @@ def test_images_are_read_at_once_and_the_next_batch_ahead(tmp_path):
         barrier.wait()  # raises BrokenBarrierError after 10 s if fewer than 4 reads run at once
 
     reads = read_batches([images[:2], images[2:]], str(tmp_path), None, "cpu", check_image=check, threads=4)
-    assert [[image.id for image in kept] for _, kept, _ in reads] == [[0, 1], [2, 3]]
+    assert [[image.id for image in kept] for _, kept, *_ in reads] == [[0, 1], [2, 3]]
 
 
 def test_leaving_early_reads_at_most_the_next_batch(tmp_path):
@@ -63,7 +63,7 @@ def test_leaving_early_reads_at_most_the_next_batch(tmp_path):
 
     reads = read_batches([images[i:i + 2] for i in range(0, 10, 2)], str(tmp_path), None, "cpu",
                          check_image=count, threads=1)
-    tensors, kept, _ = next(reads)
+    tensors, kept, *_ = next(reads)
     reads.close()  # the shard stopped: what was queued is dropped, what runs is waited for
     assert [image.id for image in kept] == [0, 1]
     assert set(seen) <= {0, 1, 2, 3} and {0, 1} <= set(seen)
@@ -120,11 +120,11 @@ def test_the_next_shards_first_images_are_read_ahead_once_and_taken_by_it(tmp_pa
     first, second = images[:4], images[4:]
     check, ahead = _Counted(), ReadAhead(threads=2)
     reads = read_batches([first[:2], first[2:]], str(tmp_path), None, "cpu", check, ahead=ahead, then=second[:2])
-    assert [[image.id for image in kept] for _, kept, _ in reads] == [[0, 1], [2, 3]]
+    assert [[image.id for image in kept] for _, kept, *_ in reads] == [[0, 1], [2, 3]]
     assert len(ahead) == 2  # images 4 and 5, read (or being read) for the next shard
     reads = list(read_batches([second[:2], second[2:]], str(tmp_path), None, "cpu", check, ahead=ahead))
-    assert [[image.id for image in kept] for _, kept, _ in reads] == [[4, 5], [6, 7]]
-    assert [[int(t.shape[-2]) for t in tensors] for tensors, _, _ in reads] == [[14, 15], [16, 17]]
+    assert [[image.id for image in kept] for _, kept, *_ in reads] == [[4, 5], [6, 7]]
+    assert [[int(t.shape[-2]) for t in tensors] for tensors, *_ in reads] == [[14, 15], [16, 17]]
     assert check.reads == {i: 1 for i in range(8)}  # nothing read twice
     assert len(ahead) == 0
 
@@ -173,7 +173,7 @@ def test_a_shard_announced_again_is_read_again_and_only_the_newest_read_is_kept(
     Image.fromarray(np.full((30, 12, 3), 7, dtype=np.uint8)).save(tmp_path / "0.png")  # rewritten before the retry
     ahead.start(images, str(tmp_path), None, check)
     assert len(ahead) == 2
-    tensors, kept, _ = next(read_batches([images], str(tmp_path), None, "cpu", check, ahead=ahead))
+    tensors, kept, *_ = next(read_batches([images], str(tmp_path), None, "cpu", check, ahead=ahead))
     assert [int(t.shape[-2]) for t in tensors] == [30, 11]
     assert len(ahead) == 0
 
@@ -202,7 +202,7 @@ def test_shards_read_with_a_read_ahead_use_its_threads_and_start_none_of_their_o
 
     for shard in (images[:4], images[4:8], images[8:]):  # three shards in batches of 2, one after another
         reads = list(read_batches([shard[:2], shard[2:]], str(tmp_path), None, "cpu", note_thread, ahead=ahead))
-        assert [image.id for _, kept, _ in reads for image in kept] == [image.id for image in shard]
+        assert [image.id for _, kept, *_ in reads for image in kept] == [image.id for image in shard]
     assert 0 < len(threads) <= 3 and all(name.startswith("omnidistill-ahead") for name, _ in threads)
     ahead.clear()
 
@@ -223,7 +223,7 @@ def test_a_read_stalled_by_a_stopped_shard_does_not_hold_up_the_next_shards_read
         assert stalled.wait(10)  # image 2's GET hangs on the only reading thread
         reads.close()  # the shard stops
         start = time.monotonic()
-        _, kept, _ = next(read_batches([images[4:]], str(tmp_path), None, "cpu", stall_image_2, ahead=ahead))
+        _, kept, *_ = next(read_batches([images[4:]], str(tmp_path), None, "cpu", stall_image_2, ahead=ahead))
         assert [image.id for image in kept] == [4, 5] and time.monotonic() - start < 10  # not after the 20 s GET
     finally:
         release.set()
@@ -251,3 +251,67 @@ def test_a_read_ahead_sent_to_another_process_arrives_empty(tmp_path):
     copy = pickle.loads(pickle.dumps(ahead))
     assert len(copy) == 0 and (copy.threads, copy.keep) == (3, 4)
     ahead.clear()
+
+
+# --- Large photos: a limit from the header, a reduced decode, and MemoryError as one image's rejection --
+
+
+_DECODE_UNDER_A_MEMORY_LIMIT = """
+import resource, sys
+from dd_core.pseudo.reading import ImageRejected, read_pixels
+from dd_core.pseudo.teacher import any_size
+vm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize:")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 64 * 2**20, resource.RLIM_INFINITY))
+try:
+    read_pixels(sys.argv[1], None, any_size)  # no frame: decoded whole, 144 MB of pixels
+except ImageRejected as exc:
+    print(f"rejected: {exc}")
+"""
+
+
+def test_an_image_that_runs_out_of_memory_is_rejected_alone(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.data.test_images import write_big_png
+
+    path = tmp_path / "big.png"
+    write_big_png(path, 6000, 6000, square=(0, 0, 10, 10))
+    run = subprocess.run([sys.executable, "-c", _DECODE_UNDER_A_MEMORY_LIMIT, str(path)], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout == (f"rejected: {path}: 6000x6000 px (width x height): not enough memory to decode it "
+                          f"(MemoryError)\n")
+
+
+class _Frame:
+    """An image check that takes any size and whose largest frame is 64 x 64 (a teacher's, in small)."""
+
+    def __call__(self, height: int, width: int) -> str | None:
+        return None
+
+    def largest_frame(self, height: int, width: int) -> tuple[int, int]:
+        return 64, 64
+
+
+def test_a_large_image_is_read_reduced_with_its_reduction_and_one_over_max_pixels_is_rejected(tmp_path):
+    from dd_core.data.images import Reduction
+
+    pixels = np.zeros((600, 1000, 3), np.uint8)
+    pixels[256:512, 128:384, 0] = 255
+    Image.fromarray(pixels).save(tmp_path / "0.png")
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "1.png")
+    images = [UnlabeledImage(0, "0.png"), UnlabeledImage(1, "1.png")]
+    check = _Frame()
+    [(tensors, kept, refused, reductions)] = read_batches([images], str(tmp_path), None, "cpu", check)
+    assert [image.id for image in kept] == [0, 1] and refused == []
+    assert reductions == [Reduction(600, 1000, 8), Reduction(10, 12, 1)]
+    assert tensors[0].shape == (3, 75, 125) and tensors[1].shape == (3, 10, 12)
+    ys, xs = (tensors[0][0] > 0.5).nonzero(as_tuple=True)
+    assert [8 * int(v) for v in (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)] == [128, 256, 384, 512]
+    [(tensors, kept, refused, reductions)] = read_batches([images], str(tmp_path), None, "cpu", check,
+                                                          max_pixels=599_999)
+    assert [image.id for image in kept] == [1]
+    assert [(image.id, str(exc)) for image, exc in refused] == [
+        (0, f"{tmp_path}/0.png: 1000x600 px (width x height) is 600,000 pixels, more than the 599,999 allowed "
+            f"(max_pixels); refused before decoding")]

@@ -121,3 +121,17 @@ def test_read_predictions_refuses_an_image_in_two_shards(tmp_path):
     with pytest.raises(ValueError, match="image 5 is also in"):
         read_predictions([str(tmp_path / "s0.parquet"), str(tmp_path / "s1.parquet")])
     assert calibrate_selection(read_predictions([str(tmp_path / "s0.parquet")]), _labeled({1: 1.0}), "detection").num_images == 1
+
+
+def test_a_teacher_that_predicted_nothing_leaves_nothing_to_learn():
+    from dd_core.data.filtering import TrainingImageFilter
+    from dd_core.pseudo.select import NoPseudoLabels, Selection, check_something_to_learn
+
+    empty = {"images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}], "annotations": [],
+             "categories": [{"id": 1, "name": "box"}]}
+    selection = Selection({1: 0.0}, {1: 1.0}, {1: 0}, {1: 0}, 1)
+    with pytest.raises(NoPseudoLabels, match=r"^pseudo-label selection: 0 pseudo-labels kept on 1 unlabeled images "
+                                             r"\(the teacher predicted nothing\): a student would learn from the "
+                                             r"labeled images only"):
+        check_something_to_learn(empty, selection, TrainingImageFilter(keep_empty=True))
+    assert issubclass(NoPseudoLabels, ValueError)  # an input-style error: Prefect does not retry it

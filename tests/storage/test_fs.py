@@ -309,3 +309,60 @@ def test_a_failed_write_names_the_file(tmp_path):
     (tmp_path / "runs").write_text("a file where the run folder should be")
     with pytest.raises(OSError, match=r"runs/r/x.json: could not write \((File exists|Not a directory)\)"):
         write_json_atomic(str(tmp_path / "runs/r/x.json"), {"a": 1})
+
+
+# --- Temporary files of writers killed mid-write ---------------------------------------------------
+
+_KILLED_MID_WRITE = """
+import os, signal, sys
+from dd_core.storage.fs import _complete_temp_file
+_complete_temp_file(sys.argv[1], b"x" * 1_000_000)  # the checkpoint is on disk, the rename never comes
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_a_temp_that_the_next_write_into_the_folder_removes(tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "teacher"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, str(folder)])
+    assert killed.returncode == -9
+    (left,) = os.listdir(folder)
+    assert left.startswith(".tmp-") and os.path.getsize(folder / left) == 1_000_000
+    write_bytes_atomic(str(folder / "checkpoint.pth"), b"resumed")  # the resumed run's first write there
+    assert sorted(os.listdir(folder)) == ["checkpoint.pth"]
+
+
+def test_only_temps_of_gone_writers_are_removed(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from dd_core.storage.fs import _writer, remove_stale_temps
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    boot, namespace, _ = _writer().split(".")
+    names = {
+        "dead": f".tmp-{boot}.{namespace}.{dead.pid}.a1",  # this namespace, its process gone
+        "live": f".tmp-{boot}.{namespace}.{os.getppid()}.b2",  # this namespace, its process runs
+        "ours": f".tmp-{_writer()}.c3",  # this very process (another thread writing)
+        "other_namespace": f".tmp-{boot}.1.{dead.pid}.d4",  # a pid that means nothing here: kept while fresh
+        "other_boot": f".tmp-ffffffff.{namespace}.{dead.pid}.e5",
+        "old_style_fresh": ".tmp-k2j4h5g6",
+        "old_style_stale": ".tmp-z9y8x7w6",  # untouched for longer than STALE_TEMP_SECONDS
+        "stale_other_host": ".tmp-ffffffff.1.7.f6",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"partial")
+    hour_ago = time.time() - 3601
+    for key in ("old_style_stale", "stale_other_host"):
+        os.utime(tmp_path / names[key], (hour_ago, hour_ago))
+    (tmp_path / "model.pth").write_bytes(b"done")
+    (tmp_path / ".tmp-dir").mkdir()
+    os.utime(tmp_path / ".tmp-dir", (hour_ago, hour_ago))
+    removed = remove_stale_temps(str(tmp_path))
+    assert sorted(removed) == sorted(names[k] for k in ("dead", "old_style_stale", "stale_other_host"))
+    kept = {"live", "ours", "other_namespace", "other_boot", "old_style_fresh"}
+    assert sorted(os.listdir(tmp_path)) == sorted([*(names[k] for k in kept), "model.pth", ".tmp-dir"])

@@ -1,6 +1,7 @@
 import logging
 import multiprocessing
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,8 +19,12 @@ from dd_core.storage import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from dd_core.stopping import StopRequested, check_stop, clear_stop
 from dd_core.storage import lock as lock_module
-from dd_core.storage.lock import RunLock, RunLockedError, lock_is_live
+from dd_core.storage.host import pid_runs, process_space
+from dd_core.storage.lock import RunLock, RunLockedError, RunLockLost, lock_is_live
+
+HERE = process_space()  # host, boot id and PID namespace of this process: where its pids mean something
 
 
 def _dead_pid() -> int:
@@ -43,12 +48,13 @@ def test_a_live_run_refuses_a_second_one_and_releases_at_the_end(tmp_path):
 def test_a_lock_left_by_a_killed_process_or_a_silent_host_is_taken_over(tmp_path):
     url = str(tmp_path / "_lock.json")
     now = time.time()
-    dead = {"owner": "x", "host": socket.gethostname(), "pid": _dead_pid(), "heartbeat": now, "started": now}
+    dead = {"owner": "x", **HERE, "pid": _dead_pid(), "heartbeat": now, "started": now}
     assert not lock_is_live(dead, stale_after=300)
     silent = {"owner": "y", "host": "elsewhere", "pid": 1, "heartbeat": now - 600, "started": now - 900}
     assert not lock_is_live(silent, stale_after=300) and lock_is_live({**silent, "heartbeat": now}, 300)
     for record in (dead, silent):
         write_json_atomic(url, record)
+        os.utime(url, (record["heartbeat"], record["heartbeat"]))  # as the storage's clock saw its last beat
         with RunLock(url):
             assert read_json(url)["pid"] == os.getpid()
 
@@ -81,13 +87,14 @@ def _context():
     return context
 
 
-def _race(url: str, options, racers: int) -> None:
+def _race(url: str, options, racers: int, stale_after: float = 300.0, heartbeat: float = 60.0) -> None:
     """Start ``racers`` processes at once; exactly one holds the lock, every other is refused."""
     from tests.storage.lock_racers import race_for_lock
 
     context = _context()
     start, finish, results = context.Barrier(racers), context.Event(), context.Queue()
-    processes = [context.Process(target=race_for_lock, args=(url, options, start, finish, results))
+    processes = [context.Process(target=race_for_lock, args=(url, options, start, finish, results, stale_after,
+                                                             heartbeat))
                  for _ in range(racers)]
     for process in processes:
         process.start()
@@ -119,8 +126,7 @@ def test_of_many_starts_over_a_dead_runs_lock_exactly_one_takes_it_over(tmp_path
     url = str(tmp_path / "runs/r/_lock.json")
     for trial in range(2):
         now = time.time()
-        write_json_atomic(url, {"owner": f"dead{trial}", "host": socket.gethostname(), "pid": _dead_pid(),
-                                "heartbeat": now, "started": now})
+        write_json_atomic(url, {"owner": f"dead{trial}", **HERE, "pid": _dead_pid(), "heartbeat": now, "started": now})
         _race(url, None, racers=12)
 
 
@@ -128,9 +134,10 @@ def test_of_many_s3_starts_over_a_silent_runs_lock_exactly_one_takes_it_over(s3)
     bucket, options = s3
     url = join(bucket, "runs/r/_lock.json")
     now = time.time()
-    write_json_atomic(url, {"owner": "silent", "host": "elsewhere", "pid": 1, "heartbeat": now - 900,
+    write_json_atomic(url, {"owner": "silent", "host": "elsewhere", "pid": 1, "heartbeat": now,
                             "started": now - 1000}, options)
-    _race(url, options, racers=12)
+    time.sleep(4.5)  # S3 cannot backdate an object: its LastModified (whole seconds) goes stale instead
+    _race(url, options, racers=12, stale_after=3.0, heartbeat=0.3)
 
 
 def test_a_takeover_marker_left_by_a_dead_start_does_not_block_the_next(tmp_path):
@@ -138,7 +145,7 @@ def test_a_takeover_marker_left_by_a_dead_start_does_not_block_the_next(tmp_path
 
     url = str(tmp_path / "_lock.json")
     now = time.time()
-    stale = {"owner": "x", "host": socket.gethostname(), "pid": _dead_pid(), "heartbeat": now, "started": now}
+    stale = {"owner": "x", **HERE, "pid": _dead_pid(), "heartbeat": now, "started": now}
     write_json_atomic(url, stale)
     marker = f"{url}.takeover-{_owner_key(stale)}-0"
     write_json_atomic(marker, {**stale, "owner": "a start that died mid-takeover"})
@@ -155,25 +162,45 @@ def test_a_live_takeover_marker_makes_the_next_start_wait_then_give_up(tmp_path,
     now = time.time()
     stale = {"owner": "x", "host": "elsewhere", "pid": 1, "heartbeat": now - 900, "started": now - 900}
     write_json_atomic(url, stale)
-    busy = {"owner": "y", "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": now, "started": now}
+    os.utime(url, (now - 900, now - 900))
+    busy = {"owner": "y", **HERE, "pid": os.getpid(), "heartbeat": now, "started": now}
     write_json_atomic(f"{url}.takeover-{lock_module._owner_key(stale)}-0", busy)
     with pytest.raises(RunLockedError, match=r"_lock.json: could not take the run lock within 0.2 s"):
         RunLock(url).__enter__()
     assert read_json(url) == stale  # untouched: the other start is deleting it
 
 
-def test_the_heartbeat_stops_instead_of_overwriting_a_lock_taken_over(tmp_path, caplog):
+def test_a_run_whose_lock_was_taken_stops_at_once_and_never_ends_as_a_success(tmp_path, caplog):
     url = str(tmp_path / "_lock.json")
     now = time.time()
-    other = {"owner": "other", "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": now, "started": now}
-    with caplog.at_level(logging.WARNING, logger="dd_core.storage.lock"):
-        with RunLock(url, heartbeat=0.02) as lock:
-            write_json_atomic(url, other)  # as if our heartbeat had stalled and another start took over
-            lock._thread.join(timeout=2)
-            assert not lock._thread.is_alive()
-            assert read_json(url) == other
+    other = {"owner": "other", "holder": "flow run 42", "host": "elsewhere", "pid": 7, "heartbeat": now,
+             "started": now}
+    clear_stop()
+    with caplog.at_level(logging.ERROR, logger="dd_core.storage.lock"):
+        with pytest.raises(RunLockLost, match=r"^the run lock .*_lock.json was taken by flow run 42 on elsewhere, "
+                                              r"pid 7; this run stops$"):
+            with RunLock(url, heartbeat=0.02) as lock:
+                check_stop()  # nothing to stop yet
+                write_json_atomic(url, other)  # as if our heartbeat had stalled and another start took over
+                lock._thread.join(timeout=2)
+                assert not lock._thread.is_alive() and read_json(url) == other  # not overwritten
+                clear_stop()  # what a labeling does as it starts: the lost lock still stops every loop
+                with pytest.raises(StopRequested, match=r"^stopped: the run lock .* was taken by flow run 42"):
+                    check_stop()
+    check_stop()  # outside the block the condition is gone
     assert read_json(url) == other  # and leaving the block did not remove the other run's lock
-    assert "_lock.json: the run lock was taken over by another run" in caplog.text
+    assert "_lock.json was taken by flow run 42 on elsewhere, pid 7; this run stops" in caplog.text
+
+
+def test_a_signal_that_ends_a_run_whose_lock_was_taken_stays_a_signal(tmp_path):
+    url = str(tmp_path / "_lock.json")
+    with pytest.raises(KeyboardInterrupt):
+        with RunLock(url, heartbeat=0.02) as lock:
+            remove_lock = tmp_path / "_lock.json"
+            remove_lock.unlink()
+            lock._thread.join(timeout=2)
+            assert lock.lost == f"the run lock {url} was removed by someone else; this run stops"
+            raise KeyboardInterrupt
 
 
 def test_an_unreadable_lock_is_refused_not_overwritten(tmp_path):
@@ -204,21 +231,127 @@ def test_a_lost_s3_race_raises_file_exists_and_so_does_a_conflict(s3):
 
 
 @pytest.mark.parametrize("fields", [
-    {"pid": "abc"}, {"pid": 2**70}, {"pid": None}, {"heartbeat": None}, {"heartbeat": "soon"},
-    {"heartbeat": float("nan")}, {"heartbeat": 1e300}, {"started": 1e300, "heartbeat": 0},
+    {"pid": "abc"}, {"pid": 2**70}, {"pid": None}, {"pid": 0}, {"pid": -1}, {"heartbeat": None},
+    {"heartbeat": "soon"}, {"heartbeat": float("nan")},
 ])
 def test_a_lock_with_fields_that_make_no_sense_is_stale_not_a_crash(tmp_path, fields):
     now = time.time()
-    record = {"owner": "other", "host": socket.gethostname(), "pid": 1, "heartbeat": now, "started": now, **fields}
+    record = {"owner": "other", **HERE, "pid": 1, "heartbeat": now, "started": now, **fields}
     url = str(tmp_path / "_lock.json")
     write_json_atomic(url, record)
     with RunLock(url, holder="new"):
         assert read_json(url)["holder"] == "new"
 
 
+@pytest.mark.parametrize("fields", [{"heartbeat": 1e300}, {"started": 1e300, "heartbeat": 0}, {"started": "x"}])
+def test_a_fresh_lock_with_odd_times_is_live_by_the_storage_clock_not_a_crash(tmp_path, fields):
+    now = time.time()
+    record = {"owner": "other", "holder": "h", "host": "elsewhere", "pid": 1, "heartbeat": now, "started": now,
+              **fields}
+    url = str(tmp_path / "_lock.json")
+    write_json_atomic(url, record)
+    since = r"(\?|[-0-9]+ [:0-9]+)"  # "?" for a start time that is not a time
+    with pytest.raises(RunLockedError, match=rf"live in another process \(h on elsewhere, pid 1, since {since} UTC\)"):
+        RunLock(url).__enter__()
+
+
 def test_our_own_pid_in_a_lock_of_another_process_is_a_restarted_container_not_a_live_run(tmp_path):
     now = time.time()
-    base = {"owner": "other", "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": now, "started": now}
+    base = {"owner": "other", **HERE, "pid": os.getpid(), "heartbeat": now, "started": now}
     assert not lock_is_live({**base, "process": "a-process-that-had-our-pid"}, 300)
     assert lock_is_live({**base, "process": lock_module.PROCESS}, 300)  # another lock of this very process
     assert lock_is_live(base, 300)  # written before locks named their process: taken as live
+
+
+def test_a_pid_is_only_trusted_in_this_boot_and_pid_namespace(tmp_path):
+    now = time.time()
+    dead = {"owner": "x", **HERE, "pid": _dead_pid(), "heartbeat": now, "started": now}
+    assert not lock_is_live(dead, 300)
+    for elsewhere in ({"pid_ns": "pid:[1]"}, {"boot": "another-boot"}, {"pid_ns": None}, {"host": "other-host"}):
+        assert lock_is_live({**dead, **elsewhere}, 300), elsewhere  # alive until its heartbeat is stale
+        assert not lock_is_live({**dead, **elsewhere}, 300, age=301.0)
+    written = RunLock(str(tmp_path / "_lock.json")).record
+    assert {k: written[k] for k in ("host", "boot", "pid_ns")} == HERE
+    assert HERE["boot"] == open("/proc/sys/kernel/random/boot_id").read().strip()
+    assert HERE["pid_ns"] == os.readlink("/proc/self/ns/pid")
+
+
+# --- Hosts whose clocks are off: staleness is judged by the storage's clock ------------------------
+
+
+@pytest.mark.parametrize("skew", [-3600.0, 3600.0])
+def test_a_holder_whose_clock_is_off_keeps_its_lock(tmp_path, skew):
+    url = str(tmp_path / "_lock.json")
+    with RunLock(url, holder="skewed", clock=lambda: time.time() + skew):
+        assert abs(read_json(url)["heartbeat"] - (time.time() + skew)) < 60
+        with pytest.raises(RunLockedError, match=r"live in another process \(skewed on"):
+            RunLock(url).__enter__()  # this host's clock says the heartbeat is an hour off
+        with pytest.raises(RunLockedError, match=r"live in another process \(skewed on"):
+            RunLock(url, clock=lambda: time.time() - skew).__enter__()  # a contender off the other way
+
+
+def test_a_lock_the_storage_has_not_seen_rewritten_for_stale_after_is_stale_whatever_it_says(tmp_path):
+    url = str(tmp_path / "_lock.json")
+    now = time.time()
+    write_json_atomic(url, {"owner": "y", "host": "elsewhere", "pid": 1, "heartbeat": now, "started": now})
+    os.utime(url, (now - 301, now - 301))  # last written 301 s ago by the storage's clock
+    with RunLock(url, holder="new"):
+        assert read_json(url)["holder"] == "new"
+    assert sorted(os.listdir(tmp_path)) == []  # the clock probe is gone too
+
+
+def test_on_s3_a_holder_whose_clock_is_off_keeps_its_lock_and_a_silent_one_goes_stale(s3):
+    bucket, options = s3
+    url = join(bucket, "runs/a/_lock.json")
+    with RunLock(url, options, holder="skewed", heartbeat=0.2, clock=lambda: time.time() - 3600):
+        with pytest.raises(RunLockedError, match=r"live in another process \(skewed on"):
+            RunLock(url, options, stale_after=3.0).__enter__()
+    now = time.time()
+    write_json_atomic(url, {"owner": "silent", "host": "elsewhere", "pid": 1, "heartbeat": now + 3600,
+                            "started": now}, options)
+    time.sleep(4.5)  # by the storage's clock (LastModified), more than stale_after since the last write
+    with RunLock(url, options, stale_after=3.0, holder="new"):
+        assert read_json(url, options)["holder"] == "new"
+    assert list_files(parent(url), options=options) == []
+
+
+# --- Two containers on one host: a holder in another PID namespace ---------------------------------
+
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    try:
+        return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs `unshare --pid --fork --mount-proc` (root, Linux): "
+                                                 "a second PID namespace, as a second container on this host")
+def test_a_live_holder_in_another_pid_namespace_keeps_its_lock(tmp_path):
+    url = str(tmp_path / "runs/x/_lock.json")
+    free = _dead_pid()  # a pid nothing uses in this namespace: the holder gets it in its own
+    holder = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, "-m",
+         "tests.storage.lock_racers", "hold-with-pid", url, "600", str(free)],
+        stdout=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        held = read_json(url)
+        assert held["host"] == socket.gethostname() and held["boot"] == HERE["boot"]
+        assert held["pid_ns"] != HERE["pid_ns"]
+        assert held["pid"] == free and not pid_runs(free)  # "no such process" here, yet it runs
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # heartbeats every 0.2 s: live throughout
+            with pytest.raises(RunLockedError, match=r"live in another process \(a run in another PID namespace"):
+                RunLock(url, stale_after=1.0).__enter__()
+            time.sleep(0.2)
+        assert read_json(url)["owner"] == held["owner"]
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    time.sleep(1.5)  # the holder is gone: its lock goes stale once its heartbeat is
+    with RunLock(url, stale_after=1.0, holder="next"):
+        assert read_json(url)["holder"] == "next"

@@ -170,3 +170,13 @@ def test_a_loader_worker_forked_from_a_prefect_process_exits_cleanly():
     assert done.returncode == 0, done.stderr
     assert "exit codes [0]" in done.stdout, done.stdout + done.stderr  # 1 without the fix
     assert "exited unexpectedly" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+
+
+def test_weights_the_last_step_made_non_finite_are_never_checkpointed(tmp_path):
+    # The loss is checked before each step, so only a look at the weights catches what the last step did.
+    bright = [(torch.full((1, 2, 2), 10.0), {"image_id": torch.tensor(i)}) for i in range(2)]  # loss 1600 at w=1
+    cfg = TrainConfig(iterations=1, batch_size=2, lr=1e38, warmup_iters=0, checkpoint_every=1)
+    with pytest.raises(FloatingPointError, match=r"^weights are not finite after iteration 1 \('w' holds -inf\); "
+                                                 r"training stopped \(lower the learning rate or check the labels\)$"):
+        train(_Scale(), bright, cfg, checkpoint_dir=str(tmp_path / "ck"), progress=False)
+    assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())

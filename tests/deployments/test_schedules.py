@@ -1,0 +1,232 @@
+"""The ops path: a schedule on the server creates a run of the distill deployment, a process worker
+runs it to Completed, with a shard that fails once and is retried inside that run.
+
+On a plain ``prefect server start`` (SQLite) and on PostgreSQL (deployments/local_postgres.py).
+Nothing is faked on the Prefect side: the deployment is made with ``prefect deploy`` from
+deployments/prefect.yaml's ``distill-cpu`` (its parameters pointed at tiny local sets), the run is
+created by the server's scheduler service, and ``prefect worker start`` runs it in a process of its
+own. The only fault injected is the storage's: one unlabeled image fails to read once with a
+connection error (a flaky bucket), in the flow run's process, through the ``sitecustomize`` below.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dd_core.storage import read_json
+from deployments.local_postgres import PostgresUnavailable, find_server_binaries, postgres_server
+from flows.server import local_prefect_server
+from tests.flows.conftest import local_config, make_sets
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The server's scheduler looks at recently changed deployments every second (default 5) and at all
+# of them every 2 s (default 60); the worker asks every second (default 10) for runs due within 1 s
+# (default 10).
+SERVER_LOOPS = {"PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "1",
+                "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+                "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "3"}  # not 100 (an hour of runs every 10 s)
+WORKER_SETTINGS = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
+POOL = "cpu"
+EVERY = 10  # seconds between the schedule's runs: the first comes at most this long after the deploy
+FAILS_ONCE = "001003.png"  # the first image of shard-00001 (4 unlabeled images, shards of 2)
+
+# Loaded by every Python process the worker starts (PYTHONPATH): ``flaky://`` is the local disk,
+# except that the image named in OMNIDISTILL_TEST_FAIL_ONCE fails once per process with a
+# ConnectionError; each failure is appended to OMNIDISTILL_TEST_FAILURES. The flaky bucket of
+# tests/flows/test_interruptions.py, for a flow run in another process.
+SITECUSTOMIZE = '''
+import os, threading
+import fsspec
+from fsspec.implementations.dirfs import DirFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+class FlakyFileSystem(DirFileSystem):
+    protocol = ("flaky",)
+    fail_once = set(filter(None, os.environ.get("OMNIDISTILL_TEST_FAIL_ONCE", "").split(",")))
+    _lock = threading.Lock()
+
+    def __init__(self, *args, **kwargs):  # flaky://tmp/x is /tmp/x
+        super().__init__(*args, path="/", fs=LocalFileSystem(), **kwargs)
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        name = os.path.basename(path)
+        with self._lock:
+            if name in self.fail_once:
+                self.fail_once.discard(name)
+                with open(os.environ["OMNIDISTILL_TEST_FAILURES"], "a") as out:
+                    out.write(name + "\\n")
+                raise ConnectionError(f"flaky://{path}: connection reset by peer")
+        return super().cat_file(path, start, end, **kwargs)
+
+fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
+'''
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def scheduling_server(request, tmp_path_factory):
+    """(UI address, server log) of a ``prefect server start`` whose scheduler loops every few seconds."""
+    home = tmp_path_factory.mktemp(f"server-{request.param}")
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in SERVER_LOOPS.items():
+            env.setenv(key, value)
+        if request.param == "sqlite":
+            with local_prefect_server(home) as ui:
+                yield ui, home / "server.log"
+            return
+        try:
+            find_server_binaries()
+        except PostgresUnavailable as e:
+            pytest.skip(str(e))
+        folder = Path(tempfile.mkdtemp(prefix="omnidistill-schedule-pg-"))  # reachable by the postgres account
+        os.chmod(folder, 0o755)
+        try:
+            with postgres_server(folder) as url, local_prefect_server(home, database_url=url) as ui:
+                yield ui, home / "server.log"
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _deployment_file(folder: Path, config: dict) -> Path:
+    """deployments/prefect.yaml with only ``distill-cpu``, its config replaced, on an interval schedule."""
+    project = yaml.safe_load((ROOT / "deployments/prefect.yaml").read_text())
+    [deployment] = [d for d in project["deployments"] if d["name"] == "distill-cpu"]
+    deployment["parameters"] = {"config": config}
+    deployment["schedules"] = [{"interval": EVERY}]
+    project["deployments"] = [deployment]
+    path = folder / "prefect.yaml"
+    path.write_text(yaml.safe_dump(project, sort_keys=False))
+    return path
+
+
+def _prefect(*args: str, env: dict[str, str]) -> None:
+    done = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, f"prefect {' '.join(args)}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
+
+
+def _runs(client, deployment_id):
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+    return sorted(runs, key=lambda r: r.expected_start_time)
+
+
+def _wait(client, deployment_id, until, worker: subprocess.Popen, worker_log: Path, what: str, timeout: float):
+    """The deployment's flow runs once ``until(runs)`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = _runs(client, deployment_id)
+        if until(runs):
+            return runs
+        assert worker.poll() is None, f"the worker exited ({worker.returncode}): {worker_log.read_text()[-3000:]}"
+        time.sleep(0.5)
+    raise TimeoutError(f"{what}: not after {timeout:.0f} s; the deployment's runs: "
+                       f"{[(r.name, r.state_name, str(r.expected_start_time)) for r in runs]}")
+
+
+def _shard_task_runs(flow_run_id, expected: int, timeout: float = 20.0):
+    """The ``infer shard-*`` task runs under the labeling subflow of ``flow_run_id``, once ``expected``
+    of them are Completed (the server writes task-run states in batches, every 5 s)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+            ids = [r.id for r in subflows] or [flow_run_id]
+            runs = [t for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": ids}))
+                    if t.name.startswith("infer shard-")]
+            if sum(t.state_type == "COMPLETED" for t in runs) == expected or time.monotonic() > deadline:
+                return sorted(runs, key=lambda t: t.name)
+            time.sleep(0.5)
+
+
+def _problems_in(log: str) -> list[str]:
+    """The lines of a server log that say something went wrong: tracebacks and ERROR records."""
+    return [line for line in log.splitlines() if "Traceback (most recent call last)" in line
+            or re.search(r"\bERROR\b", line)]
+
+
+def test_a_schedule_creates_a_run_that_a_process_worker_completes(scheduling_server, tmp_path):
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.process import ProcessWorker
+
+    ui, server_log = scheduling_server
+    make_sets(tmp_path, (4, 4, 2))
+    config = local_config(tmp_path, run_id=None, unlabeled={"images": f"flaky:/{tmp_path}/unlabeled/images"})
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    failures = tmp_path / "failures.txt"
+    env = {**os.environ, "PREFECT_API_URL": f"{ui}/api", "PREFECT_HOME": str(tmp_path / "client-home"),
+           "OMNIDISTILL_HOME": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # The worker's processes (the flow run's among them) load hooks/sitecustomize.py before anything else.
+    path = os.pathsep.join(filter(None, [str(hooks), env.get("PYTHONPATH")]))
+    worker_env = {**env, **WORKER_SETTINGS, "PYTHONPATH": path,
+                  "OMNIDISTILL_TEST_FAIL_ONCE": FAILS_ONCE, "OMNIDISTILL_TEST_FAILURES": str(failures)}
+
+    with get_client(sync_client=True) as client:  # as `prefect work-pool create cpu --type process` (8 s under load)
+        client.create_work_pool(WorkPoolCreate(name=POOL, type="process",
+                                               base_job_template=ProcessWorker.get_default_base_job_template()),
+                                overwrite=True)
+    worker_log = tmp_path / "worker.log"
+    with open(worker_log, "wb") as out:
+        worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type",
+                                   "process"], cwd=tmp_path, env=worker_env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        prefect_file = _deployment_file(tmp_path, config.model_dump(mode="json"))
+        _prefect("--no-prompt", "deploy", "--prefect-file", str(prefect_file), "--name", "distill-cpu", env=env)
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name("data-distillation/distill-cpu")
+            [schedule] = deployment.schedules
+            # The scheduler made the next runs; once the worker took the first, the schedule is paused
+            # (as `prefect deployment schedule pause` does), which deletes the runs not yet due.
+            before = _wait(client, deployment.id, lambda runs: runs and runs[0].state_name != "Scheduled", worker,
+                           worker_log, "the worker starts the schedule's first run", timeout=EVERY + 60)
+            client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+            time.sleep(3)  # a scheduler tick (every 2 s) that read the schedule before the pause has ended
+            after = _runs(client, deployment.id)
+            assert {r.id for r in before[1:]}.isdisjoint(r.id for r in after)
+            for late_insert in after[1:]:  # inserted by that tick after the pause (a race in Prefect's scheduler)
+                assert late_insert.state_name == "Scheduled", late_insert
+                client.delete_flow_run(late_insert.id)
+            runs = _wait(client, deployment.id, lambda runs: runs[0].state.is_final(), worker, worker_log,
+                         "the first run ends", timeout=300)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+
+    assert len(runs) == 1, [(r.name, r.state_name) for r in runs]
+    [run] = runs
+    assert run.state_name == "Completed", f"{run.state}: {worker_log.read_text()[-4000:]}"
+    assert run.auto_scheduled  # made by the server's scheduler
+    assert run.name == f"flow-{run.id}"
+    outputs = tmp_path / "store/runs" / f"flow-{run.id}"
+    assert set(read_json(str(outputs / "metrics.json"))) == {"teacher", "teacher_tta", "student", "student_tta"}
+    assert (outputs / "report.md").exists() and not (outputs / "_lock.json").exists()
+    manifest = read_json(str(outputs / "inference/_manifest.json"))
+    assert (manifest["num_images"], len(manifest["shards"]), manifest["num_rejected"]) == (4, 2, 0)
+
+    # One read failed, once, in the flow run's process; its shard's task ran twice, within this flow run.
+    assert failures.read_text().split() == [FAILS_ONCE]
+    shards = _shard_task_runs(run.id, expected=2)
+    assert [(t.name, t.state_type.value) for t in shards] == [("infer shard-00000", "COMPLETED"),
+                                                              ("infer shard-00001", "COMPLETED")]
+    assert sorted(t.run_count for t in shards) == [1, 2]
+
+    problems = _problems_in(server_log.read_text(errors="replace"))
+    assert problems == [], f"{len(problems)} error lines in {server_log}, the first: {problems[:5]}"

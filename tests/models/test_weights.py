@@ -1,0 +1,179 @@
+"""Published weights by torchvision's names, from a torch cache filled with torchvision's own
+randomly initialised models (no test downloads anything; random weights say nothing about accuracy)."""
+
+import logging
+
+import pytest
+import torch
+from torchvision.models.detection import keypointrcnn_resnet50_fpn
+
+from dd_core.models import ModelSpec, build_model
+from dd_core.models.weights import (OFFLINE_ENV, WeightsError, cached_file, check_fits, check_start_weights,
+                                    fetch_state_dict, torchvision_weights)
+from tests.models.published import fill_cache
+
+KEYPOINT_RCNN = "KeypointRCNN_ResNet50_FPN_Weights.COCO_V1"
+RESNET18 = "ResNet18_Weights.IMAGENET1K_V1"
+
+
+@pytest.fixture(scope="session")
+def torch_home(tmp_path_factory):
+    """A torch cache holding torchvision's random ResNet-18 and Keypoint R-CNN under their published names."""
+    home = tmp_path_factory.mktemp("torch_home")
+    fill_cache(home, RESNET18, seed=1)
+    fill_cache(home, KEYPOINT_RCNN, seed=2)
+    return home
+
+
+@pytest.fixture
+def cache(torch_home, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    monkeypatch.setenv(OFFLINE_ENV, "1")  # a file missing from the cache is an error, never a download
+    return torch_home
+
+
+@pytest.mark.parametrize("task, preset, backbone, remade", [
+    ("keypoints", "slim", "ResNet18_Weights.IMAGENET1K_V1", []),
+    ("keypoints", "r50-fpn", "ResNet50_Weights.IMAGENET1K_V1", []),
+    ("detection", "r50-fpn", "ResNet50_Weights.IMAGENET1K_V2", []),
+    ("keypoints", "r101-fpn", "ResNet101_Weights.IMAGENET1K_V2", []),
+    ("detection", "x101-64x4d-fpn", "ResNeXt101_64X4D_Weights.IMAGENET1K_V1", []),
+])
+def test_each_backbone_name_fits_its_preset_without_a_download(task, preset, backbone, remade, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache: fitting is decided on the meta device
+    assert check_fits(ModelSpec(task=task, preset=preset, backbone_weights=backbone)) == remade
+    assert not any(tmp_path.rglob("*.pth"))
+
+
+@pytest.mark.parametrize("task, num_classes, num_keypoints, weights, remade", [
+    ("keypoints", 2, 17, KEYPOINT_RCNN, []),
+    ("keypoints", 2, 5, KEYPOINT_RCNN, ["roi_heads.keypoint_predictor"]),
+    ("keypoints", 4, 5, KEYPOINT_RCNN, ["roi_heads.box_predictor", "roi_heads.keypoint_predictor"]),
+    ("detection", 2, 17, "KeypointRCNN_ResNet50_FPN_Weights.COCO_LEGACY", []),  # its keypoint head left out
+    ("detection", 91, 17, "FasterRCNN_ResNet50_FPN_Weights.COCO_V1", []),
+    ("keypoints", 2, 17, "FasterRCNN_ResNet50_FPN_Weights.COCO_V1",
+     ["roi_heads.box_predictor", "roi_heads.keypoint_head", "roi_heads.keypoint_predictor"]),
+])
+def test_each_detector_name_fits_r50_fpn_and_names_the_heads_made_anew(task, num_classes, num_keypoints, weights,
+                                                                        remade):
+    spec = ModelSpec(task=task, preset="r50-fpn", num_classes=num_classes, num_keypoints=num_keypoints, weights=weights)
+    assert check_fits(spec) == remade
+
+
+@pytest.mark.parametrize("spec, message", [
+    (ModelSpec(preset="slim", backbone_weights="ResNet50_Weights.IMAGENET1K_V1"),
+     "model.backbone_weights: ResNet50_Weights.IMAGENET1K_V1 (torchvision's resnet50) does not fit model.preset "
+     "slim for keypoints (188 tensors differ, e.g. layer1.0.conv1.weight); it fits r50-fpn"),
+    (ModelSpec(preset="x101-32x4d-fpn", backbone_weights="ResNeXt101_32X8D_Weights.IMAGENET1K_V1"),
+     "it fits none of the presets"),
+    (ModelSpec(task="detection", preset="r50-fpn", num_classes=91, weights="FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1"),
+     "model.weights: FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1 (torchvision's fasterrcnn_resnet50_fpn_v2) does not "
+     "fit model.preset r50-fpn for detection"),
+    (ModelSpec(preset="slim", weights=KEYPOINT_RCNN), "does not fit model.preset slim for keypoints"),
+])
+def test_a_name_that_does_not_fit_the_preset_is_one_line(spec, message):
+    with pytest.raises(WeightsError) as error:
+        check_fits(spec)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["ResNet50_Weights.IMAGENET9", "ResNet5O_Weights.IMAGENET1K_V1"])
+def test_a_wrong_name_is_one_line(name):
+    with pytest.raises(WeightsError, match=rf"model.weights: '{name}' is not a torchvision weights name \(expected "
+                                           rf"e.g. {KEYPOINT_RCNN}; "):
+        torchvision_weights(name)
+
+
+def test_offline_with_an_empty_cache_names_the_weights_the_url_and_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv(OFFLINE_ENV, "1")
+    url = "https://download.pytorch.org/models/keypointrcnn_resnet50_fpn_coco-fc266e95.pth"
+    with pytest.raises(WeightsError) as error:
+        check_start_weights(ModelSpec(preset="r50-fpn", weights=KEYPOINT_RCNN))
+    assert str(error.value) == (
+        f"model.weights: {KEYPOINT_RCNN} ({url}) is not in torch's cache and {OFFLINE_ENV} is set; without network, "
+        f"download {url} elsewhere and place it at {tmp_path}/hub/checkpoints/keypointrcnn_resnet50_fpn_coco-fc266e95.pth "
+        f"($TORCH_HOME/hub/checkpoints/)")
+
+
+def test_a_download_that_fails_is_one_line_naming_the_file_to_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv(OFFLINE_ENV, raising=False)
+    url = "http://127.0.0.1:9/models/resnet18-f37072fd.pth"  # the discard port: refused at once, never served
+    with pytest.raises(WeightsError, match=rf"model.backbone_weights: cannot download {url} \(.*\); without network, "
+                                           rf"download {url} elsewhere and place it at {tmp_path}/hub/checkpoints/"
+                                           rf"resnet18-f37072fd.pth"):
+        fetch_state_dict(url, "model.backbone_weights")
+
+
+def test_a_backbone_by_name_holds_the_cached_tensors_and_freezes_as_torchvision(cache):
+    cached = torch.load(cached_file(torchvision_weights(RESNET18).url), weights_only=True)
+    model = build_model(ModelSpec(preset="slim", backbone_weights=RESNET18))
+    body = model.backbone.body
+    for key, value in body.state_dict().items():
+        assert torch.equal(value, cached[key]), key
+    # torchvision's trainable_backbone_layers=3 over pretrained weights: conv1 and layer1 frozen.
+    frozen = {n for n, p in body.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in body.named_parameters() if n.startswith(("conv1", "layer1"))}
+    assert type(body.bn1).__name__ == "FrozenBatchNorm2d"
+    all_trained = build_model(ModelSpec(preset="slim", backbone_weights=RESNET18, trainable_backbone_layers=5))
+    assert all(p.requires_grad for p in all_trained.backbone.body.parameters())
+
+
+def test_a_teacher_started_by_name_keeps_the_cached_tensors_in_its_frozen_layers(cache, tiny_coco):
+    from dd_core.data.coco import load_coco
+    from dd_core.models import ModelOverrides
+    from dd_core.train.detector import spec_for, train_detector
+    from dd_core.train.loop import TrainConfig, TrainHooks
+
+    cached = torch.load(cached_file(torchvision_weights(RESNET18).url), weights_only=True)
+    coco = load_coco(*tiny_coco)
+    spec = spec_for("keypoints", coco, ModelOverrides(backbone_weights=RESNET18, min_size=(64,), test_size=64,
+                                                      max_size=96))
+    trained = {}
+    hooks = TrainHooks(on_step=lambda i, model, targets: trained.update(model.backbone.body.state_dict()))
+    train_detector(spec, coco, TrainConfig(iterations=2, batch_size=2, warmup_iters=0), None, progress=False,
+                   hooks=hooks)
+    for key in ("conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer1.1.bn2.weight"):
+        assert torch.equal(trained[key], cached[key]), key
+    assert not torch.equal(trained["layer4.0.conv1.weight"], cached["layer4.0.conv1.weight"])  # trained on
+
+
+def test_a_five_keypoint_model_from_the_coco_detector_remakes_only_its_keypoint_predictor(cache, caplog):
+    cached = torch.load(cached_file(torchvision_weights(KEYPOINT_RCNN).url), weights_only=True)
+    torch.manual_seed(0)
+    with caplog.at_level(logging.INFO, logger="dd_core.models.weights"):
+        model = build_model(ModelSpec(preset="r50-fpn", num_keypoints=5, weights=KEYPOINT_RCNN))
+    assert f"model.weights {KEYPOINT_RCNN}: roi_heads.keypoint_predictor made anew" in caplog.text
+    state = model.state_dict()
+    assert state.keys() <= cached.keys()
+    different = {k for k in state if state[k].shape != cached[k].shape or not torch.equal(state[k], cached[k])}
+    assert different == {"roi_heads.keypoint_predictor.kps_score_lowres.weight",
+                         "roi_heads.keypoint_predictor.kps_score_lowres.bias"}
+    assert model.roi_heads.keypoint_predictor.kps_score_lowres.out_channels == 5
+
+
+def test_a_state_dict_from_a_file_starts_the_model_as_a_name_does(cache, tmp_path):
+    path = tmp_path / "detector.pth"
+    path.write_bytes(open(cached_file(torchvision_weights(KEYPOINT_RCNN).url), "rb").read())
+    assert check_start_weights(ModelSpec(preset="r50-fpn", num_keypoints=5, weights=str(path))) == [
+        "roi_heads.keypoint_predictor"]
+    with pytest.raises(WeightsError, match=r"model.weights: .*detector.pth does not fit model.preset slim"):
+        check_start_weights(ModelSpec(preset="slim", weights=str(path)))
+
+
+def test_ours_predicts_exactly_as_torchvision_s_keypoint_rcnn_from_the_same_weights(cache):
+    """The oracle: torchvision's keypointrcnn_resnet50_fpn loads the published name through its own
+    builder (from the cache), ours through model.weights; same image, eval mode, identical outputs."""
+    torch.manual_seed(0)
+    image = torch.rand(3, 150, 200)
+    reference = keypointrcnn_resnet50_fpn(weights=KEYPOINT_RCNN.split(".")[1], min_size=160, max_size=320).eval()
+    ours = build_model(ModelSpec(preset="r50-fpn", weights=KEYPOINT_RCNN, min_size=(160,), test_size=160,
+                                 max_size=320)).eval()
+    assert ours.state_dict().keys() == reference.state_dict().keys()
+    with torch.inference_mode():
+        expected, got = reference([image])[0], ours([image])[0]
+    assert len(expected["boxes"]) > 0
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
