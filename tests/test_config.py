@@ -432,3 +432,64 @@ def test_unlabeled_images_inside_the_storage_roots_runs_folder_are_refused_befor
                                          r"runs write their outputs: a run's own files are never unlabeled input; keep "
                                          r"them apart \(unlabeled.images, unlabeled.root; storage.root\)$"):
         check_run_inputs(config)
+
+
+def test_a_run_recorded_before_settings_were_added_resumes_while_they_hold_their_defaults(tmp_path):
+    """A run started by an earlier version recorded no keypoints section, model.weights,
+    trainable_backbone_layers, norm_eps, lr_steps or unlabeled.max_pixels: at their defaults they
+    compute what it computed; set otherwise, they change its results."""
+    import json
+
+    from dd_core.config.resume import check_resume, result_settings
+
+    config = parse_config(_config(run_id="old"))
+    recorded = result_settings(config)
+    del recorded["keypoints"]
+    for section, key in (("model", "weights"), ("model", "trainable_backbone_layers"), ("model", "norm_eps"),
+                         ("teacher", "lr_steps"), ("student", "lr_steps"), ("unlabeled", "max_pixels")):
+        del recorded[section][key]
+    url = tmp_path / "_settings.json"
+    url.write_text(json.dumps(recorded))
+    check_resume(config, str(url))
+    with pytest.raises(ValueError, match=r"started with other settings \(keypoints.sigmas: None -> \[0.1\]; "
+                                         r"teacher.lr_steps: None -> \[0.5\]; unlabeled.max_pixels: None -> 1000\)"):
+        check_resume(parse_config(_config(run_id="old", keypoints={"sigmas": [0.1]}, teacher={"lr_steps": [0.5]},
+                                          unlabeled={"images": "u", "max_pixels": 1000})), str(url))
+
+
+def test_a_published_teacher_kept_as_it_is_must_not_have_heads_made_anew(tmp_path):
+    """teacher.iterations 0 labels the pool with the detector as published: a head made anew for the
+    data set (random) would label it."""
+    import torch
+
+    from dd_core.models import ModelSpec, build_model
+
+    weights = tmp_path / "three-keypoints.pth"
+    torch.save(build_model(ModelSpec(preset="slim", num_keypoints=3)).state_dict(), weights)
+    model = {"test_size": 64, "min_size": [64], "max_size": 96, "weights": str(weights)}
+    with pytest.raises(ValueError, match=rf"^teacher.iterations 0 keeps the teacher as published, but model.weights "
+                                         rf"{weights} has no roi_heads.keypoint_predictor for the labeled set's 1 "
+                                         rf"categories and 17 keypoints \(made anew: random\); train them "
+                                         rf"\(teacher.iterations > 0\)$"):
+        _inputs(tmp_path, model=model, teacher={"iterations": 0})
+    assert _inputs(tmp_path, model=model)["labeled"] == 2  # trained (teacher.iterations 1): the head learns
+
+
+@pytest.mark.parametrize("steps, accepted", [([0.5, 0.5], False), ([0.9, 0.5], False), ([], True), ([0.5, 0.9], True)])
+def test_lr_steps_are_strictly_increasing_and_empty_means_no_decay(steps, accepted):
+    if accepted:
+        assert train_config(parse_config(_config(teacher={"lr_steps": steps})).teacher, 0).lr_steps == tuple(steps)
+    else:
+        with pytest.raises(ConfigError, match=r"teacher.lr_steps: Value error, must be strictly increasing fractions"):
+            parse_config(_config(teacher={"lr_steps": steps}))
+
+
+def test_model_overrides_keep_an_empty_flip_pair_list_and_the_norm_eps():
+    from dd_core.config import model_overrides
+
+    c = parse_config(_config(keypoints={"flip_pairs": []}, model={"preset": "r50-fpn", "weights": "copy.pth",
+                                                                  "norm_eps": 0}))
+    overrides = model_overrides(c.model, c.keypoints)
+    assert overrides.flip_pairs == ()  # no pairs: nothing swaps (None would mean left_*/right_* by name)
+    assert overrides.spec("keypoints", 2, 17).resolved_norm_eps == 0.0
+    assert model_overrides(parse_config(_config()).model).spec("keypoints", 2, 17).norm_eps is None

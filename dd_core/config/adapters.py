@@ -45,7 +45,10 @@ def model_overrides(model: ModelConfig, keypoints: KeypointSetConfig | None = No
                           min_size=tuple(model.min_size) if model.min_size else None,
                           test_size=model.test_size, max_size=model.max_size, weights=model.weights or None,
                           trainable_backbone_layers=model.trainable_backbone_layers,
-                          flip_pairs=tuple(tuple(p) for p in keypoints.flip_pairs) if keypoints.flip_pairs else None,
+                          norm_eps=model.norm_eps,
+                          # [] is no pairs (nothing swaps), not the left_/right_ default
+                          flip_pairs=tuple(tuple(p) for p in keypoints.flip_pairs) if keypoints.flip_pairs is not None
+                          else None,
                           oks_sigmas=tuple(keypoints.sigmas) if keypoints.sigmas else None)
 
 

@@ -89,6 +89,10 @@ def _check_start(config: RunConfig, labeled: CocoData) -> None:
                 raise ValueError(f"keypoints.{field}: {exc} (the labeled set {labeled.source})") from None
     spec = spec_for(config.task, labeled, model_overrides(config.model, config.keypoints))
     remade = check_start_weights(spec, options=config.storage.options)
+    if remade and config.teacher.iterations == 0:  # a random head would label the pool
+        raise ValueError(f"teacher.iterations 0 keeps the teacher as published, but model.weights {spec.weights} "
+                         f"has no {', '.join(remade)} for the labeled set's {spec.num_classes - 1} categories and "
+                         f"{len(names)} keypoints (made anew: random); train them (teacher.iterations > 0)")
     if remade:
         log.info("model.weights %s: %s will be made anew for the labeled set's %d categories and %d keypoints; "
                  "the rest is loaded", spec.weights, ", ".join(remade), spec.num_classes - 1,

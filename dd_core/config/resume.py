@@ -11,7 +11,9 @@ device, workers, runners, checkpoint interval) may change between starts.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_args
+
+from pydantic import BaseModel
 
 from dd_core.config.schema import RunConfig
 from dd_core.storage import exists, read_json, write_json_atomic
@@ -38,13 +40,39 @@ def result_settings(config: RunConfig) -> dict[str, Any]:
     return out
 
 
-def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+def _section(model: type[BaseModel] | None, key: str) -> type[BaseModel] | None:
+    """The settings class of ``model``'s section ``key`` (``model.keypoints``), if it is one."""
+    field = model.model_fields.get(key) if model else None
+    if field is None:
+        return None
+    for kind in (field.annotation, *get_args(field.annotation)):
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            return kind
+    return None
+
+
+def _is_default(model: type[BaseModel] | None, key: str, value: Any) -> bool:
+    """``value`` is the default of ``model``'s field ``key`` (as JSON)."""
+    field = model.model_fields.get(key) if model else None
+    if field is None or field.is_required():
+        return False
+    default = field.get_default(call_default_factory=True)
+    return value == (default.model_dump(mode="json") if isinstance(default, BaseModel) else default)
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "",
+                 model: type[BaseModel] | None = RunConfig) -> list[str]:
+    """``key: old -> new`` for each result setting that differs. A setting missing from the record
+    (added since the run started) is the same when it now holds its default: the behaviour before it
+    existed (a section missing: each of its settings at its default)."""
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
+        if key not in old and isinstance(b, Mapping) and _section(model, key):
+            out += _differences({}, b, f"{prefix}{key}.", _section(model, key))
+        elif isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _differences(a, b, f"{prefix}{key}.", _section(model, key))
+        elif a != b and not (key not in old and _is_default(model, key, b)):
             out.append(f"{prefix}{key}: {a!r:.40} -> {b!r:.40}")
     return out
 

@@ -95,6 +95,8 @@ class ModelConfig(_Strict):
     backbone_weights: str | None = None  # an ImageNet classifier's backbone
     weights: str | None = None  # a whole detector; heads that do not fit the data set are made anew
     trainable_backbone_layers: int | None = Field(default=None, ge=0, le=5)  # default: 3 with weights, 5 without
+    # Frozen BatchNorm's epsilon; default: 0 for torchvision's COCO v1 detectors (by name, or their file), else 1e-5.
+    norm_eps: float | None = Field(default=None, ge=0, le=1)
     # Training scales (shorter side, px); default: the preset's.
     min_size: list[Side] | None = Field(default=None, min_length=1)
     test_size: Side | None = None
@@ -133,14 +135,14 @@ class TrainStageConfig(_Strict):
     # every few seconds regardless): a run of days logs every few minutes, not every step.
     report_every: float = Field(default=180.0, gt=0, le=86400)
     # The learning rate is divided by 10 at these fractions of the iterations (default: the paper's
-    # 2/3 and 8/9; Detectron's s1x: [0.769, 0.923], 100k and 120k of 130k).
+    # 2/3 and 8/9; Detectron's s1x: [0.769, 0.923], 100k and 120k of 130k; []: never divided).
     lr_steps: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(default=None, max_length=8)
 
     @field_validator("lr_steps")
     @classmethod
     def _increasing(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and v != sorted(v):
-            raise ValueError(f"must be increasing fractions of the iterations, got {v}")
+        if v is not None and any(a >= b for a, b in zip(v, v[1:])):
+            raise ValueError(f"must be strictly increasing fractions of the iterations ([] : no decay), got {v}")
         return v
 
 

@@ -17,6 +17,7 @@ pixels back to the image's own coordinates, exactly.
 from __future__ import annotations
 
 import io
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from PIL import Image, ImageOps
 
 from dd_core.storage import read_bytes
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+"""The files of an unlabeled folder that are its images. A GIF is its first frame (an animation's
+others are left out), in RGB as every palette image is."""
 
 # Modes holding one 16-bit sample per pixel. Pillow opens 16-bit grey PNG and TIFF as I;16 (or
 # I;16B, ...) and 16-bit PGM as I (32-bit ints that hold 0..65535). 16-bit RGB(A) PNGs need nothing:
@@ -129,12 +132,24 @@ def decode_reduced(data: bytes, url: str = "<bytes>", max_pixels: int | None = N
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"{url}: image too large to decode safely ({exc})") from exc
+        raise _bomb_refusal(url, exc, max_pixels) from exc
     except MemoryError as exc:
         raise ImageDecodeError(f"{url}: {size}: not enough memory to decode it (MemoryError)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"{url}: not a readable image ({exc})") from exc
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), Reduction(height, width, factor)
+
+
+def _bomb_refusal(url: str, exc: Image.DecompressionBombError, max_pixels: int | None) -> ImageDecodeError:
+    """Pillow's refusal to open an image of more than twice ``Image.MAX_IMAGE_PIXELS`` pixels, in our
+    words: over ``max_pixels`` it is that limit's refusal. Pillow raises before telling the size, and
+    its limit is a module global that other threads read (not to be lifted for a moment), so the pixel
+    count comes from its message."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    if found is not None and max_pixels is not None and int(found.group(1)) > max_pixels:
+        return ImageDecodeError(f"{url}: {int(found.group(1)):,} pixels, more than the {max_pixels:,} allowed "
+                                f"(max_pixels); refused before decoding")
+    return ImageDecodeError(f"{url}: image too large to decode safely ({exc})")
 
 
 def _orientation(im: Image.Image) -> int | None:

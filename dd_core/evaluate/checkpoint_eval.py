@@ -25,6 +25,11 @@ def evaluate_model(model: torch.nn.Module, task: str, data: CocoData, cat_to_lab
     dataset = CocoDataset(data, Compose([to_float]), options, cat_to_label)
     results = predict(model, dataset, batch_size=batch_size, predict_fn=predict_fn, device=device,
                       progress=progress, desc=desc)
+    # A set with some of the model's categories (README allows it) is scored on those alone, as COCO's
+    # evaluation scores only the ground truth's categories (each on its own: dropping the others changes
+    # no score); their predictions would otherwise be refused as results of unknown categories.
+    scored = {int(c["id"]) for c in data.categories}
+    results = [r for r in results if r["category_id"] in scored]
     return coco_evaluate(data.to_dict(), results, "keypoints" if task == "keypoints" else "bbox", sigmas=sigmas)
 
 

@@ -18,11 +18,14 @@ def check_data_fits_model(data: CocoData, categories: Sequence[Mapping[str, Any]
                           same_categories: bool = False) -> None:
     """Refuse ``data`` unless the model of ``categories`` and ``task`` (named ``model`` in errors) fits it.
 
-    Every category of ``data`` must be one of the model's, with the same name; with
+    ``data`` must list a category, and every one must be one of the model's, with the same name; with
     ``same_categories`` (a labeled set to calibrate on) the ids must be exactly the model's. A
     keypoints model needs a json that lists keypoints, the same names in the same order.
     """
     ours = {int(c["id"]): c for c in categories}
+    if not data.categories:  # nothing to score: every prediction would be of a category it lacks
+        raise CocoFormatError(f"{data.source}: field 'categories' is empty; expected some of those of {model} "
+                              f"({sorted(ours)})")
     if task == "keypoints" and not data.keypoint_names:
         count = next((len(c["keypoints"]) for c in categories if c.get("keypoints")), 0)
         raise CocoFormatError(f"{data.source}: no category lists 'keypoints' (a detection json), but {model} is a "

@@ -140,6 +140,7 @@ class ModelOverrides:
     trainable_backbone_layers: int | None = None
     flip_pairs: tuple[tuple[str, str], ...] | None = None
     oks_sigmas: tuple[float, ...] | None = None
+    norm_eps: float | None = None  # frozen BatchNorm's epsilon; None: what torchvision uses with the weights
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -152,7 +153,7 @@ class ModelOverrides:
                          min_size=self.min_size, test_size=self.test_size, max_size=self.max_size,
                          backbone_weights=self.backbone_weights, weights=self.weights,
                          trainable_backbone_layers=self.trainable_backbone_layers, flip_pairs=self.flip_pairs,
-                         oks_sigmas=self.oks_sigmas)
+                         oks_sigmas=self.oks_sigmas, norm_eps=self.norm_eps)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

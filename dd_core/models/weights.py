@@ -14,13 +14,17 @@ without downloading; with ``OMNIDISTILL_OFFLINE=1`` nothing is downloaded at all
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
 import io
 import logging
 import os
+import pickle
 import re
-from typing import TYPE_CHECKING, Any, Mapping
+import socket
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from urllib.parse import urlparse
 
 import torch
@@ -32,12 +36,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OFFLINE_ENV = "OMNIDISTILL_OFFLINE"
+# Seconds a download may wait on the network (connecting, or between two reads) before it is an error.
+TIMEOUT_ENV = "OMNIDISTILL_DOWNLOAD_TIMEOUT"
+DEFAULT_TIMEOUT = 30.0
 # Detector heads whose shape follows the data set (categories, keypoints): made anew when they differ.
 DATA_SET_HEADS = ("roi_heads.box_predictor", "roi_heads.keypoint_head", "roi_heads.keypoint_predictor")
 # Detectron-trained detectors whose frozen BatchNorm had no epsilon: torchvision sets eps 0 after
 # loading them (overwrite_eps in its builders), and so do we (ModelSpec.resolved_norm_eps).
 ZERO_EPS_WEIGHTS = ("KeypointRCNN_ResNet50_FPN_Weights.COCO_V1", "FasterRCNN_ResNet50_FPN_Weights.COCO_V1")
-_ZERO_EPS_FILES = ("keypointrcnn_resnet50_fpn_coco-fc266e95.pth", "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth")
 _NAME = re.compile(r"\w+_Weights\.\w+")
 _EXAMPLES = {"model.backbone_weights": "ResNet50_Weights.IMAGENET1K_V1",
              "model.weights": "KeypointRCNN_ResNet50_FPN_Weights.COCO_V1"}
@@ -45,12 +51,64 @@ _EXAMPLES = {"model.backbone_weights": "ResNet50_Weights.IMAGENET1K_V1",
 Shapes = dict[str, tuple[int, ...]]
 
 
+def _full_name(weights: Any) -> str:
+    """``<Enum>.<member>`` of a torchvision weights enum member (``DEFAULT`` is an alias of a member)."""
+    return f"{type(weights).__name__}.{weights.name}"
+
+
+@functools.lru_cache(maxsize=1)
+def _zero_eps_files() -> dict[str, tuple[str, float]]:
+    """The published files of :data:`ZERO_EPS_WEIGHTS`: name -> (their sha256's first hex digits, as
+    torch.hub checks them, from the name; their size in MiB, torchvision's ``_file_size``)."""
+    from torchvision.models import get_weight
+
+    out = {}
+    for name in ZERO_EPS_WEIGHTS:
+        weights = get_weight(name)
+        file = os.path.basename(urlparse(weights.url).path)
+        out[file] = (torch.hub.HASH_REGEX.search(file).group(1), float(weights.meta["_file_size"]))
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a file replaced is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_published_file(path: str, files: Mapping[str, tuple[str, float]] | None = None) -> bool:
+    """A local file that is one of the published ``files`` (default: those of :data:`ZERO_EPS_WEIGHTS`)
+    under another name: its size and the first hex digits of its sha256 are the published file's
+    (hashed only when the size is)."""
+    if not os.path.isfile(path):
+        return False
+    stat = os.stat(path)
+    for prefix, mib in (_zero_eps_files() if files is None else files).values():
+        if abs(stat.st_size / 2**20 - mib) < 1e-3 and _sha256(path, stat.st_size, stat.st_mtime_ns).startswith(prefix):
+            return True
+    return False
+
+
 def frozen_norm_eps(weights: str | None) -> float:
     """The frozen BatchNorm epsilon a model started from ``weights`` runs with: 0 for the detectors
-    torchvision loads with eps 0 (by name, or their published file), else torchvision's 1e-5."""
-    if weights and (weights in ZERO_EPS_WEIGHTS or os.path.basename(urlparse(weights).path) in _ZERO_EPS_FILES):
+    torchvision loads with eps 0 (by name, ``DEFAULT`` included, or their published file under its own
+    name or, local or in torch's cache, under another), else torchvision's 1e-5.
+
+    A copy elsewhere (``s3://``) is not recognised: set ``model.norm_eps`` (``ModelSpec.norm_eps``)."""
+    if not weights:
+        return 1e-5
+    if is_weights_name(weights):
+        try:
+            return 0.0 if _full_name(torchvision_weights(weights)) in ZERO_EPS_WEIGHTS else 1e-5
+        except WeightsError:  # refused with its own message where the weights are read
+            return 1e-5
+    if os.path.basename(urlparse(weights).path) in _zero_eps_files():
         return 0.0
-    return 1e-5
+    path = cached_file(weights) if weights.startswith(("http://", "https://")) else weights
+    return 0.0 if is_published_file(path) else 1e-5
 
 
 class WeightsError(ValueError):
@@ -69,9 +127,29 @@ def torchvision_weights(name: str, field: str = "model.weights") -> Any:
     try:
         return get_weight(name)
     except (ValueError, KeyError, AttributeError):
-        raise WeightsError(f"{field}: {name!r} is not a torchvision weights name (expected e.g. "
-                           f"{_EXAMPLES.get(field, _EXAMPLES['model.weights'])}; torchvision.models."
+        close = _same_but_case(name)
+        hint = f"did you mean {close}?" if close else \
+            f"expected e.g. {_EXAMPLES.get(field, _EXAMPLES['model.weights'])}"
+        raise WeightsError(f"{field}: {name!r} is not a torchvision weights name ({hint}; torchvision.models."
                            f"get_model_weights(<model>) lists them)") from None
+
+
+def _same_but_case(name: str) -> str | None:
+    """torchvision's weights name spelled as ``name`` but for letter case (``resnet50_weights.imagenet1k_v1``)."""
+    return _all_names().get(name.strip().lower())
+
+
+@functools.lru_cache(maxsize=1)
+def _all_names() -> dict[str, str]:
+    from torchvision.models import get_model_weights, list_models
+
+    out = {}
+    for model_name in list_models():
+        enum_class = get_model_weights(model_name)
+        for member in [*enum_class, "DEFAULT"]:
+            full = f"{enum_class.__name__}.{member if member == 'DEFAULT' else member.name}"
+            out.setdefault(full.lower(), full)
+    return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,12 +174,12 @@ def state_shapes(state: Mapping[str, torch.Tensor]) -> Shapes:
 
 
 @functools.lru_cache(maxsize=None)
-def published_shapes(name: str) -> tuple[str, Shapes]:
+def published_shapes(name: str, field: str = "model.weights") -> tuple[str, Shapes]:
     """The builder of the weights ``name`` and its state-dict shapes, from torchvision's model built
     on the meta device with the weights' own categories (and keypoints); a classifier without ``fc``."""
     from torchvision.models import get_model
 
-    weights = torchvision_weights(name)
+    weights = torchvision_weights(name, field)
     builder = _builder_of(type(weights))
     meta = weights.meta
     kwargs: dict[str, Any] = {"weights": None, "num_classes": len(meta["categories"])}
@@ -177,7 +255,7 @@ def check_fits(spec: "ModelSpec", backbone: Shapes | None = None, detector: Shap
             continue
         what = text
         if theirs is None:
-            builder, theirs = published_shapes(text)
+            builder, theirs = published_shapes(text, field)
             what = f"{text} (torchvision's {builder})"
         remade, unfit = compare(theirs, ours)
         if unfit:
@@ -195,19 +273,64 @@ def cached_file(url: str) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
 
 
+def download_timeout() -> float:
+    """Seconds a download waits on the network (``$OMNIDISTILL_DOWNLOAD_TIMEOUT``, default 30)."""
+    text = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(text) if text else DEFAULT_TIMEOUT
+    except ValueError:
+        raise WeightsError(f"{TIMEOUT_ENV}: expected seconds (a number > 0), got {text!r}") from None
+    if not seconds > 0:
+        raise WeightsError(f"{TIMEOUT_ENV}: expected seconds (a number > 0), got {text!r}")
+    return seconds
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """torch.hub opens its connection without a timeout: a server that accepts and never answers (or a
+    firewall that drops packets) would hold the input check forever. Sockets opened meanwhile give up
+    after ``seconds`` without a byte (the process-wide default, restored after)."""
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)
+
+
+# What torch.load raises on a file that is not a state dict it may load: truncated or random bytes
+# (RuntimeError, EOFError), pickled code refused by weights_only (UnpicklingError), a bad header (ValueError).
+_UNLOADABLE = (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, AttributeError, ImportError, IndexError)
+
+
+# torch.load's advice around a weights_only refusal (to load without it: we never do), not its reason.
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip().removeprefix("WeightsUnpickler error:").strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line]
+    reasons = [line for line in lines if not line.startswith(_BOILERPLATE)] or lines
+    return f"{type(exc).__name__}: {reasons[0].split('. Please use')[0][:200]}" if reasons else type(exc).__name__
+
+
 def _from_hub(url: str, what: str, field: str, load: Any) -> dict[str, torch.Tensor]:
     """torch.hub's cached file of ``url``, downloaded first if missing (unless offline)."""
     path = cached_file(url)
     place = f"without network, download {url} elsewhere and place it at {path} ($TORCH_HOME/hub/checkpoints/)"
     if not os.path.exists(path) and os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
         raise WeightsError(f"{field}: {what} is not in torch's cache and {OFFLINE_ENV} is set; {place}")
+    timeout = download_timeout()
     try:
-        return load()
+        with _socket_timeout(timeout):
+            return load()
     except OSError as exc:  # urllib's URLError, HTTPError, timeouts
-        raise WeightsError(f"{field}: cannot download {what} ({getattr(exc, 'reason', exc)}); {place}") from None
-    except RuntimeError as exc:  # a hash that does not match, a truncated file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{field}: {what}: {path} is unreadable or not the published file ({first}); "
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
+            reason = f"no answer in {timeout:g} s, {TIMEOUT_ENV}"
+        raise WeightsError(f"{field}: cannot download {what} ({reason}); {place}") from None
+    except _UNLOADABLE as exc:  # a hash that does not match, a truncated file, pickled code
+        raise WeightsError(f"{field}: {what}: {path} is unreadable or not the published file ({_first_line(exc)}); "
                            f"delete it and try again, or {place}") from None
 
 
@@ -224,18 +347,34 @@ def fetch_state_dict(text: str, field: str = "model.weights", options: Mapping[s
         state = _from_hub(text, text, field, lambda: torch.hub.load_state_dict_from_url(
             text, map_location="cpu", progress=True, weights_only=True))
     else:
-        from dd_core.storage import read_bytes
-
-        try:
-            state = torch.load(io.BytesIO(read_bytes(text, options)), map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise WeightsError(f"{field}: {text}: no such file (expected a torchvision weights name such as "
-                               f"{_EXAMPLES.get(field, _EXAMPLES['model.weights'])}, a URL or a state dict's path)") from None
+        state = _read_state(text, field, options)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{field}: {text} holds no state dict (expected a dict of tensors)")
     return state
+
+
+def _read_state(text: str, field: str, options: Mapping[str, Any] | None) -> Any:
+    """A path or ``s3://`` URL loaded by torch (tensors only); every failure one line naming the file."""
+    from dd_core.storage import read_bytes
+
+    try:
+        data = read_bytes(text, options)
+    except FileNotFoundError:
+        close = _same_but_case(text)  # a name in the wrong case is not a name (and no file either)
+        raise WeightsError(f"{field}: {text}: no such file (" + (
+            f"did you mean the torchvision weights name {close}?)" if close else
+            f"expected a torchvision weights name such as {_EXAMPLES.get(field, _EXAMPLES['model.weights'])}, "
+            f"a URL or a state dict's path)")) from None
+    except Exception as exc:  # permissions, missing or refused S3 credentials (botocore's own errors), a directory
+        raise WeightsError(f"{field}: {text} cannot be read ({_first_line(exc)}); check the path and the "
+                           f"storage's credentials and permissions") from None
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except _UNLOADABLE as exc:
+        raise WeightsError(f"{field}: {text} is not a state dict torch can load safely ({_first_line(exc)}); "
+                           f"expected a file saved by torch.save(model.state_dict()), tensors only") from None
 
 
 def load_detector_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> list[str]:
@@ -257,19 +396,35 @@ def check_start_weights(spec: "ModelSpec", options: Mapping[str, Any] | None = N
     """Before a run: the weights ``spec`` starts from fit it and are at hand (downloaded into torch's
     cache now, not in a training task); the detector heads that will be made anew.
 
-    A name is checked on the meta device first, so a wrong one fails without downloading; a URL or
-    path is read and its shapes checked.
+    A name is checked on the meta device first, so a wrong one fails without downloading; then its
+    file (already in torch's cache, or downloaded) is read and must hold the published tensors: a
+    truncated, damaged or other model's file under the published name fails here, not in a training
+    task. A URL or path is read and its shapes checked.
     """
     check_fits(spec)  # the names, before anything is downloaded
     shapes: dict[str, Shapes] = {}
     for field, role, text in (("model.backbone_weights", "backbone", spec.backbone_weights),
                               ("model.weights", "detector", spec.weights)):
         if text and is_weights_name(text):
-            if not os.path.exists(cached_file(torchvision_weights(text, field).url)):
-                fetch_state_dict(text, field)
+            check_published_file(text, field, fetch_state_dict(text, field))
         elif text:
             state = fetch_state_dict(text, field, options)
             if role == "backbone":
                 state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             shapes[role] = state_shapes(state)
     return check_fits(spec, **shapes)
+
+
+def check_published_file(name: str, field: str, state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse a file in torch's cache under ``name``'s published file name that does not hold the
+    tensors of torchvision's model of ``name`` (torch.hub checks the hash on download only)."""
+    builder, theirs = published_shapes(name, field)
+    got = state_shapes(state)
+    if builder not in _detection_builders():  # a classifier's fc is left out of the published shapes
+        got = {k: v for k, v in got.items() if not k.startswith("fc.")}
+    if got != theirs:
+        differ = sorted(k for k in theirs.keys() | got.keys() if theirs.get(k) != got.get(k))
+        url = torchvision_weights(name, field).url
+        raise WeightsError(f"{field}: {name}: {cached_file(url)} is not the published file (its tensors are not "
+                           f"those of torchvision's {builder}: {len(differ)} differ, e.g. {differ[0]}); delete it, or "
+                           f"replace it with {url}")

@@ -71,11 +71,21 @@ def read_unlabeled(url: str, options: Mapping[str, Any] | None, check_image: Ima
         raise ImageRejected(f"{url}: not enough memory to read it (MemoryError)") from exc
     except (OSError, ValueError) as exc:  # missing, a folder, forbidden, a FIFO, a name too long, ...
         raise ImageRejected(_unreadable(url, exc)) from exc
-    for height, width in {(reduction.height, reduction.width), tuple(int(n) for n in pixels.shape[-2:])}:
-        reason = check_image(height, width)  # the file's size, and the reduced one the teacher sees
-        if reason is not None:
-            raise ImageRejected(f"{url}: {reason}")
+    reason = _size_rejected(check_image, reduction, (int(pixels.shape[-2]), int(pixels.shape[-1])))
+    if reason is not None:
+        raise ImageRejected(f"{url}: {reason}")
     return pixels, reduction
+
+
+def _size_rejected(check_image: ImageCheck, reduction: Reduction, reduced: tuple[int, int]) -> str | None:
+    """Why ``check_image`` refuses the file's size or the reduced one the teacher sees (both must pass),
+    in the file's size: a 10x100000 px file is that, not the 1x12500 px it was decoded to."""
+    reason = check_image(reduction.height, reduction.width)
+    if reason is None and reduced != (reduction.height, reduction.width):
+        reason = check_image(*reduced)  # flooring by the factor can make a thin image thinner still
+        if reason is not None:
+            return f"{reduction.width}x{reduction.height} px (width x height), decoded reduced to {reason}"
+    return reason
 
 
 def as_input(pixels: torch.Tensor, device: str) -> torch.Tensor:

@@ -210,8 +210,11 @@ STALE_TEMP_SECONDS = 3600.0
 """A temporary file untouched for this long is abandoned, whoever wrote it (a write in progress
 changes its modification time as it goes, and a rename follows the last byte at once)."""
 
-# ".tmp-<boot id, 8 hex>.<PID namespace inode>.<pid>.<mkstemp's random part>": who wrote it.
-_TEMP_NAME = re.compile(r"\.tmp-([0-9a-f]{8})\.(\d+)\.(\d+)\.")
+# ".tmp-<boot id, 8 hex>.<PID namespace inode>.<pid>.<mkstemp's random part>": who wrote it. Only
+# names that match in full are ours: a user's ".tmp-notes.txt" in an --out folder is never touched.
+_RANDOM = r"[a-z0-9_]{8}"  # tempfile's names: 8 of "a-z0-9_"
+_TEMP_NAME = re.compile(rf"\.tmp-([0-9a-f]{{8}})\.(\d+)\.(\d+)\.{_RANDOM}")
+_OLD_TEMP_NAME = re.compile(rf"\.tmp-{_RANDOM}")  # written before the writer was named: by age only
 _swept: set[tuple[int, str]] = set()  # (pid, folder): folders this process has cleaned already
 
 
@@ -224,7 +227,7 @@ def _writer() -> str:
 def _writer_gone(name: str) -> bool:
     """Whether the process that wrote temporary file ``name`` is known not to run: it named this
     boot and PID namespace (where its pid can be trusted) and is not this process."""
-    found = _TEMP_NAME.match(name)
+    found = _TEMP_NAME.fullmatch(name)
     if found is None or boot_id() is None:
         return False
     boot, namespace, pid = found.group(1), found.group(2), int(found.group(3))
@@ -235,7 +238,9 @@ def _writer_gone(name: str) -> bool:
 def remove_stale_temps(folder: str, older_than: float = STALE_TEMP_SECONDS) -> list[str]:
     """Delete the temporary files of atomic writes in ``folder`` left by writers that are gone: one
     of this machine's PID namespace whose process does not run, or any untouched for
-    ``older_than`` seconds (a writer on another host or container). Returns the names removed."""
+    ``older_than`` seconds (a writer on another host or container). Only names that match the
+    temporary files' pattern in full count; other files starting ``.tmp-`` are a user's and stay.
+    Returns the names removed."""
     removed: list[str] = []
     try:
         entries = os.scandir(folder)
@@ -244,8 +249,8 @@ def remove_stale_temps(folder: str, older_than: float = STALE_TEMP_SECONDS) -> l
     now = time.time()
     with entries:
         for entry in entries:
-            if not entry.name.startswith(TEMP_PREFIX):
-                continue
+            if not (_TEMP_NAME.fullmatch(entry.name) or _OLD_TEMP_NAME.fullmatch(entry.name)):
+                continue  # not a temporary file of ours, whatever its name starts with
             try:
                 if not entry.is_file(follow_symlinks=False):
                     continue

@@ -40,7 +40,12 @@ def training_transforms(coco: CocoData, flip_pairs: Sequence[Sequence[str]] | No
 
 
 def checkpoint_meta(spec: ModelSpec, coco: CocoData) -> dict[str, Any]:
-    """What a checkpoint must carry to be used alone: architecture, categories and their labels."""
+    """What a checkpoint must carry to be used alone: architecture, categories and their labels.
+
+    The frozen BatchNorm epsilon is recorded as resolved: where the checkpoint is used, the file
+    that told it (a renamed copy of a published detector) may not exist."""
+    if spec.pretrained and spec.norm_eps is None:
+        spec = dataclasses.replace(spec, norm_eps=spec.resolved_norm_eps)
     return {"spec": spec.to_dict(), "categories": coco.categories,
             "cat_to_label": category_to_label(coco)}
 

@@ -246,6 +246,12 @@ def test_a_header_over_max_pixels_is_refused_before_decoding(tmp_path):
     with pytest.raises(ImageDecodeError, match=r"^x.png: 13000x13000 px \(width x height\) is 169,000,000 pixels, "
                                                r"more than the 150,000,000 allowed \(max_pixels\); refused before"):
         decode_image(data, "x.png", max_pixels=MAX_PIXELS)
+    # 20000 x 20000: over Pillow's own limit too, which refuses it before telling its size
+    huge = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+    with pytest.raises(ImageDecodeError) as refused:
+        decode_reduced(huge + _chunk(b"IEND", b""), "h.png", max_pixels=MAX_PIXELS)
+    assert str(refused.value) == ("h.png: 400,000,000 pixels, more than the 150,000,000 allowed (max_pixels); "
+                                  "refused before decoding")
     small = _saved(Image.new("RGB", (100, 100)), "PNG")
     with pytest.raises(ImageDecodeError, match=r"100x100 px .* 10,000 pixels, more than the 9,999 allowed"):
         decode_reduced(small, "s.png", max_pixels=9_999)
@@ -295,3 +301,20 @@ def test_no_frame_or_a_small_image_decodes_whole_as_before():
     whole, reduction = decode_reduced(data, "x", frame=lambda h, w: (200, 300))
     assert reduction == Reduction(48, 64, 1) and torch.equal(whole, decode_image(data))
     assert reduction_factor(48, 64, (24, 32)) == 2 and reduction_factor(47, 64, (24, 32)) == 1
+
+
+def test_a_gif_in_an_unlabeled_folder_is_listed_and_decoded_as_its_first_frame_in_rgb(tmp_path):
+    from dd_core.data.unlabeled import list_unlabeled
+
+    red, blue = Image.new("RGB", (64, 48), (255, 0, 0)), Image.new("RGB", (64, 48), (0, 0, 255))
+    red.save(tmp_path / "a.gif", save_all=True, append_images=[blue], duration=100)  # an animation of 2 frames
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
+    assert [image.file_name for image in list_unlabeled(str(tmp_path)).images] == ["a.gif", "b.png"]
+    data = (tmp_path / "a.gif").read_bytes()
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    pixels = decode_image(data, "a.gif")
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 48, 64)
+    assert pixels[:, 0, 0].tolist() == [255, 0, 0] and bool((pixels == pixels[:, :1, :1]).all())
+    reduced, reduction = decode_reduced(data, "a.gif", frame=lambda h, w: (12, 16))  # palette: RGB before averaging
+    assert reduction == Reduction(48, 64, 4) and reduced.shape == (3, 12, 16)
+    assert bool((reduced == pixels[:, :1, :1]).all())

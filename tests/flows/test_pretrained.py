@@ -79,17 +79,21 @@ def test_a_five_keypoint_set_from_the_coco_detector_trains_labels_and_evaluates_
     config = local_config(tmp_path, run_id="birds", model={"preset": "r50-fpn", "weights": KEYPOINT_RCNN,
                                                             "test_size": 64, "min_size": [64], "max_size": 96},
                           keypoints={"flip_pairs": PAIRS, "sigmas": SIGMAS}, shards={"size": 2},
-                          # The published detector is the teacher as it is (a trained random one would
-                          # detect nothing to pseudo-label); the student trains from it.
-                          teacher={"iterations": 0})
+                          # One step at a negligible rate: the new keypoint head must be trained (iterations 0
+                          # is refused with a head made anew), yet the teacher stays the published detector
+                          # (a random one trained further would detect nothing to pseudo-label).
+                          teacher={"iterations": 1, "lr": 1e-12, "warmup_iters": 0})
     result = run_distillation(config)
 
     run = tmp_path / "store" / "runs" / "birds"
     cached = torch.load(cached_file(torchvision_weights(KEYPOINT_RCNN).url), weights_only=True)
-    teacher = load_checkpoint(str(run / "teacher" / "model_0000000.pth"))
-    assert teacher["iteration"] == 0 and teacher["spec"]["weights"] == KEYPOINT_RCNN
-    assert {k for k, v in teacher["model"].items() if not torch.equal(v, cached[k])} == {
-        "roi_heads.keypoint_predictor.kps_score_lowres.weight", "roi_heads.keypoint_predictor.kps_score_lowres.bias"}
+    teacher = load_checkpoint(str(run / "teacher" / "model_0000001.pth"))
+    assert teacher["iteration"] == 1 and teacher["spec"]["weights"] == KEYPOINT_RCNN
+    assert teacher["spec"]["norm_eps"] == 0.0  # recorded as resolved: COCO_V1 runs with eps 0
+    remade = {"roi_heads.keypoint_predictor.kps_score_lowres.weight", "roi_heads.keypoint_predictor.kps_score_lowres.bias"}
+    assert all(teacher["model"][k].shape != cached[k].shape for k in remade)  # 5 keypoints, not 17
+    for key in ("backbone.body.conv1.weight", "backbone.body.layer1.0.conv1.weight", "backbone.body.bn1.running_var"):
+        assert torch.equal(teacher["model"][key], cached[key]), key  # frozen: the cached tensors
 
     pseudo = read_json(str(run / "pseudo" / "annotations.json"))
     assert pseudo["categories"][0]["keypoints"] == list(BIRD) and pseudo["annotations"]

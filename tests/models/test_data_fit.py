@@ -26,6 +26,10 @@ def test_the_set_a_model_was_trained_on_fits_it():
     (_data(BOX), [BOX, BALL], "detection", True, "v.json: category ids [1] differ from those of m.pth ([1, 2]); "
      "expected the categories the model was trained on"),
     (_data(BOX, BALL), [BOX], "detection", False, "v.json: categories [2] are not among those of m.pth ([1])"),
+    (_data(), [BOX, BALL], "detection", False, "v.json: field 'categories' is empty; expected some of those of "
+     "m.pth ([1, 2])"),
+    (_data(), [PERSON_CATEGORY], "keypoints", False, "v.json: field 'categories' is empty; expected some of those of "
+     "m.pth ([1])"),
     (_data({"id": 1, "name": "person"}), [BOX], "detection", False, "v.json: categories[0] (id 1) field 'name' is "
      "'person', but in m.pth category 1 is 'box'"),
     (_data({**PERSON_CATEGORY, "keypoints": PERSON_CATEGORY["keypoints"][:5]}), [PERSON_CATEGORY], "keypoints", False,

@@ -177,3 +177,130 @@ def test_ours_predicts_exactly_as_torchvision_s_keypoint_rcnn_from_the_same_weig
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
+
+
+def test_a_server_that_accepts_and_never_answers_is_one_line_after_the_timeout(tmp_path, monkeypatch):
+    """torch.hub opens its connection without a timeout: a stalled server would hold the input check forever."""
+    import socket
+    import threading
+    import time
+
+    from dd_core.models.weights import TIMEOUT_ENV
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()  # accept, never answer
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/models/resnet18-f37072fd.pth"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv(OFFLINE_ENV, raising=False)
+    monkeypatch.setenv(TIMEOUT_ENV, "0.5")
+    outcome = []
+
+    def fetch():
+        try:
+            fetch_state_dict(url, "model.backbone_weights")
+        except Exception as exc:  # noqa: BLE001 - the outcome is asserted below
+            outcome.append(exc)
+
+    start = time.monotonic()
+    worker = threading.Thread(target=fetch, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    server.close()
+    assert not worker.is_alive(), "the download still waits on a server that never answers"
+    assert time.monotonic() - start < 10 and accepted
+    assert isinstance(outcome[0], WeightsError) and "\n" not in str(outcome[0])
+    assert str(outcome[0]).startswith(f"model.backbone_weights: cannot download {url} (no answer in 0.5 s, "
+                                      f"{TIMEOUT_ENV}); without network, download {url} elsewhere and place it at "
+                                      f"{tmp_path}/hub/checkpoints/resnet18-f37072fd.pth")
+    assert socket.getdefaulttimeout() is None  # the process-wide default is restored
+
+
+class _Code:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("truncated", "is unreadable or not the published file"),
+    ("code", "is unreadable or not the published file (UnpicklingError: "),
+    ("other model", "is not the published file (its tensors are not those of torchvision's keypointrcnn_resnet50_fpn: "
+                    "415 differ, e.g. backbone.body.bn1.bias); delete it, or replace it with https://"),
+])
+def test_a_damaged_or_other_file_under_the_published_name_is_refused_in_the_input_check(cache, tmp_path, monkeypatch,
+                                                                                      damage, reason):
+    """torch.hub checks the hash on download only: a file already in the cache is read and checked now."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    path = home / "hub" / "checkpoints" / "keypointrcnn_resnet50_fpn_coco-fc266e95.pth"
+    path.parent.mkdir(parents=True)
+    published = cache / "hub" / "checkpoints" / path.name
+    if damage == "truncated":
+        path.write_bytes(published.read_bytes()[:1_000_000])
+    elif damage == "code":
+        torch.save({"model": _Code()}, path)
+    else:  # torchvision's ResNet-18 under the Keypoint R-CNN's name
+        path.write_bytes((cache / "hub" / "checkpoints" / "resnet18-f37072fd.pth").read_bytes())
+    with pytest.raises(WeightsError) as error:
+        check_start_weights(ModelSpec(preset="r50-fpn", weights=KEYPOINT_RCNN))
+    message = str(error.value)
+    assert message.startswith(f"model.weights: {KEYPOINT_RCNN}") and "\n" not in message
+    assert f"{path} {reason}" in message and "delete it" in message
+
+
+@pytest.mark.parametrize("content, reason", [
+    (lambda path: torch.save({"model": _Code()}, path),
+     "is not a state dict torch can load safely (UnpicklingError: "),
+    (lambda path: path.write_bytes(bytes(range(256)) * 4), "is not a state dict torch can load safely ("),
+    (lambda path: path.mkdir(), "cannot be read (IsADirectoryError: "),
+])
+def test_a_state_dict_file_that_cannot_be_loaded_is_one_line(tmp_path, content, reason):
+    path = tmp_path / "weights.pth"
+    content(path)
+    with pytest.raises(WeightsError) as error:
+        fetch_state_dict(str(path), "model.backbone_weights")
+    assert str(error.value).startswith(f"model.backbone_weights: {path} {reason}")
+    assert "\n" not in str(error.value)
+
+
+def test_a_bad_backbone_name_is_reported_under_backbone_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsError, match=r"^model.backbone_weights: 'ResNet50_Weights.IMAGENET9' is not a "
+                                           r"torchvision weights name \(expected e.g. ResNet50_Weights.IMAGENET1K_V1;"):
+        check_fits(ModelSpec(preset="r50-fpn", backbone_weights="ResNet50_Weights.IMAGENET9"))
+
+
+@pytest.mark.parametrize("name, suggestion", [
+    ("resnet50_weights.imagenet1k_v1", "ResNet50_Weights.IMAGENET1K_V1"),
+    ("keypointrcnn_resnet50_fpn_weights.coco_v1", "KeypointRCNN_ResNet50_FPN_Weights.COCO_V1"),
+])
+def test_a_name_in_the_wrong_case_says_which_name_was_meant(name, suggestion, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no file of that name
+    with pytest.raises(WeightsError, match=rf"^model.weights: {name}: no such file \(did you mean the torchvision "
+                                           rf"weights name {suggestion}\?\)$"):
+        check_start_weights(ModelSpec(preset="r50-fpn", weights=name))
+
+
+def test_default_resolves_to_its_member_for_the_frozen_norm_eps():
+    assert ModelSpec(preset="r50-fpn", weights="KeypointRCNN_ResNet50_FPN_Weights.DEFAULT").resolved_norm_eps == 0
+    assert ModelSpec(task="detection", weights="FasterRCNN_ResNet50_FPN_Weights.DEFAULT").resolved_norm_eps == 0
+    assert ModelSpec(weights="KeypointRCNN_ResNet50_FPN_Weights.COCO_LEGACY").resolved_norm_eps == 1e-5
+    assert ModelSpec(weights="elsewhere/copy.pth", norm_eps=0.0).resolved_norm_eps == 0  # set by the user
+
+
+def test_a_published_file_under_another_name_is_known_by_its_size_and_hash(tmp_path):
+    import hashlib
+
+    from dd_core.models.weights import is_published_file
+
+    copy = tmp_path / "my-copy.pth"
+    copy.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    prefix = hashlib.sha256(copy.read_bytes()).hexdigest()[:8]
+    assert is_published_file(str(copy), {f"model-{prefix}.pth": (prefix, 1.0)})
+    assert not is_published_file(str(copy), {"model-00000000.pth": ("00000000", 1.0)})  # another hash
+    assert not is_published_file(str(copy), {f"model-{prefix}.pth": (prefix, 2.0)})  # another size: not hashed
+    assert not is_published_file(str(tmp_path / "missing.pth"), {f"model-{prefix}.pth": (prefix, 1.0)})
+    # Our random stand-in is not the published file: automatic eps stays torchvision's 1e-5.
+    assert ModelSpec(weights=str(copy)).resolved_norm_eps == 1e-5

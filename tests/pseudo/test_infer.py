@@ -72,7 +72,9 @@ def test_undecodable_images_are_rejected_and_the_shard_succeeds(tmp_path):
     rejected = shard_meta(read_shard(summary.url))["rejected"]
     assert [r["file_name"] for r in rejected] == ["004.png", "005.png", "006.png", "007.png"]
     assert "empty file" in rejected[0]["reason"] and "not a readable image" in rejected[1]["reason"]
-    assert "not a readable image" in rejected[2]["reason"] and "too large to decode safely" in rejected[3]["reason"]
+    assert "not a readable image" in rejected[2]["reason"]
+    assert rejected[3]["reason"] == (f"{images}/007.png: 400,000,000 pixels, more than the 150,000,000 allowed "
+                                     f"(max_pixels); refused before decoding")
 
 
 def test_shards_form_one_dataset(tmp_path):

@@ -315,3 +315,23 @@ def test_a_large_image_is_read_reduced_with_its_reduction_and_one_over_max_pixel
     assert [(image.id, str(exc)) for image, exc in refused] == [
         (0, f"{tmp_path}/0.png: 1000x600 px (width x height) is 600,000 pixels, more than the 599,999 allowed "
             f"(max_pixels); refused before decoding")]
+
+
+def test_a_too_thin_image_is_rejected_naming_the_files_size_not_the_reduced_one(tmp_path):
+    from dd_core.pseudo.reading import read_unlabeled
+    from dd_core.pseudo.teacher import teacher_from_checkpoint
+    from dd_core.tta.settings import MultiTransformSettings
+    from tests.conftest import save_random_checkpoint, write_tiny_coco
+
+    ckpt = save_random_checkpoint(str(tmp_path / "m.pth"), write_tiny_coco(tmp_path / "t", 1, task="detection"),
+                                  "detection")
+    check = teacher_from_checkpoint(ckpt, MultiTransformSettings.for_task("detection", (64, 96))).check_image
+    why = "too thin for the test-time transforms (its shorter side resizes to 0 px at scale 64; at least 1 px needed)"
+    for (width, height), size in [((10, 100_000), "10x100000 px (width x height)"),  # decoded as 1x12500
+                                  # the file passes, but 21 // 8 = 2 px by 250 is too thin at max_size 96
+                                  ((21, 2000), "21x2000 px (width x height), decoded reduced to 2x250 px "
+                                               "(width x height)")]:
+        Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(tmp_path / "thin.png")
+        with pytest.raises(ImageRejected) as rejected:
+            read_unlabeled(str(tmp_path / "thin.png"), None, check)
+        assert str(rejected.value) == f"{tmp_path}/thin.png: {size}: {why}"

@@ -345,14 +345,14 @@ def test_only_temps_of_gone_writers_are_removed(tmp_path):
     dead.wait()
     boot, namespace, _ = _writer().split(".")
     names = {
-        "dead": f".tmp-{boot}.{namespace}.{dead.pid}.a1",  # this namespace, its process gone
-        "live": f".tmp-{boot}.{namespace}.{os.getppid()}.b2",  # this namespace, its process runs
-        "ours": f".tmp-{_writer()}.c3",  # this very process (another thread writing)
-        "other_namespace": f".tmp-{boot}.1.{dead.pid}.d4",  # a pid that means nothing here: kept while fresh
-        "other_boot": f".tmp-ffffffff.{namespace}.{dead.pid}.e5",
+        "dead": f".tmp-{boot}.{namespace}.{dead.pid}.a1b2c3d4",  # this namespace, its process gone
+        "live": f".tmp-{boot}.{namespace}.{os.getppid()}.b2c3d4e5",  # this namespace, its process runs
+        "ours": f".tmp-{_writer()}.c3d4e5f6",  # this very process (another thread writing)
+        "other_namespace": f".tmp-{boot}.1.{dead.pid}.d4e5f6g7",  # a pid that means nothing here: kept while fresh
+        "other_boot": f".tmp-ffffffff.{namespace}.{dead.pid}.e5f6g7h8",
         "old_style_fresh": ".tmp-k2j4h5g6",
         "old_style_stale": ".tmp-z9y8x7w6",  # untouched for longer than STALE_TEMP_SECONDS
-        "stale_other_host": ".tmp-ffffffff.1.7.f6",
+        "stale_other_host": ".tmp-ffffffff.1.7.f6g7h8_9",
     }
     for name in names.values():
         (tmp_path / name).write_bytes(b"partial")
@@ -366,3 +366,25 @@ def test_only_temps_of_gone_writers_are_removed(tmp_path):
     assert sorted(removed) == sorted(names[k] for k in ("dead", "old_style_stale", "stale_other_host"))
     kept = {"live", "ours", "other_namespace", "other_boot", "old_style_fresh"}
     assert sorted(os.listdir(tmp_path)) == sorted([*(names[k] for k in kept), "model.pth", ".tmp-dir"])
+
+
+def test_files_that_only_start_like_a_temp_are_never_removed(tmp_path):
+    import time
+
+    from dd_core.storage.fs import _writer, remove_stale_temps
+
+    users = [".tmp-notes.txt", ".tmp-12345678.1.2", ".tmp-12345678.1.2.abc", ".tmp-abcdefgh.bak"]
+    ours = f".tmp-{_writer()}.q_3x9z0a"
+    two_hours_ago = time.time() - 7200
+    for name in [*users, ours]:
+        (tmp_path / name).write_bytes(b"a user's notes")
+        os.utime(tmp_path / name, (two_hours_ago, two_hours_ago))
+    assert remove_stale_temps(str(tmp_path)) == [ours]
+    assert sorted(os.listdir(tmp_path)) == sorted(users)
+
+
+def test_the_temporary_files_of_writes_match_the_pattern_that_removal_trusts(tmp_path):
+    from dd_core.storage.fs import _TEMP_NAME, _complete_temp_file
+
+    tmp = _complete_temp_file(str(tmp_path), b"x")
+    assert _TEMP_NAME.fullmatch(os.path.basename(tmp))
