@@ -19,7 +19,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from dd_core.config import ShardsConfig
 from dd_core.pseudo.infer import labeled_after
 
-DASK_EXTRA = "pip install 'omnidistill[dask]'"
+DASK_EXTRA = "pip install -c constraints.txt -e '.[dask]' (in the omnidistill checkout, at the locked versions)"
 
 
 def shard_task_runner(shards: ShardsConfig) -> TaskRunner:

@@ -371,8 +371,7 @@ URL_FIELDS = [("storage", "root"), ("labeled", "annotations"), ("labeled", "imag
 @pytest.mark.parametrize("section, field", URL_FIELDS)
 @pytest.mark.parametrize("url, canonical", [
     ("s3://bkt//y", "s3://bkt/y"),  # s3fs wrote the key "/y/..." and listed "y/...": a late FileNotFoundError
-    ("s3://bkt/y/", "s3://bkt/y"),
-    ("s3://bkt/", "s3://bkt"),
+    ("s3://bkt/y//", "s3://bkt/y"),
     ("s3://bkt/a/./y", "s3://bkt/a/y"),
     ("s3://bkt/a/../y", "s3://bkt/y"),
     ("s3:///bkt/y", "s3://bkt/y"),
@@ -384,8 +383,37 @@ def test_object_store_urls_that_are_not_canonical_are_refused_naming_the_field_a
     with pytest.raises(ConfigError) as refused:
         parse_config(data)
     assert str(refused.value) == (f"config: invalid configuration: {section}.{field}: Value error, {url!r} is not a "
-                                  f"canonical URL (empty, '.' or '..' path segments, or a trailing slash): write "
-                                  f"{canonical!r}")
+                                  f"canonical URL (empty, '.' or '..' path segments): write {canonical!r}")
+
+
+@pytest.mark.parametrize("section, field", URL_FIELDS)
+@pytest.mark.parametrize("url, canonical", [("s3://bkt/pool/", "s3://bkt/pool"), ("s3://bkt/", "s3://bkt"),
+                                            ("gs://bkt/a.b/y/", "gs://bkt/a.b/y")])
+def test_a_trailing_slash_of_an_object_store_url_is_taken_away(section, field, url, canonical):
+    """Runs were started with ``s3://b/pool/`` before it was refused: they resume with it as they are."""
+    data = {**BASE, "upper_bound": {"annotations": "l.json", "images": "l"}}
+    data[section] = {**data.get(section, {}), field: url}
+    assert getattr(getattr(parse_config(data), section), field) == canonical
+
+
+@pytest.mark.parametrize("now", ["s3://b/pool/", "s3://b/pool"])
+def test_a_run_recorded_with_a_trailing_slash_resumes_with_or_without_it(tmp_path, now):
+    import json
+
+    from dd_core.config.resume import check_resume, result_settings
+
+    config = parse_config(_config(run_id="old", unlabeled={"images": now}, labeled={"annotations": "s3://b/l.json",
+                                                                                      "images": "./l"}))
+    recorded = result_settings(config)
+    recorded["unlabeled"]["images"] = "s3://b/pool/"  # as a run started before the slash was taken away recorded it
+    recorded["labeled"]["images"] = "./l/"
+    url = tmp_path / "_settings.json"
+    url.write_text(json.dumps(recorded))
+    check_resume(config, str(url))
+    with pytest.raises(ValueError, match=r"started with other settings \(unlabeled.images: 's3://b/pool/' -> "
+                                         r"'s3://b/pool2'\)"):
+        check_resume(parse_config(_config(run_id="old", unlabeled={"images": "s3://b/pool2/"},
+                                          labeled={"annotations": "s3://b/l.json", "images": "./l"})), str(url))
 
 
 def test_canonical_urls_and_local_paths_of_any_form_are_accepted():

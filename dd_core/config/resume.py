@@ -15,7 +15,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
-from dd_core.config.schema import RunConfig
+from dd_core.config.schema import Location, RunConfig, canonical_url
 from dd_core.storage import exists, read_json, write_json_atomic
 
 # How a run runs, not what it computes: free to change when it is resumed. (shards.size and
@@ -60,6 +60,24 @@ def _is_default(model: type[BaseModel] | None, key: str, value: Any) -> bool:
     return value == (default.model_dump(mode="json") if isinstance(default, BaseModel) else default)
 
 
+def _is_location(model: type[BaseModel] | None, key: str) -> bool:
+    """``model``'s field ``key`` is a path or URL (:data:`~dd_core.config.schema.Location`, or one or None)."""
+    field = model.model_fields.get(key) if model else None
+    if field is None:
+        return False
+    return field.metadata == list(get_args(Location)[1:]) or Location in get_args(field.annotation)
+
+
+def _location(value: Any) -> Any:
+    """A path or URL as resuming compares it: an object-store URL in its canonical form, no trailing
+    slash (``s3://b/pool/``, recorded before the schema took it away, is ``s3://b/pool``)."""
+    if not isinstance(value, str):
+        return value
+    value = canonical_url(value)
+    stripped = value.rstrip("/")
+    return stripped if stripped and not stripped.endswith(":") else value
+
+
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "",
                  model: type[BaseModel] | None = RunConfig) -> list[str]:
     """``key: old -> new`` for each result setting that differs. A setting missing from the record
@@ -72,6 +90,8 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "
             out += _differences({}, b, f"{prefix}{key}.", _section(model, key))
         elif isinstance(a, Mapping) and isinstance(b, Mapping):
             out += _differences(a, b, f"{prefix}{key}.", _section(model, key))
+        elif _is_location(model, key) and _location(a) == _location(b):
+            continue
         elif a != b and not (key not in old and _is_default(model, key, b)):
             out.append(f"{prefix}{key}: {a!r:.40} -> {b!r:.40}")
     return out

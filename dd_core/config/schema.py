@@ -43,25 +43,32 @@ def _names_something(value: str) -> str:
 OBJECT_STORES = ("s3", "s3a", "gs", "gcs")  # bucket/key URLs, where a key is any string
 
 
-def _canonical(value: str) -> str:
-    """An object-store URL written one way only: s3fs writes ``s3://b//y/k`` under the key ``/y/k``
-    but lists it as ``y/k`` (a run there failed at its first checkpoint, after retries), and
-    ``.``/``..`` segments or a trailing slash name keys other than the folder meant. Local paths
-    (plain or ``file://``) are left to the operating system, which reads them all one way, and
-    other file systems (``memory://``) to themselves."""
+def canonical_url(value: str) -> str:
+    """An object-store URL in its one form (``s3://b//x/./y/`` -> ``s3://b/x/y``); anything else as it is."""
     protocol, sep, rest = value.partition("://")
     if protocol not in OBJECT_STORES or not sep:
         return value
-    canonical = f"{protocol}://{posixpath.normpath('/' + rest).lstrip('/')}"
-    if canonical != value:
-        raise ValueError(f"{value!r:.200} is not a canonical URL (empty, '.' or '..' path segments, or a trailing "
-                         f"slash): write {canonical!r:.200}")
-    return value
+    return f"{protocol}://{posixpath.normpath('/' + rest).lstrip('/')}"
+
+
+def _canonical(value: str) -> str:
+    """An object-store URL written one way only: s3fs writes ``s3://b//y/k`` under the key ``/y/k``
+    but lists it as ``y/k`` (a run there failed at its first checkpoint, after retries), and ``.``/``..``
+    segments name keys other than the folder meant, so those are refused. A trailing slash is taken
+    away (``s3://b/pool/`` is ``s3://b/pool``): runs were started with it before, and resume as they
+    are. Local paths (plain or ``file://``) are left to the operating system, which reads them all
+    one way, and other file systems (``memory://``) to themselves."""
+    canonical = canonical_url(value)
+    if canonical not in (value, value.removesuffix("/")):
+        raise ValueError(f"{value!r:.200} is not a canonical URL (empty, '.' or '..' path segments): "
+                         f"write {canonical!r:.200}")
+    return _names_something(canonical)
 
 
 Location = Annotated[str, AfterValidator(_names_something), AfterValidator(_canonical)]
 """A path or URL that names something: not empty, not a bare ``file://`` or ``s3://``; an object-store
-URL in its canonical form (``s3://bucket/a/b``: no empty, ``.`` or ``..`` segments, no trailing slash)."""
+URL in its canonical form (``s3://bucket/a/b``: no empty, ``.`` or ``..`` segments; a trailing slash
+is taken away)."""
 
 
 class StorageConfig(_Strict):

@@ -42,6 +42,8 @@ class UnlabeledImage:
 class UnlabeledSet:
     root: str
     images: list[UnlabeledImage]
+    folder: bool = False  # listed from a folder or prefix (ids 1..N by name), not from a .txt or json
+
 
     def url(self, image: UnlabeledImage) -> str:
         return join(self.root, image.file_name)
@@ -156,11 +158,11 @@ def list_unlabeled(images: str, root: str | None = None, options: Mapping[str, A
     else:
         names = _storable(list_files(images, suffixes=IMAGE_SUFFIXES, options=options), images)
         names = _leave_out(names, images, exclude)
-        found = UnlabeledSet(images.rstrip("/"), [UnlabeledImage(i + 1, n) for i, n in enumerate(names)])
+        found = UnlabeledSet(images.rstrip("/"), [UnlabeledImage(i + 1, n) for i, n in enumerate(names)], True)
     if not found.images:
         raise ValueError(f"{images}: no unlabeled images found (expected {', '.join(IMAGE_SUFFIXES)} files, "
                          f"a .txt list or an image-only COCO json)")
-    return UnlabeledSet(found.root, found.images[:limit]) if limit else found
+    return UnlabeledSet(found.root, found.images[:limit], found.folder) if limit else found
 
 
 @dataclass(frozen=True)
@@ -231,15 +233,51 @@ def check_planned_pool(unlabeled: UnlabeledSet, shard_size: int, plan_url: str, 
     if not exists(plan_url, options):
         return
     planned = read_json(plan_url, options)
-    now = _plan_document(unlabeled, shard_size)
     digest = planned.get("digest") or _digest(planned)
-    if digest == now["digest"]:
+    if _plan_document(as_planned(unlabeled, shard_size, planned), shard_size)["digest"] == digest:
         return
     before = [im for shard in planned["shards"] for im in shard]
     raise PoolChanged(f"run {run} was planned on {len(before):,} unlabeled images (plan digest {digest[:12]}, "
                       f"{plan_url}); the pool now lists {len(unlabeled.images):,}"
                       f"{_what_changed(planned['root'], before, unlabeled)}: its pseudo-labels, student and report are "
                       f"of the planned pool. Restore that pool to resume it, or start a new run id for this one")
+
+
+LATER_SUFFIXES = (".gif",)
+"""Suffixes of :data:`~dd_core.data.images.IMAGE_SUFFIXES` added since runs were first planned
+(2026-12-06): a plan made before them lists a folder without its files of these suffixes."""
+
+
+def as_planned(unlabeled: UnlabeledSet, shard_size: int, planned: Mapping[str, Any]) -> UnlabeledSet:
+    """``unlabeled`` as the plan ``planned`` (its json) listed it: a folder planned before .gif files
+    were images, whose plan names none and which, without them, is the pool planned, is that pool
+    without them. A run resumed then labels, and plans again, the images it planned, not the folder's
+    GIFs as new shards. Any other pool as it is (a changed one: :func:`check_planned_pool` refuses it).
+
+    With ``limit``, the GIFs among the first ``limit`` names take the place of images planned: that
+    pool is refused."""
+    digest = planned.get("digest") or _digest(planned)
+    if not unlabeled.folder or _plan_document(unlabeled, shard_size)["digest"] == digest:
+        return unlabeled
+    if any(im["file_name"].lower().endswith(LATER_SUFFIXES) for shard in planned["shards"] for im in shard):
+        return unlabeled
+    names = [im.file_name for im in unlabeled.images if not im.file_name.lower().endswith(LATER_SUFFIXES)]
+    if len(names) == len(unlabeled.images):
+        return unlabeled
+    older = UnlabeledSet(unlabeled.root, [UnlabeledImage(i + 1, n) for i, n in enumerate(names)], True)
+    if _plan_document(older, shard_size)["digest"] != digest:
+        return unlabeled
+    log.info("%s: %d .gif file(s) left out: run planned before GIFs were images (its plan names none)",
+             unlabeled.root, len(unlabeled.images) - len(names))
+    return older
+
+
+def planned_pool(unlabeled: UnlabeledSet, shard_size: int, plan_url: str,
+                 options: Mapping[str, Any] | None = None) -> UnlabeledSet:
+    """``unlabeled`` as the plan at ``plan_url`` listed it (:func:`as_planned`); no plan there: as it is."""
+    from dd_core.storage import exists, read_json
+
+    return as_planned(unlabeled, shard_size, read_json(plan_url, options)) if exists(plan_url, options) else unlabeled
 
 
 def _what_changed(root: str, before: list[Mapping[str, Any]], now: UnlabeledSet) -> str:

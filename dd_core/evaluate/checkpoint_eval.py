@@ -22,7 +22,8 @@ def evaluate_model(model: torch.nn.Module, task: str, data: CocoData, cat_to_lab
                    device: str = "cpu", batch_size: int = 8, progress: bool = True, desc: str = "evaluate",
                    sigmas: Sequence[float] | None = None) -> dict[str, float]:
     """COCO stats (AP, AP50, ...) of ``model`` on ``data`` (keypoints: scored with OKS ``sigmas``)."""
-    dataset = CocoDataset(data, Compose([to_float]), options, cat_to_label)
+    # Whole, whatever their size (README): no pixel limit, no reduced decode.
+    dataset = CocoDataset(data, Compose([to_float]), options, cat_to_label, max_pixels=None)
     results = predict(model, dataset, batch_size=batch_size, predict_fn=predict_fn, device=device,
                       progress=progress, desc=desc)
     # A set with some of the model's categories (README allows it) is scored on those alone, as COCO's

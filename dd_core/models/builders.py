@@ -8,7 +8,7 @@ channels, a 4x64 keypoint head, a small box head and anchors for 128-px images.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -31,10 +31,11 @@ def _norm_layer(kind: str, eps: float) -> Callable[[int], nn.Module]:
     return functools.partial(misc_ops.FrozenBatchNorm2d, eps=eps) if kind == "frozen" else nn.BatchNorm2d
 
 
-def load_backbone_weights(body: nn.Module, source: str) -> None:
+def load_backbone_weights(body: nn.Module, source: str, options: Mapping[str, Any] | None = None) -> None:
     """Load ImageNet classification weights (a torchvision ResNet state dict, its ``fc`` left out):
-    a torchvision weights name (``ResNet50_Weights.IMAGENET1K_V1``), a URL or a path."""
-    state = fetch_state_dict(source, "model.backbone_weights")
+    a torchvision weights name (``ResNet50_Weights.IMAGENET1K_V1``), a URL or a path (``options``:
+    fsspec's, for an ``s3://`` URL)."""
+    state = fetch_state_dict(source, "model.backbone_weights", options)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     try:
         missing, unexpected = body.load_state_dict(state, strict=False)
@@ -57,13 +58,13 @@ def freeze_backbone_layers(body: nn.Module, trainable: int) -> None:
             param.requires_grad_(False)
 
 
-def _backbone(spec: ModelSpec, preset: Preset) -> BackboneWithFPN:
+def _backbone(spec: ModelSpec, preset: Preset, options: Mapping[str, Any] | None) -> BackboneWithFPN:
     norm = spec.resolved_norm
     block = resnet.BasicBlock if preset.block == "basic" else resnet.Bottleneck
     body = resnet.ResNet(block, list(preset.depth), groups=preset.groups,
                          width_per_group=preset.width_per_group, norm_layer=_norm_layer(norm, spec.resolved_norm_eps))
     if spec.backbone_weights:
-        load_backbone_weights(body, spec.backbone_weights)
+        load_backbone_weights(body, spec.backbone_weights, options)
     freeze_backbone_layers(body, spec.resolved_trainable_layers)
     c = 64 * block.expansion
     return BackboneWithFPN(
@@ -74,11 +75,12 @@ def _backbone(spec: ModelSpec, preset: Preset) -> BackboneWithFPN:
     )
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
+def build_model(spec: ModelSpec, options: Mapping[str, Any] | None = None) -> nn.Module:
     """A torchvision Keypoint R-CNN or Faster R-CNN as described by ``spec``, started from its
-    ``backbone_weights`` or ``weights`` (:mod:`dd_core.models.weights`) if it names any."""
+    ``backbone_weights`` or ``weights`` (:mod:`dd_core.models.weights`) if it names any (read with
+    ``options``, fsspec's storage options, where they are an ``s3://`` URL)."""
     preset = PRESETS[spec.preset]
-    backbone = _backbone(spec, preset)
+    backbone = _backbone(spec, preset, options)
     ch = preset.fpn_channels
     anchors = AnchorGenerator(tuple((s,) for s in preset.anchor_sizes), ((0.5, 1.0, 2.0),) * len(preset.anchor_sizes))
     test_size = spec.test_size or preset.test_size
@@ -111,5 +113,5 @@ def build_model(spec: ModelSpec) -> nn.Module:
     else:
         model = FasterRCNN(backbone, **common)
     if spec.weights:  # as torchvision: the frozen stages and norm are set above, then every weight loaded
-        load_detector_weights(model, fetch_state_dict(spec.weights), spec.weights)
+        load_detector_weights(model, fetch_state_dict(spec.weights, "model.weights", options), spec.weights)
     return model

@@ -7,14 +7,14 @@ name fits a preset is decided without downloading: torchvision's model and ours 
 meta device (shapes, no memory) and their state-dict shapes compared. A detector's heads whose shape
 depends on the data set (categories, keypoints) are made anew; every other tensor must fit.
 
-Named weights are fetched by ``Weights.get_state_dict`` (torch.hub: ``$TORCH_HOME/hub/checkpoints/``,
-hash check on download, progress bar). A file already there under its published name is read
+Named weights are fetched as ``Weights.get_state_dict`` fetches them (torch.hub's cache,
+``$TORCH_HOME/hub/checkpoints/``; hash check on download; progress bar), by :func:`download_file`,
+which unlike torch.hub gives up on a server that stops answering. A file already there under its published name is read
 without downloading; with ``OMNIDISTILL_OFFLINE=1`` nothing is downloaded at all.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -23,12 +23,14 @@ import logging
 import os
 import pickle
 import re
-import socket
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+import urllib.request
+import uuid
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from dd_core.models.spec import ModelSpec
@@ -285,17 +287,31 @@ def download_timeout() -> float:
     return seconds
 
 
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """torch.hub opens its connection without a timeout: a server that accepts and never answers (or a
-    firewall that drops packets) would hold the input check forever. Sockets opened meanwhile give up
-    after ``seconds`` without a byte (the process-wide default, restored after)."""
-    before = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
+def download_file(url: str, path: str, timeout: float, hash_prefix: str | None = None) -> None:
+    """torch.hub's ``download_url_to_file``, with ``timeout`` (seconds without a byte) on this
+    connection alone: torch.hub opens its connection without one, and a server that accepts and never
+    answers would hold the input check forever. Written to a temporary file beside ``path`` and moved
+    into place only when whole and, with ``hash_prefix``, when its sha256 starts with it (as torch.hub
+    checks the published file names' hashes)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    partial = f"{path}.{uuid.uuid4().hex}.partial"
+    digest = hashlib.sha256()
+    log.info("downloading %s to %s", url, path)
     try:
-        yield
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "torch.hub"}),
+                                    timeout=timeout) as response, open(partial, "wb") as f, \
+                tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
+                     unit_divisor=1024) as bar:
+            for block in iter(lambda: response.read(1 << 16), b""):
+                f.write(block)
+                digest.update(block)
+                bar.update(len(block))
+        if hash_prefix and not digest.hexdigest().startswith(hash_prefix):
+            raise RuntimeError(f'invalid hash value (expected "{hash_prefix}", got "{digest.hexdigest()}")')
+        os.replace(partial, path)
     finally:
-        socket.setdefaulttimeout(before)
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
 # What torch.load raises on a file that is not a state dict it may load: truncated or random bytes
@@ -314,16 +330,19 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {reasons[0].split('. Please use')[0][:200]}" if reasons else type(exc).__name__
 
 
-def _from_hub(url: str, what: str, field: str, load: Any) -> dict[str, torch.Tensor]:
-    """torch.hub's cached file of ``url``, downloaded first if missing (unless offline)."""
+def _from_hub(url: str, what: str, field: str, check_hash: bool) -> dict[str, torch.Tensor]:
+    """torch.hub's cached file of ``url``, downloaded first if missing (unless offline); with
+    ``check_hash`` the download's sha256 must start with the hex digits of its file name."""
     path = cached_file(url)
     place = f"without network, download {url} elsewhere and place it at {path} ($TORCH_HOME/hub/checkpoints/)"
     if not os.path.exists(path) and os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
         raise WeightsError(f"{field}: {what} is not in torch's cache and {OFFLINE_ENV} is set; {place}")
     timeout = download_timeout()
     try:
-        with _socket_timeout(timeout):
-            return load()
+        if not os.path.exists(path):
+            match = torch.hub.HASH_REGEX.search(os.path.basename(path)) if check_hash else None
+            download_file(url, path, timeout, match.group(1) if match else None)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:  # urllib's URLError, HTTPError, timeouts
         reason = getattr(exc, "reason", exc)
         if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
@@ -340,12 +359,9 @@ def fetch_state_dict(text: str, field: str = "model.weights", options: Mapping[s
     a path / ``s3://`` URL of a state dict (a checkpoint's ``model`` is taken)."""
     if is_weights_name(text):
         weights = torchvision_weights(text, field)
-        state = _from_hub(weights.url, f"{text} ({weights.url})", field,
-                          lambda: weights.get_state_dict(progress=True, check_hash=True, map_location="cpu",
-                                                         weights_only=True))
+        state = _from_hub(weights.url, f"{text} ({weights.url})", field, check_hash=True)
     elif text.startswith(("http://", "https://")):
-        state = _from_hub(text, text, field, lambda: torch.hub.load_state_dict_from_url(
-            text, map_location="cpu", progress=True, weights_only=True))
+        state = _from_hub(text, text, field, check_hash=False)
     else:
         state = _read_state(text, field, options)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
@@ -392,6 +408,47 @@ def load_detector_weights(model: nn.Module, state: Mapping[str, torch.Tensor], s
     return remade
 
 
+class FileChecks:
+    """What the input check found in a weights file at hand, by (what was checked, path, size, mtime_ns): a run is checked
+    twice (by the command line, then in the flow), and reading a detector's file takes seconds. A file
+    rewritten is read again; a check that fails is not kept."""
+
+    def __init__(self, maxsize: int = 16):
+        self.maxsize = maxsize
+        self.results: dict[tuple[str, str, int, int], Any] = {}
+        self.reads = 0  # checks run (files read), for those who want to know
+
+    @staticmethod
+    def _key(what: str, path: str) -> tuple[str, str, int, int] | None:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        return what, os.path.abspath(path), stat.st_size, stat.st_mtime_ns
+
+    def get(self, what: str, path: str, check: Callable[[], Any]) -> Any:
+        """``check()``'s result (``what`` it checks) for the file at ``path`` as it is now, run only if not kept."""
+        key = self._key(what, path)
+        if key is not None and key in self.results:
+            return self.results[key]
+        self.reads += 1
+        result = check()
+        key = key or self._key(what, path)  # downloaded by the check
+        if key is not None:
+            if len(self.results) >= self.maxsize:
+                self.results.pop(next(iter(self.results)))
+            self.results[key] = result
+        return result
+
+    def clear(self) -> None:
+        self.results.clear()
+        self.reads = 0
+
+
+CHECKED_FILES = FileChecks()
+"""This process's :class:`FileChecks` of :func:`check_start_weights`."""
+
+
 def check_start_weights(spec: "ModelSpec", options: Mapping[str, Any] | None = None) -> list[str]:
     """Before a run: the weights ``spec`` starts from fit it and are at hand (downloaded into torch's
     cache now, not in a training task); the detector heads that will be made anew.
@@ -401,18 +458,32 @@ def check_start_weights(spec: "ModelSpec", options: Mapping[str, Any] | None = N
     truncated, damaged or other model's file under the published name fails here, not in a training
     task. A URL or path is read and its shapes checked.
     """
+    if not spec.backbone_weights and not spec.weights:  # random weights: nothing to check (no model built)
+        return []
     check_fits(spec)  # the names, before anything is downloaded
     shapes: dict[str, Shapes] = {}
     for field, role, text in (("model.backbone_weights", "backbone", spec.backbone_weights),
                               ("model.weights", "detector", spec.weights)):
         if text and is_weights_name(text):
-            check_published_file(text, field, fetch_state_dict(text, field))
+            CHECKED_FILES.get(f"{field} {text}", cached_file(torchvision_weights(text, field).url),
+                              functools.partial(_check_named, text, field))
         elif text:
-            state = fetch_state_dict(text, field, options)
-            if role == "backbone":
-                state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            shapes[role] = state_shapes(state)
+            read = functools.partial(_shapes_of, text, field, options, role)
+            local = "://" not in text or text.startswith(("file://", "http://", "https://"))
+            path = cached_file(text) if text.startswith(("http://", "https://")) else text.removeprefix("file://")
+            shapes[role] = CHECKED_FILES.get(f"{role} shapes", path, read) if local else read()
     return check_fits(spec, **shapes)
+
+
+def _check_named(name: str, field: str) -> None:
+    check_published_file(name, field, fetch_state_dict(name, field))
+
+
+def _shapes_of(text: str, field: str, options: Mapping[str, Any] | None, role: str) -> Shapes:
+    state = fetch_state_dict(text, field, options)
+    if role == "backbone":
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    return state_shapes(state)
 
 
 def check_published_file(name: str, field: str, state: Mapping[str, torch.Tensor]) -> None:

@@ -24,10 +24,8 @@ from typing import Any
 from fsspec.implementations.local import LocalFileSystem
 
 from dd_core.pseudo.pipeline import SelectionOutputs
+from dd_core.pseudo.select import PSEUDO_LABEL_MARK
 from dd_core.storage import filesystem, join
-
-PSEUDO_LABEL_MARK = "omnidistill pseudo-labels"
-"""The ``info.description`` of every pseudo-label json (:func:`dd_core.pseudo.select.apply_selection`)."""
 
 _MARKED = re.compile(rb'\A\s*\{\s*"info"\s*:\s*\{\s*"description"\s*:\s*"' + re.escape(PSEUDO_LABEL_MARK.encode())
                      + rb'"\s*[,}]')

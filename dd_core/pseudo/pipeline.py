@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dd_core.data.filtering import TrainingImageFilter
-from dd_core.data.unlabeled import list_unlabeled, write_plan
+from dd_core.data.unlabeled import list_unlabeled, planned_pool, write_plan
 from dd_core.pseudo.manifest import remove_unplanned_shards
 from dd_core.pseudo.select import (
     Predictions,
@@ -63,7 +63,8 @@ def plan(images: str, plan_url: str, shard_size: int, *, root: str | None = None
     shard that this plan removes or rewrites. ``exclude``: folders never listed as input (a run's
     storage root's ``runs`` folder; see :func:`~dd_core.data.unlabeled.list_unlabeled`).
     """
-    unlabeled = list_unlabeled(images, root, options, limit, exclude)
+    # A run resumed plans the images it planned (a folder planned before GIFs were images: without them).
+    unlabeled = planned_pool(list_unlabeled(images, root, options, limit, exclude), shard_size, plan_url, options)
     remove(join(parent(plan_url), MANIFEST), options)
     written = write_plan(unlabeled, shard_size, plan_url, options)
     remove_unplanned_shards(parent(plan_url), written.num_shards, options)

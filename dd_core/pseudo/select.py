@@ -34,6 +34,10 @@ class Predictions:
     rejected: list[dict[str, Any]] = field(default_factory=list)
 
 
+PSEUDO_LABEL_MARK = "omnidistill pseudo-labels"
+"""The ``info.description`` of every pseudo-label json (:func:`apply_selection`): ``label`` replaces
+an existing json only if it bears it (:mod:`dd_core.pseudo.outputs`)."""
+
 # Shards read at once by the selection: 2,000 of them one after another took 22 s on S3 (moto).
 SHARD_READERS = 8
 
@@ -196,7 +200,7 @@ def apply_selection(predictions: Predictions, categories: list[dict[str, Any]], 
                 for n in range(len(idx))]
     images = [{"id": im["id"], "file_name": im["file_name"], "width": im["width"], "height": im["height"]}
               for im in predictions.images]
-    return {"info": {"description": "omnidistill pseudo-labels"}, "images": images, "annotations": anns,
+    return {"info": {"description": PSEUDO_LABEL_MARK}, "images": images, "annotations": anns,
             "categories": list(categories)}
 
 

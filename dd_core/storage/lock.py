@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import socket
 import threading
 import time
 import uuid
@@ -71,7 +72,7 @@ def _process_gone(lock: Mapping[str, Any]) -> bool:
     host, boot and PID namespace). Our own pid is alive only for a lock of this very process
     (``process`` is :data:`PROCESS`): a container restarted with the same host name starts with the
     pid of the run it replaced, and that run is gone."""
-    if not same_process_space(lock):
+    if not (same_process_space(lock) or _earlier_version_here(lock)):
         return False
     pid = _number(lock.get("pid"))
     if pid is None or pid != int(pid) or pid < 1:  # not a pid: never a process of ours
@@ -79,6 +80,14 @@ def _process_gone(lock: Mapping[str, Any]) -> bool:
     if int(pid) == os.getpid():
         return lock.get("process") not in (None, PROCESS)  # None: a lock written before locks named their process
     return not pid_runs(int(pid))
+
+
+def _earlier_version_here(lock: Mapping[str, Any]) -> bool:
+    """A record of a version before records named their boot and PID namespace (neither field is
+    there, not even as null), written on a host of our name. Such a record can only come from a
+    process of that version, which asked ``os.kill`` about the pids of its host name too: its pid is
+    trusted as it was then, so a killed run of that version can be restarted at once after an upgrade."""
+    return "boot" not in lock and "pid_ns" not in lock and lock.get("host") == socket.gethostname()
 
 
 def _number(value: Any) -> float | None:

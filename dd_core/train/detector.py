@@ -143,7 +143,7 @@ def train_detector(spec: ModelSpec, labeled: CocoData, cfg: TrainConfig, checkpo
     :func:`dd_core.train.loop.train`.
     """
     torch.manual_seed(cfg.seed)
-    model = build_model(spec)
+    model = build_model(spec, options)
     if init_state is not None:
         model.load_state_dict(init_state)
     labeled_set, pseudo_set, counts = _sets_to_train_on(labeled, pseudo, image_filter)

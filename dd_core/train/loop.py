@@ -21,6 +21,7 @@ from dd_core.data.dataset import collate
 from dd_core.data.sampler import GroupedBatchSampler, RankBatchSampler
 from dd_core.data.transforms import Target
 from dd_core.stopping import check_stop
+from dd_core.storage import exists
 from dd_core.train.checkpoint import checkpoint_url, prune_checkpoints, save_checkpoint
 from dd_core.train.distributed import DistributedContext, barrier, data_parallel, rank_seed, sync_batchnorm
 from dd_core.train.progress import Progress, ProgressHook
@@ -322,6 +323,10 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, *, checkpo
     checkpointer = Checkpointer(checkpoint_dir, cfg.keep_checkpoints, dict(meta or {}), world, options,
                                 hooks.on_checkpoint)
     if cfg.iterations == 0:  # nothing to train: the model as started (a published detector) is the result
+        if checkpoint_dir and exists(checkpoint_url(checkpoint_dir, 0), options):
+            # A resume found it: rewriting it would change its bytes, and with them the fingerprint
+            # that names every shard labeled by it.
+            return TrainResult(0, checkpoint_url(checkpoint_dir, 0), 0.0, {})
         return TrainResult(0, checkpointer.write(0, model, optimization), 0.0, {})
     if start >= cfg.iterations:
         return TrainResult(start, checkpoint_url(checkpoint_dir, start) if checkpoint_dir else None, 0.0, {})

@@ -98,15 +98,16 @@ def agreement(reference: list[dict[str, Tensor]], other: list[dict[str, Tensor]]
         if n == 0:
             continue
         compared += n
-        overlap = box_iou(ref["boxes"][keep], oth["boxes"]) if len(oth["boxes"]) else torch.zeros(n, 0)
-        if overlap.shape[1]:
-            overlap = overlap * (ref["labels"][keep][:, None] == oth["labels"][None, :])
-        best, j = overlap.max(1) if overlap.shape[1] else (torch.zeros(n), torch.zeros(n, dtype=torch.long))
+        if len(oth["boxes"]) == 0:  # the other side found nothing: no instance matched
+            continue
+        overlap = box_iou(ref["boxes"][keep], oth["boxes"])
+        overlap = overlap * (ref["labels"][keep][:, None] == oth["labels"][None, :])
+        best, j = overlap.max(1)
         hit = best >= iou
         matched += int(hit.sum())
         if "keypoints" not in ref:
             continue
-        dist = (ref["keypoints"][keep][..., :2] - oth["keypoints"][j][..., :2]).norm(dim=-1)[hit]
+        dist = (ref["keypoints"][keep][hit][..., :2] - oth["keypoints"][j[hit]][..., :2]).norm(dim=-1)
         agreed += int((dist <= pixels).all(1).sum())
         near, counted = near + int((dist <= pixels).sum()), counted + dist.numel()
         worst = max(worst, float(dist.max())) if dist.numel() else worst

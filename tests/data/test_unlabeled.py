@@ -270,3 +270,25 @@ def test_a_run_planned_on_one_pool_refuses_another_naming_what_changed(tmp_path)
     with pytest.raises(PoolChanged, match=r"the pool now lists 2 \('a.png' is gone\)"):
         check_planned_pool(list_unlabeled(str(tmp_path / "pool")), 2, plan, "x")
     assert (tmp_path / "_plan.json").read_bytes() == before  # nothing written
+
+
+def test_a_run_planned_before_gifs_were_images_resumes_on_its_folder_holding_gifs(tmp_path):
+    """.gif joined the image suffixes on 2026-12-06: a folder planned before was listed without its
+    GIFs, and nothing changed when the listing now finds them."""
+    from dd_core.data.unlabeled import PoolChanged, check_planned_pool, planned_pool
+
+    plan = str(tmp_path / "_plan.json")
+    planned = _planned(tmp_path, ["a.png", "c.png", "d.png"])
+    _touch_images(tmp_path / "pool", ["b.gif", "e.GIF"])  # there before; listed only now
+    now = list_unlabeled(str(tmp_path / "pool"))
+    assert [im.file_name for im in now.images] == ["a.png", "b.gif", "c.png", "d.png", "e.GIF"]
+    check_planned_pool(now, 2, plan, "x")
+    assert planned_pool(now, 2, plan) == planned  # the plan's images, with the plan's ids
+    _touch_images(tmp_path / "pool", ["f.png"])  # a new image besides: changed
+    with pytest.raises(PoolChanged, match=r"the pool now lists 6 \('b.gif' is new\)"):
+        check_planned_pool(list_unlabeled(str(tmp_path / "pool")), 2, plan, "x")
+    # A plan that names a GIF was listed with them: another GIF is a new image.
+    write_plan(list_unlabeled(str(tmp_path / "pool")), 2, plan)
+    _touch_images(tmp_path / "pool", ["g.gif"])
+    with pytest.raises(PoolChanged, match=r"the pool now lists 7 \('g.gif' is new\)"):
+        check_planned_pool(list_unlabeled(str(tmp_path / "pool")), 2, plan, "x")

@@ -11,15 +11,18 @@ connection error (a flaky bucket), in the flow run's process, through the ``site
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -98,11 +101,13 @@ def scheduling_server(request, tmp_path_factory):
 
 
 def _deployment_file(folder: Path, config: dict) -> Path:
-    """deployments/prefect.yaml with only ``distill-cpu``, its config replaced, on an interval schedule."""
+    """deployments/prefect.yaml with only ``distill-cpu``, its config replaced, on an interval schedule
+    and with one run at a time (as the README advises for a scheduled deployment)."""
     project = yaml.safe_load((ROOT / "deployments/prefect.yaml").read_text())
     [deployment] = [d for d in project["deployments"] if d["name"] == "distill-cpu"]
     deployment["parameters"] = {"config": config}
     deployment["schedules"] = [{"interval": EVERY}]
+    deployment["concurrency_limit"] = 1
     project["deployments"] = [deployment]
     path = folder / "prefect.yaml"
     path.write_text(yaml.safe_dump(project, sort_keys=False))
@@ -135,6 +140,40 @@ def _wait(client, deployment_id, until, worker: subprocess.Popen, worker_log: Pa
                        f"{[(r.name, r.state_name, str(r.expected_start_time)) for r in runs]}")
 
 
+def _delete_untaken(client, runs) -> None:
+    """Deletes the runs that no worker has taken (Scheduled, Late, AwaitingConcurrencySlot: type SCHEDULED)."""
+    from prefect.client.schemas.objects import StateType
+
+    for run in runs:
+        if run.state_type == StateType.SCHEDULED:
+            client.delete_flow_run(run.id)
+
+
+def _stop(worker: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Stops the worker and every process under it: its process group (started with
+    ``start_new_session``) and the flow run's process, which Prefect starts in a session of its own."""
+    try:
+        children = psutil.Process(worker.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.pid, signal.SIGTERM)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    try:
+        worker.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=timeout)
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+
+
 def _shard_task_runs(flow_run_id, expected: int, timeout: float = 20.0):
     """The ``infer shard-*`` task runs under the labeling subflow of ``flow_run_id``, once ``expected``
     of them are Completed (the server writes task-run states in batches, every 5 s)."""
@@ -163,6 +202,7 @@ def _problems_in(log: str) -> list[str]:
 def test_a_schedule_creates_a_run_that_a_process_worker_completes(scheduling_server, tmp_path):
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.objects import StateType
     from prefect.workers.process import ProcessWorker
 
     ui, server_log = scheduling_server
@@ -184,35 +224,44 @@ def test_a_schedule_creates_a_run_that_a_process_worker_completes(scheduling_ser
                                                base_job_template=ProcessWorker.get_default_base_job_template()),
                                 overwrite=True)
     worker_log = tmp_path / "worker.log"
-    with open(worker_log, "wb") as out:
+    with open(worker_log, "wb") as out:  # --limit 1: runs that come due meanwhile wait (Late), untaken
         worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type",
-                                   "process"], cwd=tmp_path, env=worker_env, stdout=out, stderr=subprocess.STDOUT)
+                                   "process", "--limit", "1"], cwd=tmp_path, env=worker_env, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
         prefect_file = _deployment_file(tmp_path, config.model_dump(mode="json"))
         _prefect("--no-prompt", "deploy", "--prefect-file", str(prefect_file), "--name", "distill-cpu", env=env)
         with get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name("data-distillation/distill-cpu")
+            assert deployment.global_concurrency_limit.limit == 1  # prefect.yaml's concurrency_limit
             [schedule] = deployment.schedules
-            # The scheduler made the next runs; once the worker took the first, the schedule is paused
-            # (as `prefect deployment schedule pause` does), which deletes the runs not yet due.
-            before = _wait(client, deployment.id, lambda runs: runs and runs[0].state_name != "Scheduled", worker,
-                           worker_log, "the worker starts the schedule's first run", timeout=EVERY + 60)
+            # The scheduler made the next runs; once the worker took the first (Pending or later; a
+            # Late run is still of type SCHEDULED), the schedule is paused, as `prefect deployment
+            # schedule pause` does. A scheduler pass that read the schedule before the pause may still
+            # insert runs: every untaken run is deleted while the first one runs, and once more after
+            # the worker is stopped, so none can start after it.
+            taken = _wait(client, deployment.id, lambda runs: any(r.state_type != StateType.SCHEDULED for r in runs),
+                          worker, worker_log, "the worker takes the schedule's first run", timeout=EVERY + 60)
+            [first] = [r for r in taken if r.state_type != StateType.SCHEDULED]
             client.update_deployment_schedule(deployment.id, schedule.id, active=False)
-            time.sleep(3)  # a scheduler tick (every 2 s) that read the schedule before the pause has ended
-            after = _runs(client, deployment.id)
-            assert {r.id for r in before[1:]}.isdisjoint(r.id for r in after)
-            for late_insert in after[1:]:  # inserted by that tick after the pause (a race in Prefect's scheduler)
-                assert late_insert.state_name == "Scheduled", late_insert
-                client.delete_flow_run(late_insert.id)
-            runs = _wait(client, deployment.id, lambda runs: runs[0].state.is_final(), worker, worker_log,
-                         "the first run ends", timeout=300)
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
 
-    assert len(runs) == 1, [(r.name, r.state_name) for r in runs]
-    [run] = runs
+            def first_ended(runs):
+                _delete_untaken(client, runs)
+                return any(r.id == first.id and r.state.is_final() for r in runs)
+
+            _wait(client, deployment.id, first_ended, worker, worker_log, "the first run ends", timeout=300)
+    finally:
+        _stop(worker)
+    with get_client(sync_client=True) as client:
+        _delete_untaken(client, _runs(client, deployment.id))
+        runs = _runs(client, deployment.id)
+        run = client.read_flow_run(first.id)
+
     assert run.state_name == "Completed", f"{run.state}: {worker_log.read_text()[-4000:]}"
+    # Exactly one run of the schedule completed: the first (a run the worker might take between the
+    # first's end and its own stop cannot have completed).
+    assert [r.id for r in runs if r.state_type == StateType.COMPLETED] == [run.id], [
+        (r.name, r.state_name) for r in runs]
     assert run.auto_scheduled  # made by the server's scheduler
     assert run.name == f"flow-{run.id}"
     outputs = tmp_path / "store/runs" / f"flow-{run.id}"

@@ -47,3 +47,26 @@ def test_a_set_without_categories_is_refused_before_inference(tmp_path):
         evaluate_checkpoint(ckpt, data, progress=False)
     assert str(refused.value) == (f"{path}: field 'categories' is empty; expected some of those of the checkpoint "
                                   f"{ckpt} ([1, 4])")
+
+
+def test_evaluation_decodes_a_val_image_whole_whatever_its_pixel_count(tmp_path):
+    """The pixel limit is the unlabeled pool's and training's: evaluation decodes val images whole
+    (README). A val PNG whose header says 13000 x 12000 (156,000,000 pixels) is decoded, here to find
+    it truncated, rather than refused by its size."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    coco = write_tiny_coco(tmp_path / "val", num_images=2, task="detection")
+    ckpt = _two_category_checkpoint(tmp_path / "m.pth", coco)
+    big = coco["images"][0]["file_name"]
+    (tmp_path / "val" / "images" / big).write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 13000, 12000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    data = load_coco(str(tmp_path / "val" / "annotations.json"), str(tmp_path / "val" / "images"))
+    with pytest.warns(Warning, match="decompression bomb"), \
+            pytest.raises(ValueError, match=rf"images/{big} \(.*annotations.json: images\[0\], id 1\): not a readable "
+                                             r"image \(image file is truncated"):
+        evaluate_checkpoint(ckpt, data, progress=False)  # before: "156,000,000 pixels, more than the 150,000,000"

@@ -63,3 +63,21 @@ def test_mismatched_backbone_weights_are_refused(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="bad.pth: backbone weights do not match"):
         load_backbone_weights(build_model(ModelSpec(preset="slim")).backbone.body, str(tmp_path / "bad.pth"))
+
+
+def test_weights_and_backbone_weights_at_an_s3_url_are_read_with_the_storage_options(s3):
+    """The input check reads weights with storage.options; so must training's build_model."""
+    import fsspec
+
+    bucket, options = s3
+    torch.manual_seed(0)
+    classifier = resnet18(weights=None)
+    detector = build_model(ModelSpec(preset="slim", norm="frozen"))  # as a model started from weights
+    for name, state in (("resnet18.pth", classifier.state_dict()), ("w.pth", detector.state_dict())):
+        with fsspec.open(f"{bucket}/{name}", "wb", **options) as f:
+            torch.save(state, f)
+    body = build_model(ModelSpec(preset="slim", backbone_weights=f"{bucket}/resnet18.pth"), options=options).backbone.body
+    assert torch.equal(body.layer3[0].conv1.weight, classifier.layer3[0].conv1.weight)
+    loaded = build_model(ModelSpec(preset="slim", weights=f"{bucket}/w.pth"), options=options).state_dict()
+    assert loaded.keys() == detector.state_dict().keys()
+    assert all(torch.equal(value, loaded[key]) for key, value in detector.state_dict().items())

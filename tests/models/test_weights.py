@@ -207,6 +207,9 @@ def test_a_server_that_accepts_and_never_answers_is_one_line_after_the_timeout(t
     start = time.monotonic()
     worker = threading.Thread(target=fetch, daemon=True)
     worker.start()
+    while not accepted and time.monotonic() - start < 5:
+        time.sleep(0.01)
+    assert worker.is_alive() and socket.getdefaulttimeout() is None  # the timeout is the download's alone
     worker.join(timeout=20)
     server.close()
     assert not worker.is_alive(), "the download still waits on a server that never answers"
@@ -304,3 +307,77 @@ def test_a_published_file_under_another_name_is_known_by_its_size_and_hash(tmp_p
     assert not is_published_file(str(tmp_path / "missing.pth"), {f"model-{prefix}.pth": (prefix, 1.0)})
     # Our random stand-in is not the published file: automatic eps stays torchvision's 1e-5.
     assert ModelSpec(weights=str(copy)).resolved_norm_eps == 1e-5
+
+
+def test_a_download_lands_whole_in_torch_s_cache_and_a_wrong_hash_leaves_nothing(tmp_path, monkeypatch):
+    """Served from loopback, as torch.hub would fetch it: the file under its name in the cache, then read from there."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    from dd_core.models.weights import download_file
+
+    served = tmp_path / "served"
+    served.mkdir()
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    torch.save(state, served / "tiny.pth")
+    digest = hashlib.sha256((served / "tiny.pth").read_bytes()).hexdigest()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/tiny.pth"
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+        monkeypatch.delenv(OFFLINE_ENV, raising=False)
+        assert torch.equal(fetch_state_dict(url, "model.weights")["w"], state["w"])
+        assert (tmp_path / "home/hub/checkpoints/tiny.pth").read_bytes() == (served / "tiny.pth").read_bytes()
+        download_file(url, str(tmp_path / "ok/tiny.pth"), 5.0, digest[:8])
+        assert (tmp_path / "ok/tiny.pth").exists()
+        with pytest.raises(RuntimeError, match=f'invalid hash value \\(expected "00000000", got "{digest}"\\)'):
+            download_file(url, str(tmp_path / "bad/tiny.pth"), 5.0, "00000000")
+        assert list((tmp_path / "bad").iterdir()) == []  # neither the file nor its partial download
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_input_check_reads_a_weights_file_once_until_it_changes(cache, tmp_path):
+    """`omnidistill run` checks its inputs twice (command line, then flow): the file is read once."""
+    import os
+
+    from dd_core.models.weights import CHECKED_FILES
+
+    CHECKED_FILES.clear()
+    path = tmp_path / "detector.pth"
+    path.write_bytes(open(cached_file(torchvision_weights(KEYPOINT_RCNN).url), "rb").read())
+    by_path = ModelSpec(preset="r50-fpn", num_keypoints=5, weights=str(path))
+    by_name = ModelSpec(preset="r50-fpn", weights=KEYPOINT_RCNN)
+    for _ in range(2):
+        assert check_start_weights(by_path) == ["roi_heads.keypoint_predictor"]
+        assert check_start_weights(by_name) == []
+    assert CHECKED_FILES.reads == 2 and len(CHECKED_FILES.results) == 2
+    with pytest.raises(WeightsError, match="does not fit model.preset slim"):  # the fit is checked every time
+        check_start_weights(ModelSpec(preset="slim", weights=str(path)))
+    assert CHECKED_FILES.reads == 2
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # rewritten: read again
+    assert check_start_weights(by_path) == ["roi_heads.keypoint_predictor"]
+    assert CHECKED_FILES.reads == 3
+
+
+def test_the_input_check_of_a_model_without_weights_builds_nothing():
+    from torch.overrides import TorchFunctionMode
+
+    class Calls(TorchFunctionMode):
+        count = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            Calls.count += 1
+            return func(*args, **(kwargs or {}))
+
+    with Calls():
+        torch.empty(1, device="meta")
+        assert Calls.count == 1  # the counter sees torch's calls
+        assert check_start_weights(ModelSpec(preset="r50-fpn")) == []
+    assert Calls.count == 1

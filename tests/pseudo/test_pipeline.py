@@ -109,3 +109,16 @@ def test_pseudo_labels_that_would_teach_the_student_nothing_fail_before_the_outp
     pseudo, _, _ = select(urls, coco["categories"], "keypoints", outputs, labeled=coco,
                           trained_with=TrainingImageFilter())
     assert len(pseudo["annotations"]) == 4
+
+
+def test_a_run_planned_before_gifs_were_images_plans_again_the_images_it_planned(tmp_path):
+    """A resume plans again: a folder planned without its GIFs (before they were images) keeps its
+    plan, digest and shards, rather than label the GIFs as new shards."""
+    _, _, unlabeled = setup_pile(tmp_path, n=3)
+    url = str(tmp_path / "inference" / "_plan.json")
+    first = plan(unlabeled.root, url, 2)
+    before = read_json(url)
+    write_bytes_atomic(f"{unlabeled.root}/0.gif", b"GIF89a")
+    again = plan(unlabeled.root, url, 2)
+    assert again == first and read_json(url) == before
+    assert not any(im["file_name"].endswith(".gif") for shard in before["shards"] for im in shard)

@@ -276,6 +276,29 @@ def test_a_pid_is_only_trusted_in_this_boot_and_pid_namespace(tmp_path):
     assert HERE["pid_ns"] == os.readlink("/proc/self/ns/pid")
 
 
+def test_a_lock_of_the_version_before_boot_and_pid_namespace_keeps_its_pid_check(tmp_path):
+    """Records of that version name only the host: a killed run of it is taken over at once after an
+    upgrade (not after stale_after), a live one is still refused."""
+    url = str(tmp_path / "_lock.json")
+    now = time.time()
+    old = {"owner": "old", "host": socket.gethostname(), "process": "an-old-process", "holder": "before",
+           "started": now, "heartbeat": now}
+    write_json_atomic(url, {**old, "pid": _dead_pid()})
+    with RunLock(url, holder="after"):
+        assert read_json(url)["holder"] == "after"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_json_atomic(url, {**old, "pid": sleeper.pid})
+        with pytest.raises(RunLockedError, match=r"live in another process \(before on"):
+            RunLock(url).__enter__()
+        assert not lock_is_live({**old, "pid": sleeper.pid, "host": "other-host"}, 300, age=301.0)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert lock_is_live({**old, "pid": sleeper.pid, "host": "other-host"}, 300)  # another host: its heartbeat decides
+    assert lock_is_live({**old, "pid": sleeper.pid, "boot": None, "pid_ns": None}, 300)  # a new record, not trusted
+
+
 # --- Hosts whose clocks are off: staleness is judged by the storage's clock ------------------------
 
 

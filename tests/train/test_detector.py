@@ -65,7 +65,30 @@ def test_every_labeled_image_left_out_is_a_clear_error(tmp_path):
     labeled = coco_from_dict(coco, "nokp.json", str(tmp_path / "tiny/images"))
     with pytest.raises(ValueError, match=r"nokp.json: every one of its 2 images is left out of training \(images with "
                                          r"fewer than 1 visible keypoint\(s\) on instances to train on left out; "
-                                         r"crowd regions and tiny boxes are not such instances\); keep them with "
-                                         r"training_images.keep_empty"):
+                                         r"crowd regions and tiny boxes are not such instances\): nothing in it "
+                                         r"teaches the model; label instances"):
         train_detector(spec_for("keypoints", labeled), labeled, TrainConfig(iterations=1, batch_size=2), None,
                        progress=False)
+
+
+def test_a_teacher_starts_from_weights_at_an_s3_url_read_with_the_job_s_options(tmp_path, s3):
+    """The input check reads model.weights with storage.options: training must too."""
+    import fsspec
+    import torch
+
+    from dd_core.models import build_model
+
+    bucket, options = s3
+    write_tiny_coco(tmp_path / "tiny", num_images=2)
+    labeled = load_coco(str(tmp_path / "tiny/annotations.json"), str(tmp_path / "tiny/images"))
+    spec = spec_for("keypoints", labeled, ModelOverrides(weights=f"{bucket}/w.pth", test_size=64, min_size=(64,),
+                                                         max_size=96))
+    torch.manual_seed(5)
+    published = build_model(spec.__class__(preset=spec.preset, norm="frozen")).state_dict()
+    with fsspec.open(f"{bucket}/w.pth", "wb", **options) as f:
+        torch.save(published, f)
+    started = {}
+    hooks = TrainHooks(on_step=lambda it, model, targets: started.update(model.backbone.body.state_dict()))
+    train_detector(spec, labeled, TrainConfig(iterations=1, batch_size=2, warmup_iters=0), None, options=options,
+                   progress=False, hooks=hooks)
+    assert torch.equal(started["conv1.weight"], published["backbone.body.conv1.weight"])  # frozen: as loaded

@@ -113,6 +113,21 @@ def test_on_checkpoint_is_called_with_each_written_checkpoint(tmp_path):
     assert calls == []  # no folder, no checkpoints
 
 
+def test_zero_iterations_writes_checkpoint_0_once_and_a_resume_leaves_it_as_it_is(tmp_path):
+    """Shards are named by a hash of the teacher checkpoint's bytes: rewriting it would relabel them all."""
+    d, calls = str(tmp_path / "ck"), []
+    hooks = TrainHooks(on_checkpoint=lambda iteration, url: calls.append(iteration))
+    cfg = TrainConfig(iterations=0, batch_size=2)
+    first = train(_Scale(), _IMAGES, cfg, checkpoint_dir=d, progress=False, hooks=hooks)
+    assert first.checkpoint == checkpoint_url(d, 0) and calls == [0]
+    before, data = os.stat(first.checkpoint), open(first.checkpoint, "rb").read()
+    again = train(_Scale(), _IMAGES, cfg, checkpoint_dir=d, progress=False, hooks=hooks)
+    after = os.stat(again.checkpoint)
+    assert again.checkpoint == first.checkpoint and calls == [0]  # not written again
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert open(again.checkpoint, "rb").read() == data
+
+
 def test_train_takes_its_options_by_keyword_only():
     with pytest.raises(TypeError, match="positional"):
         train(_Scale(), _IMAGES, TrainConfig(), None)

@@ -226,3 +226,28 @@ def test_bfloat16_pseudo_labels_agree_with_float32_on_a_trained_teacher(trained_
     assert measured["instances"] >= 8
     assert measured["boxes_matched"] >= 0.99
     assert measured["keypoints_within"] >= 0.95
+
+
+def _prediction(boxes, scores, keypoints):
+    n = len(boxes)
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(n, 4), "labels": torch.ones(n, dtype=torch.long),
+            "scores": torch.tensor(scores, dtype=torch.float32),
+            "keypoints": torch.tensor(keypoints, dtype=torch.float32).reshape(n, 2, 3)}
+
+
+def test_agreement_with_a_side_that_predicted_nothing_counts_every_instance_as_disagreeing():
+    from dd_core.tta.precision import agreement
+
+    point = [[5.0, 5.0, 1.0], [8.0, 8.0, 1.0]]
+    reference = [_prediction([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0.9, 0.8, 0.3], [point] * 3),
+                 _prediction([[0, 0, 10, 10]], [0.9], [point])]
+    nothing = _prediction([], [], [])
+    shifted = _prediction([[0, 0, 10, 10]], [0.7], [[[5.5, 5.0, 1.0], [8.0, 10.0, 1.0]]])  # 0.5 px and 2 px off
+    assert agreement(reference[:1], [nothing]) == {"instances": 2, "boxes_matched": 0.0, "instances_agree": 0.0,
+                                                   "keypoints_within": 1.0, "max_keypoint_distance": 0.0}
+    assert agreement(reference, [nothing, shifted]) == {"instances": 3, "boxes_matched": 1 / 3, "instances_agree": 0.0,
+                                                        "keypoints_within": 0.5, "max_keypoint_distance": 2.0}
+    assert agreement([nothing], [shifted]) == {"instances": 0, "boxes_matched": 1.0, "instances_agree": 1.0,
+                                               "keypoints_within": 1.0, "max_keypoint_distance": 0.0}
+    boxes_only = [{k: v for k, v in p.items() if k != "keypoints"} for p in (reference[0], nothing)]
+    assert agreement(boxes_only[:1], boxes_only[1:]) == {"instances": 2, "boxes_matched": 0.0}
