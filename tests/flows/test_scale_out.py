@@ -79,7 +79,7 @@ def test_deployment_runner_waits_on_every_group_at_once(prefect_harness):
 
 def test_missing_prefect_dask_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "prefect_dask", None)  # import prefect_dask -> ImportError
-    with pytest.raises(ImportError, match=r"pip install 'omnidistill\[dask\]'"):
+    with pytest.raises(ImportError, match=r"needs prefect-dask, which is not installed: pip install -c constraints.txt -e '\.\[dask\]'"):
         shard_task_runner(ShardsConfig(runner="dask"))
 
 
