@@ -6,7 +6,8 @@ from dd_core.train.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from dd_core.train.loop import TrainConfig, TrainResult, train
+from dd_core.train.loop import TrainResult, train
+from dd_core.train.settings import TrainConfig
 from dd_core.train.schedule import lr_factor
 
 __all__ = ["TrainConfig", "TrainResult", "load_checkpoint", "load_latest_checkpoint", "lr_factor",

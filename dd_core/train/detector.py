@@ -21,7 +21,8 @@ from dd_core.data.transforms import Compose, RandomHorizontalFlip, to_float, van
 from dd_core.models import ModelOverrides, ModelSpec, build_model
 from dd_core.models.presets import PRESETS
 from dd_core.train.distributed import DistributedContext
-from dd_core.train.loop import BatchSamplerFactory, TrainConfig, TrainHooks, TrainResult, train
+from dd_core.train.loop import BatchSamplerFactory, TrainHooks, TrainResult, train
+from dd_core.train.settings import TrainConfig
 
 log = logging.getLogger(__name__)
 

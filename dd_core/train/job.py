@@ -13,7 +13,8 @@ from dd_core.models import ModelOverrides
 from dd_core.train.checkpoint import load_checkpoint
 from dd_core.train.detector import spec_for, train_detector
 from dd_core.train.distributed import DistributedContext
-from dd_core.train.loop import TrainConfig, TrainHooks, TrainResult
+from dd_core.train.loop import TrainHooks, TrainResult
+from dd_core.train.settings import TrainConfig
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -124,7 +124,8 @@ def test_a_teacher_started_by_name_keeps_the_cached_tensors_in_its_frozen_layers
     from dd_core.data.coco import load_coco
     from dd_core.models import ModelOverrides
     from dd_core.train.detector import spec_for, train_detector
-    from dd_core.train.loop import TrainConfig, TrainHooks
+    from dd_core.train.loop import TrainHooks
+    from dd_core.train.settings import TrainConfig
 
     cached = torch.load(cached_file(torchvision_weights(RESNET18).url), weights_only=True)
     coco = load_coco(*tiny_coco)

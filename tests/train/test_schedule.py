@@ -43,7 +43,7 @@ def test_step_points_are_a_setting_detectron_s_s1x_at_100k_and_120k_of_130k():
 def test_the_run_config_carries_the_step_points_to_training():
     from dd_core.config import train_config
     from dd_core.config.schema import TrainStageConfig
-    from dd_core.train.loop import TrainConfig
+    from dd_core.train.settings import TrainConfig
 
     assert train_config(TrainStageConfig(lr_steps=[0.769, 0.923]), seed=0).lr_steps == (0.769, 0.923)
     assert train_config(TrainStageConfig(), seed=0).lr_steps is None  # the paper's 2/3 and 8/9
