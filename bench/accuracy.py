@@ -332,7 +332,7 @@ def teacher_tta(out: Path, iterations: int, seed: int, scales: list[int], labele
     from dd_core.data.synthetic import make_keypoints_dataset
     from dd_core.evaluate.checkpoint_eval import evaluate_checkpoint
     from dd_core.train import TrainConfig
-    from dd_core.train.detector import spec_for, train_detector
+    from dd_core.train.detector import TrainingInputs, spec_for, train_detector
 
     def data(folder: Path, n: int, data_seed: int, start_id: int):
         if not (folder / "annotations.json").exists():
@@ -342,10 +342,11 @@ def teacher_tta(out: Path, iterations: int, seed: int, scales: list[int], labele
     lab = data(out / "data" / "labeled", labeled, 1, 1)
     val_set = data(out / "data" / "val", val, 3, 200_001)
     cfg = TrainConfig(iterations=iterations, batch_size=8, lr=0.02, warmup_iters=100, checkpoint_every=200, seed=seed)
-    result = train_detector(spec_for("keypoints", lab), lab, cfg, str(out / f"teacher-{iterations}-s{seed}"))
+    result = train_detector(spec_for("keypoints", lab), TrainingInputs(lab), cfg,
+                            str(out / f"teacher-{iterations}-s{seed}"))
     return {"experiment": "teacher-tta", "iterations": iterations, "seed": seed, "labeled": labeled, "val": val,
             "transforms": f"scales {scales} x flip", "teacher": evaluate_checkpoint(result.checkpoint, val_set),
-            "teacher_tta": evaluate_checkpoint(result.checkpoint, val_set, MultiTransformSettings(tuple(scales)))}
+            "teacher_tta": evaluate_checkpoint(result.checkpoint, val_set, MultiTransformSettings(scales=scales))}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,7 +50,7 @@ def make_teacher(work: Path) -> str:
     import torch
 
     from dd_core.data.coco import load_coco
-    from dd_core.models import ModelOverrides, build_model
+    from dd_core.models import ModelConfig, build_model
     from dd_core.train.checkpoint import save_checkpoint
     from dd_core.train.detector import checkpoint_meta, spec_for
 
@@ -59,7 +59,7 @@ def make_teacher(work: Path) -> str:
                    check=True, capture_output=True)
     data = load_coco(str(work / "labeled" / "annotations.json"), str(work / "labeled" / "images"))
     torch.manual_seed(0)
-    spec = spec_for("detection", data, ModelOverrides())
+    spec = spec_for("detection", data, ModelConfig())
     model = build_model(spec)
     with torch.no_grad():
         model.roi_heads.box_predictor.cls_score.bias[1] = 4.0

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.big_image import write_png  # noqa: E402
 from dd_core.data.unlabeled import UnlabeledImage  # noqa: E402
-from dd_core.pseudo.reading import read_batches  # noqa: E402
+from dd_core.pseudo.reading import ImageReading, read_batches  # noqa: E402
 
 
 class Frame160:
@@ -52,7 +52,7 @@ def main() -> None:
     batches = [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     start = time.perf_counter()
-    for _, _, refused, _ in read_batches(batches, str(folder), None, "cpu", Frame160()):
+    for _, _, refused, _ in read_batches(batches, ImageReading(str(folder), None, Frame160()), "cpu"):
         assert not refused, refused
     grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**20
     print(f"batch_size {args.batch_size}, {args.num_images} images: peak RSS grew {grew:.2f} GB "

@@ -10,25 +10,44 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
-from dd_core.config import RunConfig, check_run_inputs, multi_transform_settings, train_job
+from dd_core import method
+from dd_core.config import RunConfig, check_run_inputs
 from dd_core.data.coco import load_coco
 from dd_core.device import resolve_device
 from dd_core.evaluate.checkpoint_eval import evaluate_checkpoint
-from dd_core.pseudo.fingerprint import checkpoint_fingerprint
-from dd_core.pseudo.infer import ShardJob, pseudo_label_planned_shard
-from dd_core.pseudo.manifest import write_manifest
-from dd_core.pseudo.pipeline import SelectionOutputs, plan, select
-from dd_core.pseudo.teacher import TeacherCache
+from dd_core.method import LabeledRound, Labeling, Stages, label_here
+from dd_core.pseudo.pipeline import SelectionOutputs, SelectionSummary, select_listed
 from dd_core.report import ap_bar_chart, pseudo_label_grid
-from dd_core.storage import write_bytes_atomic, write_json_atomic
+from dd_core.storage import read_json, write_bytes_atomic, write_json_atomic
 from dd_core.storage.layout import RunLayout
-from dd_core.train.job import run_job
+from dd_core.train.job import TrainJob, run_job
+
+
+class Laps:
+    """Seconds spent in each stage, by name, in the order the stages first ran."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.seconds = dict.fromkeys(names, 0.0)
+
+    def timed(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        return run
+
+    def rounded(self) -> dict[str, float]:
+        return {name: round(s, 1) for name, s in self.seconds.items()}
 
 
 def plain_distill(config: RunConfig, progress: bool = False, evaluate_teacher: bool = True) -> dict[str, Any]:
-    """Teacher -> evaluate -> label shards -> select -> student -> evaluate (-> upper bound).
+    """Teacher -> evaluate -> label shards -> select -> student -> evaluate (-> upper bound): the stages of
+    :func:`dd_core.method.distill`, as plain calls in this process.
 
     Returns ``{"metrics", "seconds", "selection", "checkpoints", "trained_on"}``; ``seconds`` times each
     stage, ``trained_on`` counts each training's images (per set: images, left out, trained on).
@@ -38,66 +57,55 @@ def plain_distill(config: RunConfig, progress: bool = False, evaluate_teacher: b
     check_run_inputs(config)
     labeled = load_coco(config.labeled.annotations, config.labeled.images, options)
     val = load_coco(config.val.annotations, config.val.images, options)
-    tta = multi_transform_settings(config)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        seconds[name] = round(time.perf_counter() - clock, 1)
-        clock = time.perf_counter()
-
+    tta = config.tta.for_task(config.task)
+    laps = Laps(["teacher", "evaluate teacher", "label unlabeled", "select", "student", "evaluate student"])
     trained_on: dict[str, Any] = {}
 
-    def train(stage, out_dir, data=None, pseudo=None, init=None) -> str:
-        job = train_job(config, checkpoint_dir=out_dir, stage=stage, labeled=data, pseudo_annotations=pseudo,
-                        pseudo_images=planned.root if pseudo else None, init_checkpoint=init)
+    def train(role: str, job: TrainJob) -> str:
         result = run_job(dataclasses.replace(job, device=device, progress=progress))
-        trained_on[str(out_dir).rstrip("/").rsplit("/", 1)[-1]] = result.images
+        trained_on[str(job.checkpoint_dir).rstrip("/").rsplit("/", 1)[-1]] = result.images
         return result.checkpoint
 
-    def evaluate(checkpoint: str, with_tta: bool) -> dict[str, float]:
+    def evaluate(name: str, checkpoint: str, with_tta: bool) -> dict[str, float]:
         return evaluate_checkpoint(checkpoint, val, tta if with_tta else None, options=options, device=device,
                                    progress=progress)
 
-    teacher = train(config.teacher, layout.teacher)
-    lap("teacher")
-    metrics = {"teacher": evaluate(teacher, False), "teacher_tta": evaluate(teacher, True)} if evaluate_teacher else {}
-    lap("evaluate teacher")
-    planned = plan(config.unlabeled.images, layout.plan, config.shards.size, root=config.unlabeled.root,
-                   limit=config.unlabeled.limit, options=options)
-    job = ShardJob(teacher, layout.plan, layout.inference, tta, checkpoint_fingerprint(teacher, tta, options),
-                   device, config.shards.batch_size)
-    teachers = TeacherCache()
-    shards = [pseudo_label_planned_shard(job, i, cache=teachers, device=device, options=options).to_dict()
-              for i in range(planned.num_shards)]
-    teachers.clear()  # as the flow does, before the student trains
-    write_manifest(layout.manifest, shards, job.fingerprint, options)
-    lap("label unlabeled")
-    pseudo, selection, _ = select([s["url"] for s in shards], labeled.categories, config.task,
-                                  SelectionOutputs.of_run(layout), labeled=labeled.to_dict(), options=options)
-    lap("select")
-    init = teacher if config.student.init == "teacher" else None
-    student = train(config.student_stage(), layout.student, pseudo=layout.pseudo_annotations, init=init)
-    lap("student")
-    metrics.update(student=evaluate(student, False), student_tta=evaluate(student, True))
-    lap("evaluate student")
-    checkpoints = {"teacher": teacher, "student": student}
-    if config.upper_bound:
-        stage = config.teacher.model_copy(update={"iterations": config.student_stage().iterations})
-        checkpoints["upper_bound"] = train(stage, layout.upper_bound, data=config.upper_bound)
-        metrics["upper_bound"] = evaluate(checkpoints["upper_bound"], False)
-        lap("upper bound")
-    write_json_atomic(layout.metrics, metrics, options, indent=1)
-    _write_report(layout, config.task, metrics, pseudo, planned.root, options)
-    lap("report")
-    return {"metrics": metrics, "seconds": seconds, "checkpoints": checkpoints, "trained_on": trained_on,
+    def label(teacher: str, round_layout: RunLayout) -> LabeledRound:
+        def select(manifest: str) -> SelectionSummary:
+            return select_listed(manifest, labeled.categories, config.task, SelectionOutputs.of_run(round_layout),
+                                 labeled=labeled.to_dict(), options=options)
+
+        return method.label(teacher, Labeling.of_run(config, round_layout), label_here(options),
+                            laps.timed("select", select), options)
+
+    stages = Stages(lambda role, job: laps.timed(_training_lap(role), train)(role, job),
+                    lambda name, *a: laps.timed(_evaluation_lap(name), evaluate)(name, *a),
+                    laps.timed("label unlabeled", label))
+    distilled = method.distill(config, layout, stages, evaluate_teacher)
+    last = distilled.rounds[-1]
+    laps.seconds["label unlabeled"] -= laps.seconds["select"]  # the selection is timed on its own
+    laps.timed("report", _write_report)(layout, config.task, distilled.metrics, last, options)
+    selection = last.selection
+    return {"metrics": distilled.metrics, "seconds": laps.rounded(), "checkpoints": distilled.checkpoints,
+            "trained_on": trained_on,
             "selection": {"thresholds": selection.thresholds, "kept": selection.kept_per_category,
-                          "keypoint_thresholds": selection.keypoint_thresholds, "unlabeled": planned.num_images}}
+                          "keypoint_thresholds": selection.keypoint_thresholds, "unlabeled": last.plan.num_images}}
 
 
-def _write_report(layout: RunLayout, task: str, metrics: dict, pseudo: dict, pseudo_root: str, options) -> None:
-    """The figures of the flow's report task (the markdown itself is left out: it needs the flow's summaries)."""
+def _training_lap(role: str) -> str:
+    return role if role in ("teacher", "upper bound") else "student"
+
+
+def _evaluation_lap(name: str) -> str:
+    return "upper bound" if name == "upper_bound" else f"evaluate {name.removesuffix('_tta')}"
+
+
+def _write_report(layout: RunLayout, task: str, metrics: dict, last: LabeledRound, options) -> None:
+    """metrics.json and the figures of the flow's report task (the markdown itself is left out: it needs
+    the flow's summaries)."""
+    write_json_atomic(layout.metrics, metrics, options, indent=1)
     write_bytes_atomic(layout.figure("ap.png"), ap_bar_chart(metrics, f"{task} AP"), options)
+    pseudo = read_json(last.selection.pseudo_annotations, options)
     if pseudo["images"]:
-        write_bytes_atomic(layout.figure("pseudo_labels.png"), pseudo_label_grid(pseudo, pseudo_root, options), options)
+        write_bytes_atomic(layout.figure("pseudo_labels.png"), pseudo_label_grid(pseudo, last.plan.root, options),
+                           options)

@@ -76,13 +76,13 @@ def make_teacher(url: str, coco: dict[str, Any], size: int) -> str:
     import torch
 
     from dd_core.data.coco import coco_from_dict
-    from dd_core.models import ModelOverrides, build_model
+    from dd_core.models import ModelConfig, build_model
     from dd_core.train.checkpoint import save_checkpoint
     from dd_core.train.detector import checkpoint_meta, spec_for
 
     torch.manual_seed(0)
     data = coco_from_dict(coco, "labeled", "")
-    spec = spec_for("detection", data, ModelOverrides(test_size=size, min_size=(size,), max_size=size))
+    spec = spec_for("detection", data, ModelConfig(test_size=size, min_size=(size,), max_size=size))
     model = build_model(spec)
     with torch.no_grad():
         model.roi_heads.box_predictor.cls_score.bias[1] = 4.0
@@ -234,11 +234,11 @@ def label_once(config: Any, checkpoint: str) -> dict[str, Any]:
     layout = RunLayout(config.storage.root, config.run_id).for_round(1)
     with probed() as probe:
         start = time.perf_counter()
-        selection = label_unlabeled.with_options(task_runner=shard_task_runner(config.shards))(
+        labeled = label_unlabeled.with_options(task_runner=shard_task_runner(config.shards))(
             config, checkpoint, layout)
         wall = time.perf_counter() - start
     shard_s = max(r["end"] for r in probe.shards) - min(r["start"] for r in probe.shards) if probe.shards else 0.0
-    return {"wall_s": round(wall, 1), "shard_tasks_s": round(shard_s, 1), "num_shards": selection["num_shards"],
+    return {"wall_s": round(wall, 1), "shard_tasks_s": round(shard_s, 1), "num_shards": labeled.plan.num_shards,
             "plan_reads": probe.plan_reads, "progress_calls": probe.progress_calls,
             "skipped": sum(bool(r.get("skipped")) for r in probe.shards), **per_shard_costs(probe.shards)}
 

@@ -78,13 +78,13 @@ def make_teacher(url: str, coco: dict[str, Any], size: int) -> str:
     import torch
 
     from dd_core.data.coco import coco_from_dict
-    from dd_core.models import ModelOverrides, build_model
+    from dd_core.models import ModelConfig, build_model
     from dd_core.train.checkpoint import save_checkpoint
     from dd_core.train.detector import checkpoint_meta, spec_for
 
     torch.manual_seed(0)
     data = coco_from_dict(coco, "labeled", "")
-    spec = spec_for("detection", data, ModelOverrides(test_size=size, min_size=(size,), max_size=size))
+    spec = spec_for("detection", data, ModelConfig(test_size=size, min_size=(size,), max_size=size))
     spec = dataclasses.replace(spec, box_detections_per_img=DETECTIONS)
     model = build_model(spec)
     with torch.no_grad():
@@ -200,11 +200,12 @@ def child_flow(spec: dict[str, Any]) -> dict[str, Any]:
 
 def child_baseline(spec: dict[str, Any]) -> dict[str, Any]:
     """``omnidistill label`` on the same images, model, batch size and calibration (S3 from the environment)."""
-    import dd_core.pseudo.standalone as standalone
+    import dd_core.method as method
+    import dd_core.pseudo.pipeline as pipeline
     from flows.cli import main
 
     seconds: dict[str, float] = {}
-    with timed(standalone, "plan", seconds, "plan_s"), timed(standalone, "select", seconds, "select_s"):
+    with timed(method, "plan", seconds, "plan_s"), timed(pipeline, "select", seconds, "select_s"):
         start = time.perf_counter()
         code = main(["label", "--checkpoint", spec["checkpoint"], "--images", UNLABELED,
                      "--out", f"s3://{BUCKET}/{spec['name']}/annotations.json", "--labeled",

@@ -93,9 +93,9 @@ def train_step(steps: int, batch: int, workers: int) -> dict:
 def _model_for_speed(checkpoint: str | None, preset: str, detections: int, device: torch.device):
     """A trained checkpoint as is, or a random-weight model made to keep ``detections`` boxes per image."""
     if checkpoint:
-        from dd_core.train.checkpoint import load_checkpoint, model_from_checkpoint
+        from dd_core.models.loading import load_detector
 
-        model = model_from_checkpoint(load_checkpoint(checkpoint))
+        model = load_detector(checkpoint).model
     else:
         torch.manual_seed(0)
         model = build_model(ModelSpec(task="keypoints", preset=preset))
@@ -141,7 +141,8 @@ def tta_precisions(checkpoint: str | None, preset: str, scales: list[int], image
     one's predictions are from float32's (:func:`dd_core.tta.precision.agreement`)."""
     from bench.tta_speed import sync
     from dd_core.data.keypoints import COCO_PERSON_FLIP_INDICES
-    from dd_core.tta import LayerSettings, multi_transform_keypoints, transform_set
+    from dd_core.tta import LayerSettings, transform_set
+    from dd_core.tta.model import MultiTransformModel
     from dd_core.tta.precision import agreement
 
     model = _model_for_speed(checkpoint, preset, detections, device)
@@ -149,10 +150,11 @@ def tta_precisions(checkpoint: str | None, preset: str, scales: list[int], image
         pics = _images(Path(tmp) / "kp", images, size, device)
     batches = [pics[i:i + batch] for i in range(0, len(pics), batch)]
     transforms, flips = transform_set(scales, flip=True), list(COCO_PERSON_FLIP_INDICES)
-    settings = {p: LayerSettings(p, channels_last and p != "float32") for p in precisions}
+    teachers = {p: MultiTransformModel(model, transforms, flip_indices=flips,
+                                       layers=LayerSettings(p, channels_last and p != "float32")) for p in precisions}
 
     def label(p: str) -> list[dict]:
-        return [o for b in batches for o in multi_transform_keypoints(model, b, transforms, flips, settings[p])]
+        return [o for b in batches for o in teachers[p](b)]
 
     times: dict[str, list[float]] = {p: [] for p in precisions}
     outputs = {p: label(p) for p in precisions}  # the warm-up round
@@ -186,13 +188,15 @@ def post_inference(checkpoint: str, scales: list[int], images: int, batch: int, 
     """
     from bench.tta_speed import sync
     from dd_core.data.unlabeled import list_unlabeled, plan_shards
-    from dd_core.pseudo.infer import StageClock, pseudo_label_shard
+    from dd_core.ops.clock import StageClock
+    from dd_core.ops.labeling import LabelingOps
+    from dd_core.pseudo.infer import ShardRun, pseudo_label_shard
     from dd_core.pseudo.select import read_predictions, select_pseudo_labels
     from dd_core.pseudo.teacher import teacher_from_checkpoint
     from dd_core.storage import write_json_atomic
     from dd_core.tta.settings import MultiTransformSettings
 
-    tta = MultiTransformSettings(tuple(scales), True)
+    tta = MultiTransformSettings(scales=scales, flip=True)
     with tempfile.TemporaryDirectory() as tmp:
         labeled = _keypoint_images(Path(tmp) / "labeled", 100, 128, seed=1)
         make_keypoints_dataset(Path(tmp) / "unlabeled", images, seed=2)
@@ -213,8 +217,9 @@ def post_inference(checkpoint: str, scales: list[int], images: int, batch: int, 
         clock = StageClock(sync=lambda: sync(device))
         shard = plan_shards(unlabeled.images, len(unlabeled.images))[0]
         t0 = time.perf_counter()
-        summary = pseudo_label_shard(shard, unlabeled.root, f"{tmp}/shards", "bench", load_teacher,
-                                     device=str(device), batch_size=batch, clock=clock)
+        summary = pseudo_label_shard(shard, unlabeled.root, f"{tmp}/shards", "bench",
+                                     ShardRun(load_teacher, device=str(device), batch_size=batch),
+                                     ops=LabelingOps(clock=clock))
         shard_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         predictions = read_predictions([summary.url])
@@ -257,19 +262,20 @@ sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
 import torch
 from dd_core.data.unlabeled import list_unlabeled, write_plan
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint
+from dd_core.ops.caches import TeacherCache
+from dd_core.ops.labeling import LabelingOps
 from dd_core.pseudo.infer import ShardJob, pseudo_label_planned_shard
-from dd_core.pseudo.teacher import TeacherCache
 from dd_core.tta.settings import MultiTransformSettings
-tta = MultiTransformSettings({tuple(scales)!r}, True)
+tta = MultiTransformSettings(scales={tuple(scales)!r}, flip=True)
 images = list_unlabeled({str(root / f"list-{images}.txt")!r}, {str(root / "pool")!r})
 plan = {str(root / f"plan-{images}.json")!r}
 n = write_plan(images, {shard_size}, plan).num_shards
 job = ShardJob({checkpoint!r}, plan, {str(root / f"out-{images}")!r}, tta, checkpoint_fingerprint({checkpoint!r}, tta),
                {device!r}, 8)
-cache = TeacherCache()
+ops = LabelingOps(teachers=TeacherCache())
 t0 = time.perf_counter()
 for i in range(n):
-    pseudo_label_planned_shard(job, i, cache=cache, device={device!r})
+    pseudo_label_planned_shard(job, i, device={device!r}, ops=ops)
 gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
 print(json.dumps({{"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                    "peak_gpu_mib": gpu / 2**20, "seconds": time.perf_counter() - t0, "shards": n}}))

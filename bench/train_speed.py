@@ -25,10 +25,10 @@ from dd_core.data.coco import load_coco
 from dd_core.data.dataset import CocoDataset, collate
 from dd_core.data.sampler import GroupedBatchSampler
 from dd_core.data.synthetic import make_keypoints_dataset
-from dd_core.models import ModelOverrides, build_model
+from dd_core.models import ModelConfig, build_model
 from dd_core.train import TrainConfig, train
 from dd_core.train.detector import spec_for, training_transforms
-from dd_core.train.loop import TrainHooks
+from dd_core.train.loop import Runtime, TrainHooks
 
 WARMUP_STEPS = 5
 LR = 0.0025  # torchvision's 0.02 for 16 images per step, scaled to 2
@@ -80,7 +80,7 @@ def reference_loop(coco, batch: int, steps: int, device: torch.device, workers: 
 def our_loop(coco, batch: int, steps: int, device: torch.device, workers: int) -> float:
     """:func:`dd_core.train.train` on the r50-fpn preset; returns iterations per second."""
     torch.manual_seed(0)
-    model = build_model(spec_for("keypoints", coco, ModelOverrides(preset="r50-fpn")))
+    model = build_model(spec_for("keypoints", coco, ModelConfig(preset="r50-fpn")))
     cfg = TrainConfig(iterations=steps, batch_size=batch, lr=LR, warmup_iters=1, checkpoint_every=steps,
                       num_workers=workers)
     stamps: list[float] = []
@@ -89,7 +89,7 @@ def our_loop(coco, batch: int, steps: int, device: torch.device, workers: int) -
         sync(device)
         stamps.append(time.perf_counter())
 
-    train(model, CocoDataset(coco, training_transforms(coco)), cfg, device=device, progress=False,
+    train(model, CocoDataset(coco, training_transforms(coco)), cfg, runtime=Runtime(device=device, progress=False),
           hooks=TrainHooks(on_step=stamp))
     return _steady_rate(stamps)
 

@@ -4,7 +4,7 @@ Three ways to get ensembled keypoints for a batch of images under ``T`` transfor
 
 * lower bound: the backbone alone, once per transform (no RPN, no heads, no merging): whatever
   multi-transform inference does, it must at least run the backbone on every transformed image;
-* ours (:func:`dd_core.tta.multi_transform_keypoints`): one detection pass at the test scale, then
+* ours (:class:`dd_core.tta.model.MultiTransformModel`): one detection pass at the test scale, then
   per scale one backbone call for the image and its mirror and the keypoint head on fixed RoIs;
 * naive: the full model once per transform (its own RPN, boxes and keypoints), predictions mapped
   back and merged afterwards (union + per-class NMS).
@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from dd_core.data.keypoints import COCO_PERSON_FLIP_INDICES
-from dd_core.tta import multi_transform_keypoints, transform_set
+from dd_core.tta import transform_set
+from dd_core.tta.model import MultiTransformModel
 from dd_core.tta.transforms import (
     TestTransform,
     apply_to_image,
@@ -100,10 +101,11 @@ def compare(model: nn.Module, images: list[Tensor], scales: Sequence[int], repea
     """Seconds per batch of the three approaches at ``scales`` x flip, and their ratios."""
     transforms = transform_set(scales, flip=True)
     flips = list(COCO_PERSON_FLIP_INDICES)
+    teacher = MultiTransformModel(model, transforms, flip_indices=flips)
     lower = median_seconds(lambda: backbone_only(model, images, transforms, device), repeats, device)
-    ours = median_seconds(lambda: multi_transform_keypoints(model, images, transforms, flips), repeats, device)
+    ours = median_seconds(lambda: teacher(images), repeats, device)
     naive = median_seconds(lambda: naive_keypoints(model, images, transforms, flips), repeats, device)
-    boxes = sum(len(out["boxes"]) for out in multi_transform_keypoints(model, images, transforms, flips))
+    boxes = sum(len(out["boxes"]) for out in teacher(images))
     return {"transforms": len(transforms), "boxes": boxes, "backbone_only_s": round(lower, 4), "ours_s": round(ours, 4),
             "naive_s": round(naive, 4), "ours_over_backbone_only": round(ours / lower, 3),
             "naive_over_ours": round(naive / ours, 3)}

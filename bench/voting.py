@@ -37,9 +37,9 @@ from dd_core.data.dataset import CocoDataset  # noqa: E402
 from dd_core.data.transforms import Compose, to_float  # noqa: E402
 from dd_core.evaluate.coco_eval import coco_evaluate  # noqa: E402
 from dd_core.evaluate.predict import predict  # noqa: E402
-from dd_core.train.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from dd_core.models.loading import load_detector  # noqa: E402
 from dd_core.tta.boxes import detect_in_frame, merge_boxes, raw_detections_in_frame  # noqa: E402
-from dd_core.tta.settings import DEFAULT_SCALES, BoxMergeSettings  # noqa: E402
+from dd_core.tta.settings import DEFAULT_SCALES, MultiTransformSettings  # noqa: E402
 from dd_core.tta.transforms import boxes_from_frame, image_size, scale_batches, transform_set  # noqa: E402
 
 Detector = Callable[..., list[dict[str, torch.Tensor]]]
@@ -55,16 +55,19 @@ def voters(union: dict[str, torch.Tensor], kept: dict[str, torch.Tensor], thresh
     return (same & close).sum(1).tolist()
 
 
-class CountingPredict:
-    """A ``predict_fn`` merging one way's union per image; remembers the voters and scores of every kept box."""
+class CountingModel(torch.nn.Module):
+    """``model`` merging one way's union per image; remembers the voters and scores of every kept box."""
 
-    def __init__(self, detector: Detector, scales: Sequence[int], merge: BoxMergeSettings) -> None:
-        self.detector, self.transforms, self.merge = detector, transform_set(scales, True), merge
+    def __init__(self, model: torch.nn.Module, detector: Detector, scales: Sequence[int],
+                 merge: MultiTransformSettings) -> None:
+        super().__init__()
+        self.model, self.detector, self.transforms, self.merge = model, detector, transform_set(scales, True), merge
         self.voters: list[int] = []
         self.scores: list[float] = []
 
     @torch.inference_mode()
-    def __call__(self, model: torch.nn.Module, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        model = self.model
         sizes = [image_size(image) for image in images]
         parts: list[list[dict[str, torch.Tensor]]] = [[] for _ in images]
         for batch in scale_batches(model, images, self.transforms):
@@ -89,22 +92,20 @@ def _summary(values: list[int]) -> dict[str, float]:
 
 
 def measure(checkpoint: str, data_dir: str, scales: Sequence[int], images: int | None) -> list[dict[str, Any]]:
-    state = load_checkpoint(checkpoint)
-    if state["spec"]["task"] != "detection":
-        raise SystemExit(f"{checkpoint}: a {state['spec']['task']} model; box voting is measured on a detection teacher")
-    model = model_from_checkpoint(state).eval()
+    loaded = load_detector(checkpoint)
+    if loaded.task != "detection":
+        raise SystemExit(f"{checkpoint}: a {loaded.task} model; box voting is measured on a detection teacher")
     data = load_coco(*resolve_dataset(data_dir, None))
     if images:
         keep = {im["id"] for im in data.images[:images]}
         data = dataclasses.replace(data, images=data.images[:images],
                                    annotations=[a for a in data.annotations if a["image_id"] in keep])
-    cat_to_label = {int(k): int(v) for k, v in state["cat_to_label"].items()}
-    dataset = CocoDataset(data, Compose([to_float]), None, cat_to_label)
+    dataset = CocoDataset(data, Compose([to_float]), None, loaded.cat_to_label)
     rows = []
     for way, detector in WAYS.items():
-        fn = CountingPredict(detector, scales, BoxMergeSettings())
+        fn = CountingModel(loaded.model, detector, scales, MultiTransformSettings())
         t0 = time.perf_counter()
-        results = predict(model, dataset, predict_fn=fn, desc=way)
+        results = predict(fn, dataset, desc=way)
         seconds = time.perf_counter() - t0
         stats = coco_evaluate(data.to_dict(), results, "bbox")
         confident = [v for v, s in zip(fn.voters, fn.scores) if s >= 0.5]

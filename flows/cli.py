@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Any, Callable, Sequence
 
-from dd_core.stopping import clear_stop
+from dd_core.ops.stop import PROCESS
 from flows.interrupts import ctrl_c_noted, interruption
 
 
@@ -40,9 +40,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     annotations, images = resolve_dataset(args.data, args.images)
     data = load_coco(annotations, images)
-    tta = MultiTransformSettings(tuple(args.scales), not args.no_flip) if args.tta else None
+    tta = MultiTransformSettings(scales=args.scales, flip=not args.no_flip) if args.tta else None
     stats = evaluate_checkpoint(args.checkpoint, data, tta, device=resolve_device(args.device),
-                                batch_size=args.batch_size, progress=not args.quiet)
+                                batch_size=args.batch_size, progress=not args.quiet, stop=PROCESS)
     print(json.dumps(stats, indent=2))
     return 0
 
@@ -66,15 +66,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_label(args: argparse.Namespace) -> int:
     from dd_core.device import resolve_device
     from dd_core.pseudo.pipeline import FixedThresholds
-    from dd_core.pseudo.standalone import pseudo_label_images
+    from dd_core.pseudo.standalone import LabelRequest, pseudo_label_images
     from dd_core.tta.settings import MultiTransformSettings
 
-    out = pseudo_label_images(args.checkpoint, args.images, args.out,
-                              MultiTransformSettings(tuple(args.scales), not args.no_flip), root=args.root,
-                              labeled=args.labeled, fixed=FixedThresholds(args.score_threshold, args.keypoint_threshold),
-                              device=resolve_device(args.device), batch_size=args.batch_size,
-                              shard_size=args.shard_size, progress=not args.quiet, overwrite=args.overwrite,
-                              max_pixels=args.max_pixels)
+    request = LabelRequest(args.checkpoint, args.images, args.out,
+                           MultiTransformSettings(scales=args.scales, flip=not args.no_flip), root=args.root,
+                           labeled=args.labeled, fixed=FixedThresholds(args.score_threshold, args.keypoint_threshold),
+                           device=resolve_device(args.device), batch_size=args.batch_size,
+                           shard_size=args.shard_size, overwrite=args.overwrite, max_pixels=args.max_pixels)
+    out = pseudo_label_images(request, progress=not args.quiet, stop=PROCESS)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -97,7 +97,7 @@ def _bounded(kind: type, low: float, high: float) -> Callable[[str], Any]:
 
 def _add_inference_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
     """What ``evaluate`` and ``label`` share: the transform set and where and how inference runs."""
-    from dd_core.config.schema import MAX_SIDE
+    from dd_core.models.presets import MAX_SIDE
     from dd_core.tta.settings import DEFAULT_SCALES
 
     parser.add_argument("--scales", type=_bounded(int, 1, MAX_SIDE), nargs="+", default=list(DEFAULT_SCALES),
@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.command)
     func: Callable[[argparse.Namespace], int] = args.func
-    clear_stop()  # a command starts afresh, whatever stopped before it in this process
+    PROCESS.clear()  # a command starts afresh, whatever stopped before it in this process
     try:
         with ctrl_c_noted():
             return func(args)

@@ -1,12 +1,14 @@
 """The data distillation DAG: teacher -> shards of multi-transform inference -> pseudo-labels -> student.
 
-Flows only orchestrate: every step is a task in ``tasks/`` around a dd_core function. Only URLs
-and small summaries pass between tasks. Re-running a run id resumes it: training continues from
-its checkpoints and finished shards are not recomputed.
+Flows only orchestrate: the method is :mod:`dd_core.method`, and this flow plugs its stages in as
+tasks of ``tasks/`` (each around a dd_core function) and its shard labeling as shard tasks on a task
+runner or flow runs of a deployment. Only URLs and small summaries pass between tasks. Re-running
+a run id resumes it: training continues from its checkpoints and finished shards are not recomputed.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -15,11 +17,12 @@ from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
-from dd_core.config import RunConfig, multi_transform_settings, runs_folder, train_job
-from dd_core.config.adapters import training_image_filter
+from dd_core import method
+from dd_core.config import RunConfig
+from dd_core.ops.stop import PROCESS, StopRequested
+from dd_core.method import LabeledRound, Labeling, LabelingSteps, Stages
 from dd_core.pseudo.infer import ShardJob
-from dd_core.pseudo.pipeline import SelectionOutputs
-from dd_core.stopping import StopRequested, clear_stop, request_stop
+from dd_core.pseudo.pipeline import SelectionOutputs, SelectionSummary
 from dd_core.storage.layout import RunLayout
 from dd_core.storage.lock import RunLock
 from dd_core.train.job import TrainJob
@@ -41,6 +44,8 @@ from tasks.report import write_report
 from tasks.select import select_pseudo
 from tasks.train import train_model
 
+# Planning, fingerprinting and the manifest as Prefect tasks (retried where storage can fail).
+TASK_STEPS = LabelingSteps(plan=plan_shards, fingerprint=fingerprint_teacher, write_manifest=write_inference_manifest)
 PROGRESS_EVERY = 5.0  # seconds between updates of the labeling progress artifact (one API call each)
 
 
@@ -73,10 +78,10 @@ def _stop_the_others(futures: list[PrefectFuture], exc: BaseException) -> None:
     request is withdrawn, so that whatever runs next in this process is not stopped too. A signal or
     a cancel stops the whole run, and its request stays.
     """
-    request_stop(f"labeling stopped ({type(exc).__name__})")
+    PROCESS.request(f"labeling stopped ({type(exc).__name__})")
     if isinstance(exc, Exception) and not isinstance(exc, StopRequested):
         wait(futures)
-        clear_stop()
+        PROCESS.clear()
 
 
 def _label_on_task_runner(config: RunConfig, job: ShardJob, num_shards: int) -> list[dict[str, Any]]:
@@ -112,7 +117,7 @@ USER_STOPS = (Interrupted, KeyboardInterrupt)
 
 
 @flow(name="label-unlabeled", flow_run_name="{layout.run_id}-label-round-{layout.round}")
-def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> dict[str, Any]:
+def label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> LabeledRound:
     """Steps 2-3 for one teacher: plan shards, label each shard (retried, idempotent), select pseudo-labels."""
     try:
         return _label_unlabeled(config, checkpoint, layout)
@@ -125,71 +130,48 @@ def _stopped(exc: BaseException) -> str:
     return f"stopped ({found[1] if found else str(exc) or type(exc).__name__})"
 
 
-def _label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> dict[str, Any]:
-    clear_stop()  # left by an earlier labeling in this process (a failed shard stops the others)
-    options = config.storage.options
-    tta = multi_transform_settings(config)
-    plan = plan_shards(config.unlabeled, config.shards.size, layout.plan, options,
-                       exclude=(runs_folder(config),))  # a storage root inside the unlabeled folder: not input
-    max_pixels = config.unlabeled.max_pixels  # part of the fingerprint: another limit relabels the shards
-    job = ShardJob(checkpoint, layout.plan, layout.inference, tta,
-                   fingerprint_teacher(checkpoint, tta, options, max_pixels),
-                   config.device, config.shards.batch_size, plan["digest"], max_pixels)
+def _label_shards(config: RunConfig, job: ShardJob, num_shards: int) -> list[dict[str, Any]]:
+    """The flow's :class:`~dd_core.method.ShardLabeler`: shard tasks, or flow runs of a deployment."""
     label = _label_by_deployment if config.shards.runner == "deployment" else _label_on_task_runner
     try:
-        shards = label(config, job, plan["num_shards"])
+        return label(config, job, num_shards)
     finally:  # shard tasks in this process cached the teacher (the student trains next), the plan, images read ahead
         cache.TEACHERS.clear()
         cache.PLANS.clear()
         cache.READ_AHEAD.clear()
-    write_inference_manifest(layout.manifest, shards, job.fingerprint, options)
-    selection = select_pseudo(layout.manifest, config.labeled, config.task, SelectionOutputs.of_run(layout), options,
-                              training_image_filter(config))
-    get_run_logger().info("pseudo-labels kept: %s", selection["kept_per_category"])
-    return {**selection, "root": plan["root"], "num_shards": plan["num_shards"],
-            "num_unlabeled": plan["num_images"]}
 
 
-def _evaluate_pair(name: str, checkpoint: str, config: RunConfig) -> dict[str, dict[str, float]]:
-    options = config.storage.options
-    return {name: evaluate(name, checkpoint, config.val, None, config.device, options),
-            f"{name}_tta": evaluate(f"{name}_tta", checkpoint, config.val, multi_transform_settings(config),
-                                    config.device, options)}
+def _label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> LabeledRound:
+    PROCESS.clear()  # left by an earlier labeling in this process (a failed shard stops the others)
+    options, outputs = config.storage.options, SelectionOutputs.of_run(layout)
+
+    def select(manifest: str) -> SelectionSummary:
+        return select_pseudo(manifest, config.labeled, config.task, outputs, options, config.training_images)
+
+    labeled = method.label(checkpoint, Labeling.of_run(config, layout), functools.partial(_label_shards, config),
+                           select, options, TASK_STEPS)
+    get_run_logger().info("pseudo-labels kept: %s", labeled.selection.kept_per_category)
+    return labeled
 
 
-def _distill_stages(config: RunConfig, layout: RunLayout
-                    ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]], dict[str, Any]]:
-    """Teacher, then per round: label the unlabeled shards and train a student; then evaluate.
-
-    Returns the metrics, each round's selection, and per training the images it learned from.
-    """
-    trained: dict[str, Any] = {}
+def _stages(config: RunConfig, trained: dict[str, Any]) -> Stages:
+    """The method's stages as this flow's tasks (and the labeling subflow); ``trained`` collects, per
+    training, the images it learned from."""
 
     def train(role: str, job: TrainJob) -> str:
         result = train_model(role, job, config.distributed)
-        trained[role] = result["images"]
-        return result["checkpoint"]
+        trained[role] = result.images
+        return result.checkpoint
 
-    teacher = train("teacher", train_job(config, checkpoint_dir=layout.teacher, stage=config.teacher))
-    metrics = _evaluate_pair("teacher", teacher, config)
-    selections, current = [], teacher
-    for r in range(1, config.rounds + 1):
-        round_layout = layout.for_round(r)
+    def evaluate_on_val(name: str, checkpoint: str, with_tta: bool) -> dict[str, float]:
+        tta = config.tta.for_task(config.task) if with_tta else None
+        return evaluate(name, checkpoint, config.val, tta, config.device, config.storage.options)
+
+    def label_round(teacher: str, layout: RunLayout) -> LabeledRound:
         # A subflow gets its own task runner: threads, Dask, or threads waiting on flow runs of a deployment.
-        runner = shard_task_runner(config.shards)
-        selection = label_unlabeled.with_options(task_runner=runner)(config, current, round_layout)
-        selections.append(selection)
-        student = train_job(config, checkpoint_dir=round_layout.student, stage=config.student_stage(),
-                            pseudo_annotations=round_layout.pseudo_annotations, pseudo_images=selection["root"],
-                            init_checkpoint=current if config.student.init == "teacher" else None)
-        current = train("student" if r == 1 else f"student round {r}", student)
-    metrics.update(_evaluate_pair("student", current, config))
-    if config.upper_bound:
-        stage = config.teacher.model_copy(update={"iterations": config.student_stage().iterations})
-        upper = train("upper bound", train_job(config, checkpoint_dir=layout.upper_bound, stage=stage,
-                                               labeled=config.upper_bound))
-        metrics["upper_bound"] = evaluate("upper_bound", upper, config.val, None, config.device, config.storage.options)
-    return metrics, selections, trained
+        return label_unlabeled.with_options(task_runner=shard_task_runner(config.shards))(config, teacher, layout)
+
+    return Stages(train, evaluate_on_val, label_round)
 
 
 def _flow_run_name() -> str:
@@ -208,21 +190,22 @@ def distill(config: RunConfig) -> dict[str, Any]:
     """
     if not config.run_id:  # a scheduled deployment: name the run after the flow run, stable across retries
         config = config.model_copy(update={"run_id": f"flow-{flow_run.get_id()}"})
-    clear_stop()  # a run that stopped earlier in this process does not stop this one
+    PROCESS.clear()  # a run that stopped earlier in this process does not stop this one
     layout = RunLayout(config.storage.root, config.run_id)
     counts = validate_inputs(config)  # before anything is written under the run
     try:
         with CancelWatch(flow_run.get_id()), RunLock(layout.lock, config.storage.options,
-                                                     holder=f"flow run {flow_run.get_id()}"):
+                                                     holder=f"flow run {flow_run.get_id()}", stop=PROCESS):
             record_run_settings(config, layout.settings)
-            metrics, selections, trained = _distill_stages(config, layout)
-            last = selections[-1]
-            counts.update(unlabeled=last["num_unlabeled"], rejected=last["num_rejected"], shards=last["num_shards"],
-                          trained_on=trained)
-            report = write_report(layout, config.task, metrics, selections, last["root"], counts,
-                                  config.storage.options)
+            trained: dict[str, Any] = {}
+            distilled = method.distill(config, layout, _stages(config, trained))
+            last = distilled.rounds[-1]
+            counts.update(unlabeled=last.plan.num_images, rejected=last.selection.num_rejected,
+                          shards=last.plan.num_shards, trained_on=trained)
+            report = write_report(layout, config.task, distilled.metrics, [r.selection for r in distilled.rounds],
+                                  last.plan.root, counts, config.storage.options)
     except StopRequested as exc:  # cancelled from the UI: finished checkpoints and shards stay for a resume
         return Cancelled(message=f"run {config.run_id} {exc}; the same run id resumes it")
     except (*USER_STOPS, CancelledRun) as exc:  # Ctrl-C here or in the labeling subflow (which ended Cancelled)
         return Cancelled(message=f"run {config.run_id} {_stopped(exc)}; the same run id resumes it")
-    return {"run_dir": layout.run_dir, "metrics": metrics, "report": report}
+    return {"run_dir": layout.run_dir, "metrics": distilled.metrics, "report": report}

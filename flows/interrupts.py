@@ -1,6 +1,6 @@
 """Stopping a run cleanly: Ctrl-C, SIGTERM, or a cancel from the Prefect UI.
 
-Either way every loop of the process is asked to stop (:func:`dd_core.stopping.request_stop`),
+Either way every loop of the process is asked to stop (:data:`dd_core.ops.stop.PROCESS`),
 so the shard threads and the training loop wind down within a step; the context managers on the
 way out then release the run lock, close the Dask cluster, stop torchrun's ranks and the local
 Prefect server. The command ends with one line that names the run and how to resume it.
@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from types import FrameType
 
-from dd_core.stopping import request_stop, stop_reason
+from dd_core.ops.stop import PROCESS
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Raising inside the logging module can leave its module lock held (``_releaseLock`` runs after every
@@ -64,7 +64,7 @@ def stop_on_signals() -> Iterator[None]:
 
     def handle(signum: int, frame: FrameType | None) -> None:
         nonlocal deferrals
-        request_stop(_received(signum))
+        PROCESS.request(_received(signum))
         if _in_deferred_code(frame) and deferrals < MAX_DEFERRALS:
             deferrals += 1
             threading.Timer(REDELIVER_AFTER, os.kill, (os.getpid(), signum)).start()
@@ -81,7 +81,7 @@ def stop_on_signals() -> Iterator[None]:
 
 def signal_received() -> int | None:
     """The signal (SIGINT or SIGTERM) that asked this process to stop, if one did."""
-    reason = stop_reason()
+    reason = PROCESS.reason()
     return next((s for s in SIGNALS if reason == _received(s)), None)
 
 
@@ -115,7 +115,7 @@ def ctrl_c_noted() -> Iterator[None]:
         return
 
     def handle(signum: int, frame: FrameType | None) -> None:
-        request_stop(_received(signum))
+        PROCESS.request(_received(signum))
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, handle)
@@ -191,4 +191,4 @@ class CancelWatch:
                     state = client.read_flow_run(self.flow_run_id).state
                     if state is not None and state.is_cancelling():  # asked again while it lasts
                         self.cancelled.set()
-                        request_stop("the flow run was cancelled")
+                        PROCESS.request("the flow run was cancelled")

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from dd_core.stopping import stop_reason
+from dd_core.ops.stop import PROCESS
 
 SERVER_COMMAND = ("prefect", "server", "start")
 """How every Prefect server we run starts (here, in docker-compose.yml, in the rehearsal)."""
@@ -123,7 +123,7 @@ def local_prefect_server(home: str | Path, keep: bool = False, timeout: float = 
             try:
                 yield f"http://127.0.0.1:{port}"
             finally:  # a failed run's last logs too, or they are sent at exit to a stopped server
-                _drain_to_server(timeout=2.0 if stop_reason() else 10.0)  # a stopped run must exit fast
+                _drain_to_server(timeout=2.0 if PROCESS.reason() else 10.0)  # a stopped run must exit fast
     finally:
         for key, value in previous.items():
             if value is None:
@@ -131,7 +131,7 @@ def local_prefect_server(home: str | Path, keep: bool = False, timeout: float = 
             else:
                 os.environ[key] = value
         if not keep:
-            _stop_server(process, grace=3.0 if stop_reason() else 20.0)
+            _stop_server(process, grace=3.0 if PROCESS.reason() else 20.0)
         log.close()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dd_core.stopping import StopRequested
+from dd_core.ops.stop import StopRequested
 
 # Errors that say the input or the settings are wrong (trying again cannot help), and a run asked to stop.
 NOT_RETRYABLE = (ValueError, FloatingPointError, TypeError, KeyError, IndexError, StopRequested)

@@ -1,6 +1,6 @@
 """The teachers, shard plans and images read ahead this process holds: one
-:class:`~dd_core.pseudo.teacher.TeacherCache`, one :class:`~dd_core.data.unlabeled.PlanCache` and one
-:class:`~dd_core.pseudo.reading.ReadAhead` per process; and whether the server has a ``gpu``
+:class:`~dd_core.ops.caches.TeacherCache`, one :class:`~dd_core.ops.plans.PlanCache` and one
+:class:`~dd_core.ops.read_ahead.ReadAhead` per process; and whether the server has a ``gpu``
 concurrency limit (:data:`GPU_LIMIT`, asked every :data:`LIMIT_LOOK_EVERY` seconds at most).
 
 The shard tasks a process runs share them: the threads of the flow's own process, a Dask worker's,
@@ -13,9 +13,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from dd_core.data.unlabeled import PlanCache
-from dd_core.pseudo.reading import ReadAhead
-from dd_core.pseudo.teacher import TeacherCache
+from dd_core.ops.caches import TeacherCache
+from dd_core.ops.plans import PlanCache
+from dd_core.ops.read_ahead import ReadAhead
 
 TEACHERS = TeacherCache()
 PLANS = PlanCache()
@@ -61,7 +61,7 @@ def _gpu_limit_exists() -> bool:
     return True
 
 
-# A shard task asked the server for a "gpu" slot each time, limit or not: a request per shard that
-# a labeling of 2,000 shards on one core waited 2-13 ms for. A limit created mid-run applies within this.
+# Whether a "gpu" limit exists is asked once per this many seconds, not once per shard task (a
+# request each shard would wait for). A limit created mid-run applies within this.
 LIMIT_LOOK_EVERY = 10.0
 GPU_LIMIT = Recent(_gpu_limit_exists, LIMIT_LOOK_EVERY)

@@ -12,6 +12,7 @@ from dd_core.config.resume import record_settings
 from dd_core.data.coco import load_coco
 from dd_core.device import resolve_device
 from dd_core.evaluate.checkpoint_eval import evaluate_checkpoint
+from dd_core.ops.stop import PROCESS
 from dd_core.tta.settings import MultiTransformSettings
 from tasks import TASK_DEFAULTS
 
@@ -22,7 +23,7 @@ def evaluate(name: str, checkpoint: str, val: LabeledConfig, tta: MultiTransform
              options: dict[str, Any]) -> dict[str, float]:
     """COCO stats of ``checkpoint`` on the validation set; also a table artifact ``evaluation-<name>``."""
     data = load_coco(val.annotations, val.images, options)
-    stats = evaluate_checkpoint(checkpoint, data, tta, options=options, device=resolve_device(device))
+    stats = evaluate_checkpoint(checkpoint, data, tta, options=options, device=resolve_device(device), stop=PROCESS)
     create_table_artifact([{"stat": stat, "value": round(value, 4)} for stat, value in stats.items()],
                           key=f"evaluation-{name.replace('_', '-')}",
                           description=f"COCO AP of {name.replace('_', ' + ')} on {val.annotations}")

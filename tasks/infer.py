@@ -8,24 +8,24 @@ from typing import Any
 
 from prefect import task
 
-from dd_core.config import UnlabeledConfig
 from dd_core.data.images import MAX_PIXELS
 from dd_core.device import resolve_device
+from dd_core.ops.labeling import LabelingOps
+from dd_core.ops.stop import PROCESS
+from dd_core.method import Labeling, plan_labeling
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint
 from dd_core.pseudo.infer import ShardJob, done_shards, finished_shards, pseudo_label_planned_shard
 from dd_core.pseudo.manifest import write_manifest
-from dd_core.pseudo.pipeline import plan
+from dd_core.pseudo.pipeline import PlanSummary
 from dd_core.tta.settings import MultiTransformSettings
 from tasks import TASK_DEFAULTS, cache
 
 
 @task(name="plan shards", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
-def plan_shards(unlabeled: UnlabeledConfig, shard_size: int, plan_url: str, options: dict[str, Any],
-                exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """List the unlabeled images (none under ``exclude``) and write the shard plan; returns its size and the
-    images' root."""
-    return plan(unlabeled.images, plan_url, shard_size, root=unlabeled.root, limit=unlabeled.limit,
-                options=options, exclude=exclude).to_dict()
+def plan_shards(labeling: Labeling, options: dict[str, Any]) -> PlanSummary:
+    """List the unlabeled images (none under ``labeling.exclude``) and write the shard plan; returns its size and
+    the images' root."""
+    return plan_labeling(labeling, options)
 
 
 @task(name="fingerprint teacher", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
@@ -42,22 +42,21 @@ def gpu_slot() -> AbstractContextManager[Any]:
 
     ``infer shard`` takes it itself, once its shard is found not done, rather than carry the tag:
     the task engine takes a tag's slot before the task starts (Prefect issue 23182), so a resume
-    of 2,000 finished shards queued 2,000 times for a slot (one acquisition at a time per process,
-    each waiting for a running shard to free the slot) only to find its shard done. The same name,
+    would queue for a slot once per finished shard (one acquisition at a time per process, each
+    waiting for a running shard to free the slot) only to find its shard done. The same name,
     holder and lease as the engine's: `prefect concurrency-limit inspect gpu` lists these task runs.
     Without a ``gpu`` limit on the server (:data:`tasks.cache.GPU_LIMIT`, asked every
-    :data:`~tasks.cache.LIMIT_LOOK_EVERY` seconds), no slot is asked for.
+    :data:`~tasks.cache.LIMIT_LOOK_EVERY` seconds), no slot is asked for: Prefect's ``concurrency``
+    logs a warning each time it is asked for a limit that does not exist (the usual case on one machine).
     """
-    # Prefect's private context manager, the task engine's own: the public one logs a warning for
-    # each shard when no "gpu" limit exists (the usual case on one machine).
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-    from prefect.concurrency._sync import concurrency
+    from prefect.concurrency.sync import concurrency
     from prefect.context import TaskRunContext
 
     context = TaskRunContext.get()
     if context is None or not cache.GPU_LIMIT():  # a plain function call (``infer_shard.fn``), or no limit
         return contextlib.nullcontext()
-    return concurrency([f"tag:{GPU_TAG}"], occupy=1, lease_duration=60, suppress_warnings=True,
+    return concurrency([f"tag:{GPU_TAG}"], occupy=1, lease_duration=60,
                        holder=ConcurrencyLeaseHolder(type="task_run", id=context.task_run.id))
 
 
@@ -68,9 +67,10 @@ def infer_shard(job: ShardJob, index: int, options: dict[str, Any], check_done: 
     """Multi-transform inference + ensembling on one shard -> Parquet (skipped if already done, without a
     ``gpu`` slot: see :func:`gpu_slot`; ``check_done=False`` when the flow has just found it not done).
     ``next_index``: the shard this worker labels next, if known; its first images are read meanwhile."""
-    return pseudo_label_planned_shard(job, index, cache=cache.TEACHERS, plans=cache.PLANS, hold=gpu_slot,
-                                      device=resolve_device(job.device), options=options, check_done=check_done,
-                                      read_ahead=cache.READ_AHEAD, next_index=next_index).to_dict()
+    ops = LabelingOps(hold=gpu_slot, read_ahead=cache.READ_AHEAD, stop=PROCESS, teachers=cache.TEACHERS,
+                      plans=cache.PLANS)
+    return pseudo_label_planned_shard(job, index, device=resolve_device(job.device), options=options,
+                                      check_done=check_done, next_index=next_index, ops=ops).to_dict()
 
 
 @task(name="find done shards", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)

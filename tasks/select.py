@@ -11,23 +11,23 @@ from dd_core.config import LabeledConfig
 from dd_core.data.coco import load_coco
 from dd_core.data.filtering import TrainingImageFilter
 from dd_core.pseudo.manifest import read_manifest
-from dd_core.pseudo.pipeline import SelectionOutputs, select
+from dd_core.pseudo.pipeline import SelectionOutputs, SelectionSummary, select
 from dd_core.pseudo.select import Selection
 from tasks import TASK_DEFAULTS
 
 
 @task(name="select pseudo-labels", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
 def select_pseudo(manifest_url: str, labeled: LabeledConfig, task: str, outputs: SelectionOutputs,
-                  options: dict[str, Any], trained_with: TrainingImageFilter) -> dict[str, Any]:
+                  options: dict[str, Any], trained_with: TrainingImageFilter) -> SelectionSummary:
     """Thresholds chosen to match the labeled set's instances per image; writes the pseudo-label json,
     ``thresholds.json`` and the table of unlabeled images that could not be read. Pseudo-labels that
     would teach the student (trained ``trained_with``) nothing fail the run (not retried: a ValueError)."""
     manifest = read_manifest(manifest_url, options)
     coco = load_coco(labeled.annotations, labeled.images, options).to_dict()
-    _, selection, predictions = select([s["url"] for s in manifest["shards"]], coco["categories"], task, outputs,
+    pseudo, selection, predictions = select([s["url"] for s in manifest["shards"]], coco["categories"], task, outputs,
                                        labeled=coco, options=options, trained_with=trained_with)
     _threshold_artifact(selection, {c["id"]: c["name"] for c in coco["categories"]})
-    return {**selection.to_dict(), "num_rejected": len(predictions.rejected), "pseudo_annotations": outputs.annotations}
+    return SelectionSummary.of(pseudo, selection, predictions, outputs.annotations)
 
 
 def _threshold_artifact(selection: Selection, names: dict[int, str]) -> None:

@@ -93,9 +93,9 @@ def save_random_checkpoint(url: str, coco: dict, task: str = "keypoints", option
 
     torch.manual_seed(seed)
     data = coco_from_dict(coco, "tiny", "")
-    from dd_core.models import ModelOverrides
+    from dd_core.models import ModelConfig
 
-    spec = spec_for(task, data, ModelOverrides(test_size=64, min_size=(64,), max_size=96))
+    spec = spec_for(task, data, ModelConfig(test_size=64, min_size=(64,), max_size=96))
     model = build_model(spec)
     with torch.no_grad():
         model.roi_heads.box_predictor.cls_score.bias[1] = 4.0

@@ -5,10 +5,9 @@ from dd_core.config import (
     ConfigError,
     apply_overrides,
     load_config,
-    multi_transform_settings,
     parse_config,
-    train_config,
 )
+from dd_core.train.settings import TrainConfig
 
 BASE = {"labeled": {"annotations": "l.json", "images": "l"}, "unlabeled": {"images": "u"},
         "val": {"annotations": "v.json", "images": "v"}}
@@ -90,7 +89,7 @@ def test_set_overrides_parse_values_as_yaml(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(_config()))
     c = load_config(path, ["teacher.iterations=50", "tta.scales=[64, 96]", "tta.flip=false", "storage.root=s3://b/x"])
-    assert c.teacher.iterations == 50 and c.tta.scales == [64, 96] and not c.tta.flip and c.storage.root == "s3://b/x"
+    assert c.teacher.iterations == 50 and c.tta.scales == (64, 96) and not c.tta.flip and c.storage.root == "s3://b/x"
     with pytest.raises(ConfigError, match="expected key=value"):
         apply_overrides({}, ["teacher.iterations"])
     with pytest.raises(ConfigError, match="'task' is not a section"):
@@ -118,7 +117,7 @@ def test_storage_options_never_serialise():
 
 def test_train_config_clamps_warmup_and_checkpoints_to_the_schedule():
     c = parse_config(_config(teacher={"iterations": 5, "warmup_iters": 100, "checkpoint_every": 500}))
-    t = train_config(c.teacher, seed=3)
+    t = TrainConfig.from_config(c.teacher, seed=3)
     assert (t.iterations, t.warmup_iters, t.checkpoint_every, t.seed) == (5, 5, 5, 3)
 
 
@@ -138,13 +137,19 @@ def test_student_schedule_factor_lengthens_the_teacher_schedule():
 
 
 def test_multi_transform_settings_carry_box_merging_only_for_detection():
-    from dd_core.tta.settings import BoxMergeSettings, MultiTransformSettings
+    from dd_core.tta.settings import MultiTransformSettings
 
     c = parse_config(_config(tta={"scales": [64, 96], "scoring": "AVG"}))
-    assert multi_transform_settings(c) == MultiTransformSettings((64, 96), True, None)
+    assert c.tta.for_task(c.task) == MultiTransformSettings(scales=(64, 96), flip=True)
+    assert c.tta.for_task(c.task).identity() == {"scales": [64, 96], "flip": True}
     detection = parse_config(_config(task="detection", tta={"scales": [64, 96], "scoring": "AVG"}))
-    assert multi_transform_settings(detection) == MultiTransformSettings((64, 96), True, BoxMergeSettings(0.5, 0.8, "AVG"))
-    assert parse_config(_config()).tta.scales == [96, 128, 160] == list(MultiTransformSettings().scales)
+    assert detection.tta.for_task(detection.task) == \
+        MultiTransformSettings(scales=(64, 96), flip=True, scoring="AVG").for_task("detection")
+    assert detection.tta.for_task(detection.task).identity() == \
+        {"scales": [64, 96], "flip": True, "nms_threshold": 0.5, "voting_threshold": 0.8, "scoring": "AVG",
+         "union": "raw"}
+    assert parse_config(_config()).tta.scales == (96, 128, 160) == MultiTransformSettings().scales
+    assert parse_config(_config(tta={"scoring": "TEMP_AVG"})).tta.scoring == "TEMP_AVG"
 
 
 def test_run_inputs_are_checked_before_a_run(tmp_path):
@@ -506,18 +511,17 @@ def test_a_published_teacher_kept_as_it_is_must_not_have_heads_made_anew(tmp_pat
 @pytest.mark.parametrize("steps, accepted", [([0.5, 0.5], False), ([0.9, 0.5], False), ([], True), ([0.5, 0.9], True)])
 def test_lr_steps_are_strictly_increasing_and_empty_means_no_decay(steps, accepted):
     if accepted:
-        assert train_config(parse_config(_config(teacher={"lr_steps": steps})).teacher, 0).lr_steps == tuple(steps)
+        assert TrainConfig.from_config(parse_config(_config(teacher={"lr_steps": steps})).teacher, 0).lr_steps == \
+            tuple(steps)
     else:
         with pytest.raises(ConfigError, match=r"teacher.lr_steps: Value error, must be strictly increasing fractions"):
             parse_config(_config(teacher={"lr_steps": steps}))
 
 
-def test_model_overrides_keep_an_empty_flip_pair_list_and_the_norm_eps():
-    from dd_core.config import model_overrides
-
+def test_the_model_spec_keeps_an_empty_flip_pair_list_and_the_norm_eps():
     c = parse_config(_config(keypoints={"flip_pairs": []}, model={"preset": "r50-fpn", "weights": "copy.pth",
                                                                   "norm_eps": 0}))
-    overrides = model_overrides(c.model, c.keypoints)
-    assert overrides.flip_pairs == ()  # no pairs: nothing swaps (None would mean left_*/right_* by name)
-    assert overrides.spec("keypoints", 2, 17).resolved_norm_eps == 0.0
-    assert model_overrides(parse_config(_config()).model).spec("keypoints", 2, 17).norm_eps is None
+    spec = c.model.spec("keypoints", 2, 17, c.keypoints)
+    assert spec.flip_pairs == ()  # no pairs: nothing swaps (None would mean left_*/right_* by name)
+    assert spec.resolved_norm_eps == 0.0
+    assert parse_config(_config()).model.spec("keypoints", 2, 17).norm_eps is None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 
-from dd_core.config.adapters import training_image_filter
 from dd_core.config.resume import check_resume
 from dd_core.config.schema import LabeledConfig, ModelConfig, RunConfig, UnlabeledConfig
 from dd_core.data.coco import MIN_BOX_SIDE, CocoData, CocoFormatError, check_compatible, load_coco
@@ -43,7 +42,7 @@ def check_run_inputs(config: RunConfig) -> dict[str, int]:
     check_compatible(labeled, labeled.categories, config.task, reference)
     counts = {"labeled": len(labeled.images)}
     _warn_untrainable(labeled)
-    check_labeled_for_training(labeled, training_image_filter(config))  # all background: now, not at training
+    check_labeled_for_training(labeled, config.training_images)  # all background: now, not at training
     _check_image_sizes(labeled, config.model)
     _check_start(config, labeled)
     for name in ("val", "upper_bound"):
@@ -72,7 +71,6 @@ def _check_start(config: RunConfig, labeled: CocoData) -> None:
     """The keypoint set's flip pairs and sigmas fit the labeled set; the weights the model starts from
     fit the preset and the data set and are at hand (downloaded now, or a one-line error naming the
     file to place in torch's cache)."""
-    from dd_core.config.adapters import model_overrides
     from dd_core.data.keypoints import flip_indices, oks_sigmas
     from dd_core.models.weights import check_start_weights
     from dd_core.train.detector import spec_for
@@ -87,7 +85,7 @@ def _check_start(config: RunConfig, labeled: CocoData) -> None:
                 check(names, value)
             except ValueError as exc:
                 raise ValueError(f"keypoints.{field}: {exc} (the labeled set {labeled.source})") from None
-    spec = spec_for(config.task, labeled, model_overrides(config.model, config.keypoints))
+    spec = spec_for(config.task, labeled, config.model, config.keypoints)
     remade = check_start_weights(spec, options=config.storage.options)
     if remade and config.teacher.iterations == 0:  # a random head would label the pool
         raise ValueError(f"teacher.iterations 0 keeps the teacher as published, but model.weights {spec.weights} "

@@ -1,8 +1,10 @@
 """The run configuration's schema: one pydantic model per section, every value bounded.
 
-Unknown keys are errors; errors name the field's path, e.g. ``student.labeled_ratio``. The
-sections are the contract in DESIGN.md; :mod:`dd_core.config.adapters` turns them into the typed
-arguments of dd_core's functions.
+Unknown keys are errors; errors name the field's path, e.g. ``student.labeled_ratio``. Sections
+that one part of dd_core reads are that part's own settings type, defined beside its code and
+passed down as is: ``tta`` (:mod:`dd_core.tta.settings`), ``model`` and ``keypoints``
+(:mod:`dd_core.models.spec`), ``training_images`` (:mod:`dd_core.data.filtering`). A training stage
+becomes a job by :meth:`dd_core.train.job.TrainJob.from_config`.
 """
 
 from __future__ import annotations
@@ -13,19 +15,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dd_core.tta.settings import DEFAULT_SCALES
+from dd_core.data.filtering import TrainingImageFilter
+from dd_core.models.spec import KeypointSetConfig, ModelConfig
+from dd_core.tta.settings import MultiTransformSettings
 
 # Bounds that turn a typo into an error at once instead of hours later. Checkpoints are named
-# model_<7 digits>.pth, so no schedule may pass 9,999,999 iterations; no image side (training or
-# test scale) may pass 4,096 px, nor its longer-side cap 8,192 px (the paper's largest is 1,200).
+# model_<7 digits>.pth, so no schedule may pass 9,999,999 iterations (image sides: dd_core/models/presets.py).
 MAX_ITERATIONS = 9_999_999
-MAX_SIDE = 4096
-MAX_LONG_SIDE = 8192
 MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 
-Side = Annotated[int, Field(gt=0, le=MAX_SIDE)]
 Iterations = Annotated[int, Field(gt=0, le=MAX_ITERATIONS)]
 
 
@@ -95,42 +95,6 @@ class UnlabeledConfig(_Strict):
     max_pixels: int = Field(default=150_000_000, gt=0)
 
 
-class ModelConfig(_Strict):
-    preset: Literal["slim", "r50-fpn", "r101-fpn", "x101-32x4d-fpn", "x101-64x4d-fpn"] = "slim"
-    # torchvision weights names (ResNet50_Weights.IMAGENET1K_V1; KeypointRCNN_ResNet50_FPN_Weights.COCO_V1),
-    # fetched into torch's cache ($TORCH_HOME), or a state dict's URL or path (dd_core/models/weights.py).
-    backbone_weights: str | None = None  # an ImageNet classifier's backbone
-    weights: str | None = None  # a whole detector; heads that do not fit the data set are made anew
-    trainable_backbone_layers: int | None = Field(default=None, ge=0, le=5)  # default: 3 with weights, 5 without
-    # Frozen BatchNorm's epsilon; default: 0 for torchvision's COCO v1 detectors (by name, or their file), else 1e-5.
-    norm_eps: float | None = Field(default=None, ge=0, le=1)
-    # Training scales (shorter side, px); default: the preset's.
-    min_size: list[Side] | None = Field(default=None, min_length=1)
-    test_size: Side | None = None
-    max_size: int | None = Field(default=None, gt=0, le=MAX_LONG_SIDE)
-
-    @model_validator(mode="after")
-    def _one_start(self) -> ModelConfig:
-        if self.weights and self.backbone_weights:
-            raise ValueError("weights (a whole detector) already hold a backbone: leave backbone_weights out")
-        return self
-
-    @model_validator(mode="after")
-    def _max_size_holds_the_scales(self) -> ModelConfig:
-        """A longer-side cap below a shorter-side scale would shrink every image below that scale
-        (``max_size=1`` resizes images to nothing): the cap must hold the training and test scales."""
-        if self.max_size is None:
-            return self
-        from dd_core.models.presets import PRESETS
-
-        preset = PRESETS[self.preset]
-        sizes = [*(self.min_size or preset.min_size), self.test_size or preset.test_size]
-        if self.max_size < max(sizes):
-            raise ValueError(f"max_size {self.max_size} is below the largest training or test scale "
-                             f"{max(sizes)} (the longer side's cap must hold the shorter side's scale)")
-        return self
-
-
 class TrainStageConfig(_Strict):
     iterations: Iterations = 2000
     batch_size: int = Field(default=8, gt=0, le=4096)
@@ -158,15 +122,6 @@ class TeacherConfig(TrainStageConfig):
     iterations: int = Field(default=2000, ge=0, le=MAX_ITERATIONS)
 
 
-class KeypointSetConfig(_Strict):
-    """A keypoint set other than COCO's 17: how it mirrors and how evaluation scores it."""
-
-    # Pairs of keypoint names swapped by a horizontal flip; default: left_<x> with right_<x>.
-    flip_pairs: list[Annotated[list[str], Field(min_length=2, max_length=2)]] | None = None
-    # OKS sigmas, one per keypoint in the data set's order; default: COCO's for its 17, else 0.05.
-    sigmas: list[Annotated[float, Field(gt=0)]] | None = None
-
-
 class StudentConfig(TrainStageConfig):
     iterations: Iterations = 4000
     # When set, the student trains schedule_factor x the teacher's iterations instead (the paper
@@ -174,27 +129,6 @@ class StudentConfig(TrainStageConfig):
     schedule_factor: float | None = Field(default=None, gt=0)
     labeled_ratio: float = Field(default=0.6, gt=0, le=1)
     init: Literal["scratch", "teacher"] = "scratch"
-
-
-class TTAConfig(_Strict):
-    scales: list[int] = Field(default_factory=lambda: list(DEFAULT_SCALES), max_length=64)
-    flip: bool = True
-    nms_threshold: float = Field(default=0.5, gt=0, le=1)
-    voting_threshold: float = Field(default=0.8, gt=0, le=1)
-    scoring: Literal["ID", "AVG", "IOU_AVG", "GENERALIZED_AVG", "QUASI_SUM"] = "ID"
-    # The teacher's layers in bfloat16 (heatmap average, argmax and box voting stay float32): for a
-    # GPU's speed; off by default. channels_last: the backbone's input channels-last, CUDA only.
-    precision: Literal["float32", "bfloat16"] = "float32"
-    channels_last: bool = False
-
-    @field_validator("scales")
-    @classmethod
-    def _scales(cls, v: list[int]) -> list[int]:
-        if not v:
-            raise ValueError("needs at least one scale")
-        if any(s <= 0 or s > MAX_SIDE for s in v):
-            raise ValueError(f"scales must be pixel sizes from 1 to {MAX_SIDE}, got {v}")
-        return v
 
 
 class ShardsConfig(_Strict):
@@ -223,16 +157,6 @@ class ShardsConfig(_Strict):
         return self
 
 
-class TrainingImagesConfig(_Strict):
-    """Which images every training (teacher, student, upper bound) learns from, labeled and
-    pseudo-labeled alike (dd_core/data/filtering.py): images with nothing to learn from are left out."""
-
-    keep_empty: bool = False  # true: train on every image, background ones included
-    # Keypoints only: an image needs this many visible keypoints over its instances (Detectron: 1;
-    # torchvision's references: 10). Box sets need one instance.
-    min_visible_keypoints: int = Field(default=1, ge=0, le=1000)
-
-
 class DistributedConfig(_Strict):
     """Training across processes with torch.distributed (DDP), launched by torchrun."""
 
@@ -251,13 +175,13 @@ class RunConfig(_Strict):
     labeled: LabeledConfig
     unlabeled: UnlabeledConfig
     val: LabeledConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)  # dd_core/models/spec.py
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    tta: TTAConfig = Field(default_factory=TTAConfig)
+    tta: MultiTransformSettings = Field(default_factory=MultiTransformSettings)  # dd_core/tta/settings.py
     student: StudentConfig = Field(default_factory=StudentConfig)
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
-    training_images: TrainingImagesConfig = Field(default_factory=TrainingImagesConfig)
+    training_images: TrainingImageFilter = Field(default_factory=TrainingImageFilter)  # dd_core/data/filtering.py
     keypoints: KeypointSetConfig = Field(default_factory=KeypointSetConfig)
     rounds: int = Field(default=1, gt=0, le=100)
     upper_bound: LabeledConfig | None = None  # optionally also train on this fully-labeled set

@@ -15,25 +15,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from dd_core.data.coco import MIN_BOX_SIDE, CocoData, trainable_box
 
 
-@dataclass(frozen=True)
-class TrainingImageFilter:
-    """Leave out images with nothing to learn from.
+class TrainingImageFilter(BaseModel):
+    """Leave out images with nothing to learn from: the run config's ``training_images:`` section.
 
-    An image is kept when it holds a trainable instance (not a crowd region, a box of at least
+    Every training (teacher, student, upper bound) applies it, to labeled and pseudo-labeled images
+    alike. An image is kept when it holds a trainable instance (not a crowd region, a box of at least
     :data:`~dd_core.data.coco.MIN_BOX_SIDE`), and, for keypoints, at least
     ``min_visible_keypoints`` labeled keypoints over its instances (Detectron's rule is 1,
     torchvision's references use 10). ``keep_empty`` keeps every image (background included).
     """
 
-    keep_empty: bool = False
-    min_visible_keypoints: int = 1
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        if self.min_visible_keypoints < 0:
-            raise ValueError(f"min_visible_keypoints must be >= 0, got {self.min_visible_keypoints}")
+    keep_empty: bool = False  # true: train on every image, background ones included
+    # Keypoints only: an image needs this many visible keypoints over its instances. Box sets need one instance.
+    min_visible_keypoints: int = Field(default=1, ge=0, le=1000)
 
     def rule(self, keypoints: bool) -> str:
         """The rule in words, for logs and the report."""
@@ -57,7 +58,7 @@ class TrainingImageFilter:
         return visible >= self.min_visible_keypoints
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,12 @@ import json
 import logging
 import os
 import posixpath
-import threading
-from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 from dd_core.data.coco import check_file_name, load_coco
 from dd_core.data.images import IMAGE_SUFFIXES
-from dd_core.storage import iter_files, join, list_files, parent, read_bytes, version
+from dd_core.storage import iter_files, join, list_files, parent, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +288,7 @@ def _what_changed(root: str, before: list[Mapping[str, Any]], now: UnlabeledSet)
     return " (the same names, with other ids or sizes)"
 
 
-def _parse_plan(plan: Mapping[str, Any]) -> tuple[str, list[Shard]]:
+def parse_plan(plan: Mapping[str, Any]) -> tuple[str, list[Shard]]:
     """(images root, shards) of a plan's json document."""
     return plan["root"], [Shard(i, [UnlabeledImage(**im) for im in images]) for i, images in enumerate(plan["shards"])]
 
@@ -300,139 +297,4 @@ def read_plan(url: str, options: Mapping[str, Any] | None = None) -> tuple[str, 
     """(images root, shards) of a plan written by :func:`write_plan`."""
     from dd_core.storage import read_json
 
-    return _parse_plan(read_json(url, options))
-
-
-class PlanChanged(ValueError):
-    """The plan at a URL is not the one a labeling planned: it was written again since."""
-
-
-@dataclass
-class _Pinned:
-    """A plan held at the digest a labeling planned, with the storage's version of it when it was read
-    and what the last look at the storage found."""
-
-    plan: tuple[str, list[Shard]]
-    token: Any
-    look: Future[None] | None = None
-    changed: str | None = None
-
-
-class PlanCache:
-    """Shard plans read once per process, for every shard task that needs its one shard.
-
-    A plan lists every unlabeled image (about 10 MB of json for COCO's 123k): read by each of 2,000
-    shard tasks it was 2,000 reads and parses. The ``maxsize`` latest plans are kept.
-
-    - With the digest a labeling planned (``expected``: :attr:`WrittenPlan.digest`, carried by its
-      shard job), a plan held is returned at once, and a plan read with another digest raises
-      :class:`PlanChanged`. Meanwhile one thread looks at the storage's version of the plan, one
-      look at a time: a plan written again with other shards since (the same run planned anew while
-      this process still labels the old plan: a straggler) raises :class:`PlanChanged` at the next
-      call, so that shards of the old plan stop being written over the new plan's. Before, each call
-      asked the storage first (an S3 HEAD): at 2,000 shards on one CPU core, 14 ms of each shard
-      task's wait for its first image.
-    - Without, a plan is keyed by its URL and its :func:`~dd_core.storage.version`, asked of the
-      storage at each call (a stat, an S3 HEAD); a plan rewritten is read again.
-
-    Owner: the process that runs shard tasks (``tasks.cache.PLANS``). Threads share it: one reads
-    a plan while the others wait for it rather than read it too.
-    """
-
-    def __init__(self, maxsize: int = 2) -> None:
-        self.maxsize = maxsize
-        self._plans: OrderedDict[tuple[str, Any], tuple[str, list[Shard]]] = OrderedDict()
-        self._pinned: OrderedDict[tuple[str, str], _Pinned] = OrderedDict()
-        self._lock = threading.Lock()
-        self._looker: ThreadPoolExecutor | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        """A cache sent to another process arrives empty: each process reads its own plans."""
-        return {"maxsize": self.maxsize}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["maxsize"])
-
-    def read(self, url: str, options: Mapping[str, Any] | None = None,
-             expected: str | None = None) -> tuple[str, list[Shard]]:
-        """(images root, shards) of the plan at ``url`` as it is now (see :func:`read_plan`), or as
-        planned with digest ``expected`` (see the class docstring)."""
-        if expected is not None:
-            return self._read_pinned(url, options, expected)
-        # The version before the read: a plan rewritten in between is stored under the old
-        # version and read again at the next call, never the other way round.
-        token = version(url, options)
-        if token is None:  # a storage that tells no version: nothing to tell a rewrite by
-            return read_plan(url, options)
-        key = (url, token)
-        with self._lock:
-            if key in self._plans:
-                self._plans.move_to_end(key)
-                return self._plans[key]
-            plan = self._plans[key] = read_plan(url, options)
-            for old in [k for k in self._plans if k[0] == url and k != key]:
-                del self._plans[old]  # an earlier version of this plan: never asked for again
-            while len(self._plans) > self.maxsize:
-                self._plans.popitem(last=False)
-            return plan
-
-    def _read_pinned(self, url: str, options: Mapping[str, Any] | None, expected: str) -> tuple[str, list[Shard]]:
-        from dd_core.storage import read_json
-
-        key = (url, expected)
-        with self._lock:
-            pinned = self._pinned.get(key)
-            if pinned is None:
-                token = version(url, options)  # before the read: a rewrite in between is seen by the first look
-                document = read_json(url, options)
-                if document.get("digest") != expected:
-                    raise PlanChanged(_changed(url, expected, document.get("digest")))
-                pinned = self._pinned[key] = _Pinned(_parse_plan(document), token)
-                while len(self._pinned) > self.maxsize:
-                    self._pinned.popitem(last=False)
-            self._pinned.move_to_end(key)
-            if pinned.changed is not None:  # read again next time: the run may be planned back to this digest
-                del self._pinned[key]
-                raise PlanChanged(pinned.changed)
-            if pinned.token is not None and (pinned.look is None or pinned.look.done()):
-                if self._looker is None:
-                    self._looker = ThreadPoolExecutor(1, thread_name_prefix="omnidistill-plan")
-                pinned.look = self._looker.submit(_look, url, options, expected, pinned)
-            return pinned.plan
-
-    def clear(self) -> None:
-        with self._lock:
-            self._plans.clear()
-            self._pinned.clear()
-            if self._looker is not None:
-                self._looker.shutdown(wait=False, cancel_futures=True)
-                self._looker = None
-
-
-def _changed(url: str, expected: str, found: str | None) -> str:
-    """What :class:`PlanChanged` says: the plan, and the digests planned and found (their first 12 digits)."""
-    return (f"{url}: the shard plan changed since this labeling planned it (digest {expected[:12]}, now "
-            f"{(found or 'none')[:12]}): the same run was planned again meanwhile; this labeling stops")
-
-
-def _look(url: str, options: Mapping[str, Any] | None, expected: str, pinned: _Pinned) -> None:
-    """Whether the plan at ``url`` is still the one of digest ``expected``: a new version of the file
-    is read, and marks ``pinned`` changed unless its digest is the same. A look that fails (the
-    storage unreachable for a moment) says nothing: the next one asks again."""
-    from dd_core.storage import read_json
-
-    try:
-        token = version(url, options)
-        if token == pinned.token:
-            return
-        found = read_json(url, options).get("digest")
-    except FileNotFoundError:
-        pinned.changed = f"{url}: the shard plan is gone since this labeling read it (planned again, or deleted)"
-        return
-    except Exception:  # noqa: BLE001 - a look, not the labeling: the next call looks again
-        log.debug("looking at %s failed", url, exc_info=True)
-        return
-    if found == expected:
-        pinned.token = token  # written again with the same shards (a resume planning the same images)
-    else:
-        pinned.changed = _changed(url, expected, found)
+    return parse_plan(read_json(url, options))

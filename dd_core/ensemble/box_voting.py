@@ -26,9 +26,7 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from dd_core.ensemble.arguments import as_boxes, as_labels, as_scores, as_tensor, check_finite, float_dtype
-
-SCORING_METHODS: tuple[str, ...] = ("ID", "TEMP_AVG", "AVG", "IOU_AVG", "GENERALIZED_AVG", "QUASI_SUM")
-"""Detectron's ``box_voting`` scoring methods (``TEST.BBOX_VOTE.SCORING_METHOD``)."""
+from dd_core.tta.settings import DEFAULT_SCORING, DEFAULT_VOTING_THRESHOLD, SCORING_METHODS  # noqa: F401 (re-exported)
 
 
 def box_voting(
@@ -36,8 +34,8 @@ def box_voting(
     top_scores: ArrayLike,
     all_boxes: ArrayLike,
     all_scores: ArrayLike,
-    iou_threshold: float = 0.8,
-    scoring: str = "ID",
+    iou_threshold: float = DEFAULT_VOTING_THRESHOLD,
+    scoring: str = DEFAULT_SCORING,
     beta: float = 1.0,
 ) -> tuple[NDArray, NDArray]:
     """Refine the NMS survivors ``top_boxes`` by letting every detection in ``all_boxes`` vote.
@@ -84,8 +82,8 @@ def batched_box_voting(
     all_boxes: Tensor,
     all_scores: Tensor,
     all_labels: Tensor | None,
-    iou_threshold: float = 0.8,
-    scoring: str = "ID",
+    iou_threshold: float = DEFAULT_VOTING_THRESHOLD,
+    scoring: str = DEFAULT_SCORING,
     beta: float = 1.0,
     *,
     chunk: int = 0,

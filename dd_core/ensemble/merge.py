@@ -22,6 +22,7 @@ from torchvision.ops import batched_nms
 
 from dd_core.ensemble.arguments import as_boxes, as_labels, as_scores, as_tensor, check_finite, float_dtype, label_dtype
 from dd_core.ensemble.box_voting import batched_box_voting, check_scoring
+from dd_core.tta.settings import DEFAULT_NMS_THRESHOLD, DEFAULT_SCORING, DEFAULT_VOTING_THRESHOLD
 
 
 @overload
@@ -38,9 +39,9 @@ def merge_detections(
     boxes: Tensor | ArrayLike,
     scores: Tensor | ArrayLike,
     labels: Tensor | ArrayLike,
-    nms_threshold: float = 0.5,
-    voting_threshold: float = 0.8,
-    scoring: str = "ID",
+    nms_threshold: float = DEFAULT_NMS_THRESHOLD,
+    voting_threshold: float = DEFAULT_VOTING_THRESHOLD,
+    scoring: str = DEFAULT_SCORING,
     beta: float = 1.0,
     max_detections: int | None = 100,
 ) -> tuple[Tensor, Tensor, Tensor] | tuple[NDArray, NDArray, NDArray]:

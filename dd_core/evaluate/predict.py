@@ -9,12 +9,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dd_core.data.dataset import CocoDataset, collate
-from dd_core.stopping import check_stop
-from dd_core.tta.predict import PredictFn
-
-
-def _default_predict(model: torch.nn.Module, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    return model(images)
+from dd_core.ops.stop import NEVER, StopToken
 
 
 def outputs_to_results(output: Mapping[str, torch.Tensor], image_id: int,
@@ -36,11 +31,12 @@ def outputs_to_results(output: Mapping[str, torch.Tensor], image_id: int,
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, dataset: CocoDataset, batch_size: int = 8, predict_fn: PredictFn | None = None,
+def predict(model: torch.nn.Module, dataset: CocoDataset, batch_size: int = 8,
             device: str | torch.device = "cpu", num_workers: int = 0, progress: bool = True,
-            desc: str = "predict") -> list[dict[str, Any]]:
-    """COCO results of ``model`` on every image of ``dataset`` (``predict_fn`` adds TTA)."""
-    predict_fn = predict_fn or _default_predict
+            desc: str = "predict", stop: StopToken = NEVER) -> list[dict[str, Any]]:
+    """COCO results of ``model`` on every image of ``dataset`` (a
+    :class:`~dd_core.tta.model.MultiTransformModel` adds multi-transform inference); ``stop`` is
+    checked before each batch."""
     device = torch.device(device)
     model.to(device).eval()
     label_to_category = {v: k for k, v in dataset.cat_to_label.items()}
@@ -48,8 +44,8 @@ def predict(model: torch.nn.Module, dataset: CocoDataset, batch_size: int = 8, p
     results: list[dict[str, Any]] = []
     with tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for images, targets in loader:
-            check_stop()
-            outputs = predict_fn(model, [im.to(device) for im in images])
+            stop.check()
+            outputs = model([im.to(device) for im in images])
             for output, target in zip(outputs, targets):
                 output = {k: v.cpu() for k, v in output.items() if isinstance(v, torch.Tensor)}
                 results.extend(outputs_to_results(output, int(target["image_id"]), label_to_category))

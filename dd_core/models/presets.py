@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Bounds that turn a typo into an error at once instead of hours later: no image side (training or
+# test scale) may pass 4,096 px, nor its longer-side cap 8,192 px (the paper's largest is 1,200).
+MAX_SIDE = 4096
+MAX_LONG_SIDE = 8192
+
 
 @dataclass(frozen=True)
 class Preset:

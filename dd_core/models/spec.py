@@ -1,14 +1,17 @@
-"""What a model is, as plain data: :class:`ModelSpec` (stored in every checkpoint) and the run's
-:class:`ModelOverrides` of it (what the configuration chooses; the data fixes the rest).
+"""What a model is, as plain data: :class:`ModelSpec` (stored in every checkpoint), and the run
+config's :class:`ModelConfig` and :class:`KeypointSetConfig` of it (what the configuration chooses;
+the data fixes the rest). Loads without torch: the config's schema validates these.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
-from dd_core.models.presets import PRESETS
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+
+from dd_core.models.presets import MAX_LONG_SIDE, MAX_SIDE, PRESETS
 
 TASKS = ("keypoints", "detection")
 NORMS = ("batch", "frozen")
@@ -123,41 +126,90 @@ class ModelSpec:
         return cls(**_known_fields(cls, d, "model spec"))
 
 
-@dataclass(frozen=True)
-class ModelOverrides:
-    """The architecture settings a run chooses; the labeled set fixes the classes and keypoints.
+Side = Annotated[int, Field(gt=0, le=MAX_SIDE)]
 
-    ``None`` keeps the preset's value (see :class:`ModelSpec`). Round-trips through JSON (the job
-    file every torchrun rank reads) with :meth:`to_dict` / :meth:`from_dict`.
+
+class KeypointSetConfig(BaseModel):
+    """A keypoint set other than COCO's 17: how it mirrors and how evaluation scores it (the run
+    config's ``keypoints:`` section)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    # Pairs of keypoint names swapped by a horizontal flip; default: left_<x> with right_<x>.
+    flip_pairs: list[Annotated[list[str], Field(min_length=2, max_length=2)]] | None = None
+    # OKS sigmas, one per keypoint in the data set's order; default: COCO's for its 17, else 0.05.
+    sigmas: list[Annotated[float, Field(gt=0)]] | None = None
+
+
+class ModelConfig(BaseModel):
+    """The architecture settings a run chooses (the run config's ``model:`` section); the labeled set
+    fixes the classes and keypoints. ``None`` keeps the preset's value (see :class:`ModelSpec`).
+
+    Round-trips through JSON (the job file every torchrun rank reads) with :meth:`to_dict` /
+    :meth:`from_dict`.
     """
 
-    preset: str = "slim"
-    backbone_weights: str | None = None  # ImageNet classifier: a torchvision weights name, URL or path
-    min_size: tuple[int, ...] | None = None  # training scales (shorter side)
-    test_size: int | None = None
-    max_size: int | None = None  # cap on the longer side
-    weights: str | None = None  # a whole detector: a torchvision weights name, URL or path
-    trainable_backbone_layers: int | None = None
-    flip_pairs: tuple[tuple[str, str], ...] | None = None
-    oks_sigmas: tuple[float, ...] | None = None
-    norm_eps: float | None = None  # frozen BatchNorm's epsilon; None: what torchvision uses with the weights
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"ModelOverrides.preset: expected one of {sorted(PRESETS)}, got {self.preset!r}")
-        _tuples(self)  # a list (JSON, pydantic) becomes the spec's tuple
+    preset: Literal["slim", "r50-fpn", "r101-fpn", "x101-32x4d-fpn", "x101-64x4d-fpn"] = "slim"
+    # torchvision weights names (ResNet50_Weights.IMAGENET1K_V1; KeypointRCNN_ResNet50_FPN_Weights.COCO_V1),
+    # fetched into torch's cache ($TORCH_HOME), or a state dict's URL or path (dd_core/models/weights.py).
+    backbone_weights: str | None = None  # an ImageNet classifier's backbone
+    weights: str | None = None  # a whole detector; heads that do not fit the data set are made anew
+    trainable_backbone_layers: int | None = Field(default=None, ge=0, le=5)  # default: 3 with weights, 5 without
+    # Frozen BatchNorm's epsilon; default: 0 for torchvision's COCO v1 detectors (by name, or their file), else 1e-5.
+    norm_eps: float | None = Field(default=None, ge=0, le=1)
+    # Training scales (shorter side, px); default: the preset's.
+    min_size: list[Side] | None = Field(default=None, min_length=1)
+    test_size: Side | None = None
+    max_size: int | None = Field(default=None, gt=0, le=MAX_LONG_SIDE)  # cap on the longer side
 
-    def spec(self, task: str, num_classes: int, num_keypoints: int) -> ModelSpec:
-        """The full spec of a ``task`` model with these settings."""
+    @field_validator("min_size")
+    @classmethod
+    def _as_tuple(cls, v: list[int] | None) -> tuple[int, ...] | None:
+        """Validated as a list (the config's errors name lists); kept as the spec's tuple."""
+        return None if v is None else tuple(v)
+
+    @field_serializer("min_size")
+    def _as_list(self, v: tuple[int, ...] | None) -> list[int] | None:
+        return None if v is None else list(v)
+
+    @model_validator(mode="after")
+    def _one_start(self) -> ModelConfig:
+        if self.weights and self.backbone_weights:
+            raise ValueError("weights (a whole detector) already hold a backbone: leave backbone_weights out")
+        return self
+
+    @model_validator(mode="after")
+    def _max_size_holds_the_scales(self) -> ModelConfig:
+        """A longer-side cap below a shorter-side scale would shrink every image below that scale
+        (``max_size=1`` resizes images to nothing): the cap must hold the training and test scales."""
+        if self.max_size is None:
+            return self
+        preset = PRESETS[self.preset]
+        sizes = [*(self.min_size or preset.min_size), self.test_size or preset.test_size]
+        if self.max_size < max(sizes):
+            raise ValueError(f"max_size {self.max_size} is below the largest training or test scale "
+                             f"{max(sizes)} (the longer side's cap must hold the shorter side's scale)")
+        return self
+
+    def spec(self, task: str, num_classes: int, num_keypoints: int,
+             keypoints: KeypointSetConfig | None = None) -> ModelSpec:
+        """The full spec of a ``task`` model with these settings and the keypoint set's flip pairs and
+        OKS sigmas (``None``: left_*/right_* names, COCO's sigmas)."""
+        keypoints = keypoints or KeypointSetConfig()
         return ModelSpec(task=task, preset=self.preset, num_classes=num_classes, num_keypoints=num_keypoints,
                          min_size=self.min_size, test_size=self.test_size, max_size=self.max_size,
-                         backbone_weights=self.backbone_weights, weights=self.weights,
-                         trainable_backbone_layers=self.trainable_backbone_layers, flip_pairs=self.flip_pairs,
-                         oks_sigmas=self.oks_sigmas, norm_eps=self.norm_eps)
+                         backbone_weights=self.backbone_weights or None, weights=self.weights or None,
+                         trainable_backbone_layers=self.trainable_backbone_layers,
+                         # [] is no pairs (nothing swaps), not the left_/right_ default
+                         flip_pairs=tuple(tuple(p) for p in keypoints.flip_pairs)  # type: ignore[misc]
+                         if keypoints.flip_pairs is not None else None,
+                         oks_sigmas=tuple(keypoints.sigmas) if keypoints.sigmas else None, norm_eps=self.norm_eps)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelOverrides":
-        return cls(**_known_fields(cls, d, "model overrides"))
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        return cls.model_validate(d)

@@ -66,6 +66,18 @@ class StopToken:
         self._reason.clear()
         self._requested.clear()
 
+    def __reduce__(self) -> tuple[Callable[[str], StopToken], tuple[str]]:
+        """:data:`PROCESS` and :data:`NEVER` travel by name (a task sent to a Dask worker gets that
+        process's token); a token of one's own does not leave its process."""
+        for name in ("PROCESS", "NEVER"):
+            if globals().get(name) is self:
+                return _named, (name,)
+        raise TypeError("a StopToken other than dd_core.ops.stop.PROCESS or NEVER cannot leave its process")
+
+
+def _named(name: str) -> StopToken:
+    return globals()[name]
+
 
 NEVER = StopToken()
 """A token nobody requests: the default of a loop run on its own (a test, a benchmark). Never request it."""

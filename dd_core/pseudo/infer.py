@@ -16,9 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +25,14 @@ import torch
 from tqdm.auto import tqdm
 
 from dd_core.data.images import MAX_PIXELS
-from dd_core.data.unlabeled import PlanCache, Shard, UnlabeledImage, read_plan
+from dd_core.data.unlabeled import Shard, UnlabeledImage, read_plan
+from dd_core.ops.clock import StageClock, timed
+from dd_core.ops.labeling import LabelingOps
+from dd_core.ops.plans import PlanCache
 from dd_core.pseudo.columns import ShardColumns, check_image_id, outputs_to_host
 from dd_core.pseudo.fingerprint import shard_fingerprint
-from dd_core.pseudo.reading import READ_THREADS, BatchRead, ReadAhead, read_batches
-from dd_core.pseudo.teacher import Teacher, TeacherCache, teacher_from_checkpoint
-from dd_core.stopping import check_stop
+from dd_core.pseudo.reading import READ_THREADS, BatchRead, ImageReading, read_batches
+from dd_core.pseudo.teacher import Teacher, teacher_from_checkpoint
 from dd_core.storage import join, list_files
 from dd_core.storage.parquet import ShardError, predictions_table, read_shard_footer, write_shard
 from dd_core.tta.settings import MultiTransformSettings
@@ -58,31 +58,6 @@ class ShardSummary:
 def shard_url(out_dir: str, shard: Shard) -> str:
     """Where shard ``shard``'s predictions are: ``<out_dir>/shard-00042.parquet``."""
     return join(out_dir, f"{shard.name}.parquet")
-
-
-class StageClock:
-    """Seconds spent waiting for images (``read``: what reading ahead did not hide) and running the
-    teacher (``infer``) while pseudo-labeling: a benchmark's seam into the shard loop. ``sync``
-    (e.g. ``torch.cuda.synchronize``) runs at each stage's edges, so that a GPU's queued work is
-    counted where it is done."""
-
-    def __init__(self, sync: Callable[[], None] | None = None) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self._sync = sync or (lambda: None)
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        self._sync()
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._sync()
-            self.seconds[name] += time.perf_counter() - start
-
-
-def _stage(clock: StageClock | None, name: str) -> contextlib.AbstractContextManager[None]:
-    return clock.stage(name) if clock is not None else contextlib.nullcontext()
 
 
 def existing_output(url: str, expected: str, options: Mapping[str, Any] | None) -> tuple[dict, int] | None:
@@ -114,8 +89,8 @@ def predict_each(teacher: Teacher, images: list[torch.Tensor],
     one image at a time, so that an image the model cannot take costs only itself. The exception of an
     image that fails alone stands in for its output (without its traceback: its frames hold tensors)."""
     try:
-        with _stage(clock, "infer"):
-            outputs = teacher.predict_fn(teacher.model, images)
+        with timed(clock, "infer"):
+            outputs = teacher.model(images)
         return outputs_to_host(outputs)
     except _IMAGE_ERRORS as exc:
         if len(images) == 1:
@@ -177,66 +152,72 @@ def _pseudo_label_batch(teacher: Teacher, read: BatchRead, root: str, columns: S
                              "height": reduction.height, "width": reduction.width})
 
 
+@dataclass(frozen=True)
+class ShardRun:
+    """How shards are computed: the teacher (``load_teacher`` is called only for a shard that must
+    be computed), the device it runs on, in batches of ``batch_size`` images; an image of more than
+    ``max_pixels`` pixels is rejected before it is decoded. ``options``: the storage's."""
+
+    load_teacher: Callable[[], Teacher]
+    options: Mapping[str, Any] | None = None
+    device: str = "cpu"
+    batch_size: int = 4
+    max_pixels: int | None = MAX_PIXELS
+    progress: bool = False
+
+
 @torch.inference_mode()
-def pseudo_label_shard(shard: Shard, root: str, out_dir: str, fingerprint: str, load_teacher: Callable[[], Teacher],
-                       *, options: Mapping[str, Any] | None = None, device: str = "cpu", batch_size: int = 4,
-                       progress: bool = False, clock: StageClock | None = None,
-                       hold: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-                       check_done: bool = True, read_ahead: ReadAhead | None = None,
-                       next_shard: Shard | None = None, max_pixels: int | None = MAX_PIXELS) -> ShardSummary:
+def pseudo_label_shard(shard: Shard, root: str, out_dir: str, fingerprint: str, run: ShardRun, *,
+                       check_done: bool = True, next_shard: Shard | None = None,
+                       ops: LabelingOps = LabelingOps()) -> ShardSummary:
     """Multi-transform inference on every image of ``shard``, written to :func:`shard_url`.
 
     ``fingerprint`` is the teacher's (:func:`~dd_core.pseudo.fingerprint.checkpoint_fingerprint`);
-    ``load_teacher`` is called only when the shard must be computed, and ``hold()`` (a GPU
-    concurrency slot, say) is held only then: a finished shard returns without it. Images that
-    cannot be pseudo-labeled are listed in the shard's ``rejected`` (see the module docstring).
-    ``check_done=False`` computes the shard without looking for a finished output first: for a
-    caller that has just found none (:func:`done_shards`); on S3 the look costs two requests.
-    With ``read_ahead``, images it holds are taken from it, and the first batch of ``next_shard``
-    (labeled next by this thread, if known) is read into it while this shard's last batch is labeled.
-    An image of more than ``max_pixels`` pixels is rejected before it is decoded.
+    the teacher is loaded and ``ops.hold()`` (a GPU concurrency slot, say) held only when the shard
+    must be computed: a finished shard returns without them. Images that cannot be pseudo-labeled
+    are listed in the shard's ``rejected`` (see the module docstring). ``check_done=False`` computes
+    the shard without looking for a finished output first: for a caller that has just found none
+    (:func:`done_shards`); on S3 the look costs two requests. With ``ops.read_ahead``, images it
+    holds are taken from it, and the first batch of ``next_shard`` (labeled next by this thread, if
+    known) is read into it while this shard's last batch is labeled.
     """
     url = shard_url(out_dir, shard)
     expected = shard_fingerprint(fingerprint, root, shard)
-    found = existing_output(url, expected, options) if check_done else None
+    found = existing_output(url, expected, run.options) if check_done else None
     if found is not None:
         return _finished(shard, url, found)
     for image in shard.images:
         check_image_id(image)
-    with hold():
-        return _compute_shard(shard, root, url, expected, load_teacher(), options=options, device=device,
-                              batch_size=batch_size, progress=progress, clock=clock, read_ahead=read_ahead,
-                              then=next_shard.images[:batch_size] if next_shard is not None else [],
-                              max_pixels=max_pixels)
+    with ops.hold():
+        then = next_shard.images[:run.batch_size] if next_shard is not None else []
+        return _compute_shard(shard, root, url, expected, run.load_teacher(), run, ops, then)
 
 
 def _on_device(model: torch.nn.Module, device: str) -> torch.nn.Module:
     """``model`` on ``device``; a model there already (a cached teacher, shard after shard) is not
-    walked again: ``Module.to`` visits every module, about 0.8% of a labeling in 16-image shards."""
+    walked again: ``Module.to`` visits every module, at every shard."""
     first, target = next(model.parameters(), None), torch.device(device)
     there = first is not None and first.device.type == target.type and target.index in (None, first.device.index)
     return model if there else model.to(target)
 
 
-def _compute_shard(shard: Shard, root: str, url: str, expected: str, teacher: Teacher, *,
-                   options: Mapping[str, Any] | None, device: str, batch_size: int, progress: bool,
-                   clock: StageClock | None, read_ahead: ReadAhead | None = None,
-                   then: Sequence[UnlabeledImage] = (), max_pixels: int | None = MAX_PIXELS) -> ShardSummary:
-    """Every image of ``shard`` pseudo-labeled by ``teacher`` and written to ``url``."""
-    _on_device(teacher.model, device).eval()
+def _compute_shard(shard: Shard, root: str, url: str, expected: str, teacher: Teacher, run: ShardRun,
+                   ops: LabelingOps, then: Sequence[UnlabeledImage] = ()) -> ShardSummary:
+    """Every image of ``shard`` pseudo-labeled by ``teacher`` and written to ``url`` (fingerprint ``expected``)."""
+    _on_device(teacher.model, run.device).eval()
     columns, outcome = ShardColumns(teacher.label_to_category), ShardOutcome()
-    batches = [shard.images[i:i + batch_size] for i in range(0, len(shard.images), batch_size)]
-    with contextlib.closing(read_batches(batches, root, options, device, teacher.check_image, ahead=read_ahead,
-                                         then=then, max_pixels=max_pixels)) as reads:
-        for _ in tqdm(batches, desc=shard.name, disable=not progress, unit="batch"):
-            check_stop()  # a stopped run leaves this shard unwritten: it is redone when the run resumes
-            with _stage(clock, "read"):  # the wait for this batch's images (read while the last was labeled)
+    batches = [shard.images[i:i + run.batch_size] for i in range(0, len(shard.images), run.batch_size)]
+    reading = ImageReading(root, run.options, teacher.check_image, run.max_pixels)
+    with contextlib.closing(read_batches(batches, reading, run.device, ahead=ops.read_ahead, then=then)) as reads:
+        for _ in tqdm(batches, desc=shard.name, disable=not run.progress, unit="batch"):
+            ops.stop.check()  # a stopped run leaves this shard unwritten: it is redone when the run resumes
+            with timed(ops.clock, "read"):  # the wait for this batch's images (read while the last was labeled)
                 read = next(reads)
-            _pseudo_label_batch(teacher, read, root, columns, outcome, clock)
+            _pseudo_label_batch(teacher, read, root, columns, outcome, ops.clock)
     outcome.check(shard)
     meta = {"fingerprint": expected, "shard": shard.name, "images": outcome.done, "rejected": outcome.rejected}
     table = predictions_table(columns.columns(), meta)
-    write_shard(url, table, options)
+    write_shard(url, table, run.options)
     return ShardSummary(shard.name, url, len(outcome.done), table.num_rows, len(outcome.rejected), False)
 
 
@@ -282,23 +263,24 @@ def labeled_after(indices: Sequence[int]) -> list[int | None]:
     return [*indices[1:], None]
 
 
-def pseudo_label_planned_shard(job: ShardJob, index: int, *, cache: TeacherCache, device: str,
-                               options: Mapping[str, Any] | None = None, progress: bool = False,
-                               plans: PlanCache | None = None,
-                               hold: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-                               check_done: bool = True, read_ahead: ReadAhead | None = None,
-                               next_index: int | None = None) -> ShardSummary:
+def pseudo_label_planned_shard(job: ShardJob, index: int, *, device: str, options: Mapping[str, Any] | None = None,
+                               progress: bool = False, check_done: bool = True, next_index: int | None = None,
+                               ops: LabelingOps = LabelingOps()) -> ShardSummary:
     """Pseudo-label shard ``index`` of the job's plan on ``device`` (what one shard task does); the
-    teacher is loaded once into ``cache`` and shared with the next shards, the plan read once into
-    ``plans`` (or read each time without it). ``hold`` and ``check_done`` as in :func:`pseudo_label_shard`;
-    ``next_index``: the shard this thread labels next, if known, whose first images ``read_ahead`` reads
-    meanwhile (an index outside the plan is no shard)."""
-    root, shards = _planned(job.plan_url, index, options, plans, job.plan_digest)
+    teacher is loaded once into ``ops.teachers`` and shared with the next shards, the plan read once
+    into ``ops.plans`` (or each read for this shard alone without them). ``check_done`` and ``ops``
+    as in :func:`pseudo_label_shard`; ``next_index``: the shard this thread labels next, if known,
+    whose first images ``ops.read_ahead`` reads meanwhile (an index outside the plan is no shard)."""
+    root, shards = _planned(job.plan_url, index, options, ops.plans, job.plan_digest)
     following = shards[next_index] if next_index is not None and 0 <= next_index < len(shards) else None
-    load = lambda: cache.get(job.fingerprint, lambda: teacher_from_checkpoint(job.checkpoint, job.tta, options))  # noqa: E731
-    return pseudo_label_shard(shards[index], root, job.out_dir, job.fingerprint, load, options=options, device=device,
-                              batch_size=job.batch_size, progress=progress, hold=hold, check_done=check_done,
-                              read_ahead=read_ahead, next_shard=following, max_pixels=job.max_pixels)
+
+    def load() -> Teacher:
+        fresh = lambda: teacher_from_checkpoint(job.checkpoint, job.tta, options)  # noqa: E731
+        return ops.teachers.get(job.fingerprint, fresh) if ops.teachers is not None else fresh()
+
+    run = ShardRun(load, options, device, job.batch_size, job.max_pixels, progress)
+    return pseudo_label_shard(shards[index], root, job.out_dir, job.fingerprint, run, check_done=check_done,
+                              next_shard=following, ops=ops)
 
 
 def done_shards(plan_url: str, out_dir: str, fingerprint: str, options: Mapping[str, Any] | None = None,

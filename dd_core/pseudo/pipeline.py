@@ -32,7 +32,7 @@ from dd_core.pseudo.select import (
     fixed_selection,
     read_predictions,
 )
-from dd_core.storage import join, parent, remove, write_json_atomic
+from dd_core.storage import join, parent, read_json, remove, write_json_atomic
 from dd_core.storage.layout import RunLayout
 from dd_core.storage.parquet import write_rejected
 
@@ -88,6 +88,33 @@ class SelectionOutputs:
         """``a/pseudo.json`` -> ``a/pseudo.thresholds.json`` and ``<predictions_dir>/_rejected.parquet``."""
         return cls(annotations, annotations.removesuffix(".json") + ".thresholds.json",
                    join(predictions_dir, "_rejected.parquet"))
+
+
+@dataclass(frozen=True)
+class SelectionSummary:
+    """What :func:`select` chose and kept, for the report and the flow: :class:`~dd_core.pseudo.select.Selection`
+    as JSON values (category ids as strings), what was rejected, and where the pseudo-labels are."""
+
+    thresholds: dict[str, float]
+    target_per_image: dict[str, float]
+    kept_per_category: dict[str, int]
+    predicted_per_category: dict[str, int]
+    num_images: int  # unlabeled images read (every one in the pseudo-label json, with or without instances)
+    keypoint_thresholds: dict[str, float]
+    target_keypoints_per_instance: dict[str, float]
+    kept_keypoints_per_instance: dict[str, float]
+    num_instances: int  # pseudo-labeled instances kept
+    num_rejected: int  # unlabeled images that could not be read
+    pseudo_annotations: str  # the pseudo-label json's URL
+
+    @classmethod
+    def of(cls, coco: Mapping[str, Any], selection: Selection, predictions: Predictions,
+           annotations: str) -> "SelectionSummary":
+        return cls(**selection.to_dict(), num_instances=len(coco["annotations"]),
+                   num_rejected=len(predictions.rejected), pseudo_annotations=annotations)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 def _check_rejections(predictions: Predictions) -> None:
@@ -160,3 +187,15 @@ def select(shard_urls: Sequence[str], categories: list[dict[str, Any]], task: st
     write_json_atomic(outputs.thresholds, selection.to_dict(), options, indent=1)
     write_json_atomic(outputs.annotations, coco, options)
     return coco, selection, predictions
+
+
+def select_listed(manifest_url: str, categories: list[dict[str, Any]], task: str, outputs: SelectionOutputs, *,
+                  labeled: Mapping[str, Any] | None = None, fixed: FixedThresholds | None = None,
+                  options: Mapping[str, Any] | None = None) -> SelectionSummary:
+    """:func:`select` over the shards the manifest at ``manifest_url`` lists, summarized. For shards
+    this process has just written: they are not looked for one by one (the flow's task does, as
+    its shards may come from other machines)."""
+    urls = [s["url"] for s in read_json(manifest_url, options)["shards"]]
+    coco, selection, predictions = select(urls, categories, task, outputs, labeled=labeled, fixed=fixed,
+                                          options=options)
+    return SelectionSummary.of(coco, selection, predictions, outputs.annotations)

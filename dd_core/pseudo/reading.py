@@ -14,11 +14,10 @@ predictions back to the file's own coordinates and size.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +25,9 @@ from dd_core.data.images import MAX_PIXELS, ImageDecodeError, Reduction, read_re
 from dd_core.data.unlabeled import UnlabeledImage
 from dd_core.pseudo.teacher import ImageCheck, any_size
 from dd_core.storage import StorageError, join
+
+if TYPE_CHECKING:  # the read-ahead (an operation) reads with this module's functions
+    from dd_core.ops.read_ahead import ReadAhead
 
 # Failures of the storage, not of an image: the shard fails and its task is retried.
 TRANSIENT = (StorageError, ConnectionError, TimeoutError)
@@ -106,9 +108,9 @@ def _unreadable(url: str, exc: Exception) -> str:
     return f"{url}: {what} ({detail})"
 
 
-def _read_one(image: UnlabeledImage, root: str, options: Mapping[str, Any] | None,
-              check_image: ImageCheck, max_pixels: int | None = MAX_PIXELS
-              ) -> tuple[torch.Tensor, Reduction] | ImageRejected:
+def read_one(image: UnlabeledImage, root: str, options: Mapping[str, Any] | None, check_image: ImageCheck,
+             max_pixels: int | None = MAX_PIXELS) -> tuple[torch.Tensor, Reduction] | ImageRejected:
+    """``image`` read (see :func:`read_unlabeled`), or why it is rejected."""
     try:
         return read_unlabeled(join(root, image.file_name), options, check_image, max_pixels)
     except ImageRejected as exc:
@@ -124,114 +126,38 @@ BatchRead = tuple[list[torch.Tensor], list[UnlabeledImage], list[tuple[Unlabeled
 """(inputs, the images they are, the images rejected and why, each input's reduction)."""
 
 
-class ReadAhead:
-    """The first images of the shard this process labels next, read while it labels the current one.
+@dataclass(frozen=True)
+class ImageReading:
+    """How a shard's images are read: under ``root`` with the storage ``options``, refused when
+    ``check_image`` (the teacher's transforms) refuses their size or they have more than
+    ``max_pixels`` pixels."""
 
-    Shards labeled one after another by one thread (``omnidistill label``, the flow's shard tasks
-    on one worker, a ``label-shards`` flow run) would otherwise each start with the model idle until
-    its first batch is read: on moto's S3, a batch of 8 took 48 ms, a tenth of a 50-image shard at
-    32 px on 2 CPU cores. :func:`read_batches` starts these reads once it has asked for its own last
-    batch, and the next shard's :func:`read_batches` takes them by URL (with the same storage
-    options and image check; anything else is read anew). One instance per process, shared by its
-    shard tasks (``tasks.cache``); the reads of the last ``keep`` shards announced are held, older
-    ones (a guess that did not come true) are dropped. A labeling calls :meth:`clear` when it ends,
-    however it ends: reads held past it could be of files rewritten since.
-    """
+    root: str
+    options: Mapping[str, Any] | None = None
+    check_image: ImageCheck = any_size
+    max_pixels: int | None = MAX_PIXELS
 
-    def __init__(self, threads: int = READ_THREADS, keep: int = 2) -> None:
-        self.threads, self.keep = max(1, threads), max(1, keep)
-        self._lock = threading.Lock()
-        self._starts: OrderedDict[int, dict[str, tuple[Any, tuple[ImageCheck, int | None], Future]]] = OrderedDict()
-        self._count = 0
-        self._pool: ThreadPoolExecutor | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Sent to another process (inside a pickled flow, say), it arrives empty: reads do not travel."""
-        return {"threads": self.threads, "keep": self.keep}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["threads"], state["keep"])
-
-    def read(self, image: UnlabeledImage, root: str, options: Mapping[str, Any] | None,
-             check_image: ImageCheck, max_pixels: int | None = MAX_PIXELS) -> Future:
-        """``image`` read on this object's threads, kept from shard to shard until :meth:`clear`:
-        :func:`read_batches` reads its shard on them too, rather than start threads of its own for
-        every shard."""
-        with self._lock:
-            return self._submit(image, root, options, check_image, max_pixels)
-
-    def _submit(self, image: UnlabeledImage, root: str, options: Mapping[str, Any] | None,
-                check_image: ImageCheck, max_pixels: int | None) -> Future:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="omnidistill-ahead")
-        return self._pool.submit(_read_one, image, root, options, check_image, max_pixels)
-
-    def abandon(self) -> None:
-        """Leave the reads under way (a stalled GET of a shard that stopped) to the threads they
-        hold, and read from now on with new ones: a shard retried next must not queue behind them."""
-        with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-                self._pool = None
-
-    def start(self, images: Sequence[UnlabeledImage], root: str, options: Mapping[str, Any] | None,
-              check_image: ImageCheck, max_pixels: int | None = MAX_PIXELS) -> None:
-        """Read ``images`` (of the shard labeled next) in the background."""
-        if not images:
-            return
-        with self._lock:
-            reads = {join(root, image.file_name): (options, (check_image, max_pixels),
-                                                   self._submit(image, root, options, check_image, max_pixels))
-                     for image in images}
-            for older in self._starts.values():  # a retried shard announces its successor again: the newest read
-                _cancel({url: older.pop(url) for url in reads.keys() & older.keys()})
-            self._count += 1
-            self._starts[self._count] = reads
-            while len(self._starts) > self.keep:
-                _cancel(self._starts.popitem(last=False)[1])
-
-    def take(self, image: UnlabeledImage, root: str, options: Mapping[str, Any] | None,
-             check_image: ImageCheck, max_pixels: int | None = MAX_PIXELS) -> Future | None:
-        """The read of ``image`` started earlier with these options, check and pixel limit, now the
-        caller's; else None."""
-        url = join(root, image.file_name)
-        with self._lock:
-            for reads in self._starts.values():
-                found = reads.pop(url, None)
-                if found is not None:
-                    break
-            else:
-                return None
-        started_with, check, future = found
-        if started_with != options or check != (check_image, max_pixels):
-            future.cancel()
-            return None
-        return future
-
-    def clear(self) -> None:
-        """Drop every read held (the labeling is over) and let the reading threads end: reads not
-        started are cancelled, those under way are not waited for."""
-        with self._lock:
-            while self._starts:
-                _cancel(self._starts.popitem()[1])
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
-
-    def __len__(self) -> int:
-        """Reads held."""
-        with self._lock:
-            return sum(len(reads) for reads in self._starts.values())
+    def read(self, image: UnlabeledImage) -> tuple[torch.Tensor, Reduction] | ImageRejected:
+        return read_one(image, self.root, self.options, self.check_image, self.max_pixels)
 
 
-def _cancel(reads: Mapping[str, tuple[Any, tuple[ImageCheck, int | None], Future]]) -> None:
-    for _, _, future in reads.values():
-        future.cancel()
+def _batch_read(batch: Sequence[UnlabeledImage], futures: Sequence[Future], device: str) -> BatchRead:
+    """The :data:`BatchRead` of ``batch`` once its reads (``futures``, in order) are done."""
+    images, kept, refused, reductions = [], [], [], []
+    for image, future in zip(batch, futures):
+        result = future.result()
+        if isinstance(result, ImageRejected):
+            refused.append((image, result))
+        else:
+            images.append(as_input(result[0], device))
+            kept.append(image)
+            reductions.append(result[1])
+    return images, kept, refused, reductions
 
 
-def read_batches(batches: Sequence[list[UnlabeledImage]], root: str, options: Mapping[str, Any] | None, device: str,
-                 check_image: ImageCheck = any_size, threads: int = READ_THREADS, ahead: ReadAhead | None = None,
-                 then: Sequence[UnlabeledImage] = (), max_pixels: int | None = MAX_PIXELS) -> Iterator[BatchRead]:
+def read_batches(batches: Sequence[list[UnlabeledImage]], reading: ImageReading, device: str,
+                 threads: int = READ_THREADS, ahead: ReadAhead | None = None,
+                 then: Sequence[UnlabeledImage] = ()) -> Iterator[BatchRead]:
     """(tensors on ``device``, their images, the images rejected and why, each tensor's
     :class:`~dd_core.data.images.Reduction`) of each batch, in order.
 
@@ -242,24 +168,25 @@ def read_batches(batches: Sequence[list[UnlabeledImage]], root: str, options: Ma
     and does not wait for those under way: a stalled GET must not hold up a stop.
 
     With ``ahead``, images it read already are taken from it, and once the last batch is asked for,
-    ``then`` (the first images of the shard labeled next) are read into it (see :class:`ReadAhead`):
-    one batch more in memory. The reads are then made on ``ahead``'s threads (``threads`` is not
-    used): starting 8 threads per shard took about 1% of a labeling in 16-image shards.
+    ``then`` (the first images of the shard labeled next) are read into it (see
+    :class:`~dd_core.ops.read_ahead.ReadAhead`): one batch more in memory. The reads are then made
+    on ``ahead``'s threads (``threads`` is not used), rather than on threads started per shard.
     """
     own = ThreadPoolExecutor(max(1, threads), thread_name_prefix="omnidistill-read") if ahead is None else None
+    how = (reading.root, reading.options, reading.check_image, reading.max_pixels)
 
     def read(image: UnlabeledImage) -> Future:
         if own is not None:
-            return own.submit(_read_one, image, root, options, check_image, max_pixels)
-        started = ahead.take(image, root, options, check_image, max_pixels)
-        return started if started is not None else ahead.read(image, root, options, check_image, max_pixels)
+            return own.submit(reading.read, image)
+        started = ahead.take(image, *how)
+        return started if started is not None else ahead.read(image, *how)
 
     def submit(i: int) -> list[Future]:
         if i >= len(batches):
             return []
         futures = [read(image) for image in batches[i]]
         if ahead is not None and i == len(batches) - 1:
-            ahead.start(then, root, options, check_image, max_pixels)
+            ahead.start(then, *how)
         return futures
 
     current: list[Future] = []
@@ -268,16 +195,7 @@ def read_batches(batches: Sequence[list[UnlabeledImage]], root: str, options: Ma
         pending = submit(0)
         for i, batch in enumerate(batches):
             current, pending = pending, submit(i + 1)
-            images, kept, refused, reductions = [], [], [], []
-            for image, future in zip(batch, current):
-                result = future.result()
-                if isinstance(result, ImageRejected):
-                    refused.append((image, result))
-                else:
-                    images.append(as_input(result[0], device))
-                    kept.append(image)
-                    reductions.append(result[1])
-            yield images, kept, refused, reductions
+            yield _batch_read(batch, current, device)
     finally:  # this shard's reads not started are dropped; those under way are not waited for
         for future in (*current, *pending):
             future.cancel()

@@ -1,17 +1,16 @@
-"""The teacher as the labeling stage uses it: a model, its multi-transform predict function, the
-category of each of its labels, the image sizes it can take; and who keeps it loaded, for how long.
-"""
+"""The teacher as the labeling stage uses it: a model under multi-transform inference, the category
+of each of its labels, the image sizes it can take."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from dd_core.tta.predict import PredictFn, multi_transform_predict_fn
+from dd_core.models.loading import LoadedDetector, load_detector
+from dd_core.tta.model import MultiTransformModel
 from dd_core.tta.settings import MultiTransformSettings
 from dd_core.tta.transforms import base_scale, frame_size, transform_set
 
@@ -26,11 +25,11 @@ def any_size(height: int, width: int) -> str | None:
 
 @dataclass
 class Teacher:
-    """A teacher ready to pseudo-label: the model, its multi-transform predict function, its labels'
-    category ids, and which image sizes its transforms can take (checked before inference)."""
+    """A teacher ready to pseudo-label: ``model(images)`` predicts under multi-transform inference (a
+    :class:`~dd_core.tta.model.MultiTransformModel`), its labels' category ids, and which image sizes
+    its transforms can take (checked before inference)."""
 
     model: torch.nn.Module
-    predict_fn: PredictFn
     label_to_category: Mapping[int, int]
     check_image: ImageCheck = any_size
 
@@ -87,68 +86,17 @@ def checked_scales(model: torch.nn.Module, tta: MultiTransformSettings) -> list[
     return [t.scale for t in transform_set(tta.scales, tta.flip)] + [base_scale(model)]
 
 
+def teacher_of(detector: LoadedDetector, tta: MultiTransformSettings) -> Teacher:
+    """``detector`` as a teacher under the transform set ``tta``, refusing images too thin for its scales."""
+    if tta.merges_boxes != (detector.task == "detection"):
+        raise ValueError(f"{detector.url}: a {detector.task} teacher needs multi-transform settings for "
+                         f"{detector.task} ({'no ' if detector.task == 'keypoints' else ''}box merging settings)")
+    model = detector.model
+    wrapped = MultiTransformModel.from_settings(model, tta, detector.keypoint_names, detector.flip_pairs)
+    return Teacher(wrapped, detector.label_to_category, frame_check(model, checked_scales(model, tta)))
+
+
 def teacher_from_checkpoint(checkpoint: str, tta: MultiTransformSettings,
                             options: Mapping[str, Any] | None = None) -> Teacher:
-    """The teacher in ``checkpoint`` under the transform set ``tta``, refusing images too thin for its scales."""
-    from dd_core.train.checkpoint import (
-        checkpoint_keypoint_names,
-        checkpoint_label_to_category,
-        load_checkpoint,
-        model_from_checkpoint,
-    )
-
-    state = load_checkpoint(checkpoint, options)
-    task = state["spec"]["task"]
-    if (tta.boxes is None) != (task == "keypoints"):
-        raise ValueError(f"{checkpoint}: a {task} teacher needs multi-transform settings for {task} "
-                         f"({'no ' if task == 'keypoints' else ''}box merging settings)")
-    model = model_from_checkpoint(state)
-    predict_fn = multi_transform_predict_fn(tta, checkpoint_keypoint_names(state), state["spec"].get("flip_pairs"))
-    check = frame_check(model, checked_scales(model, tta))
-    return Teacher(model, predict_fn, checkpoint_label_to_category(state), check)
-
-
-class TeacherCache:
-    """Teachers loaded once and shared by the shard tasks of one process; at most one at a time.
-
-    A worker pseudo-labels shard after shard with one teacher: loading it per shard costs a
-    checkpoint read each time and, on a GPU, left several copies allocated at once. A teacher's
-    forward passes do not change it, so threads may share it.
-
-    Owner and lifetime: the process that runs shard tasks owns one cache (``tasks.cache.TEACHERS``). It holds the latest teacher until a shard of another fingerprint
-    arrives or :meth:`clear` is called. The flow clears the cache of its own process when labeling
-    is over (threads runner), before the student trains there; a Dask worker or a deployment's
-    worker keeps its teacher until it exits or labels for another teacher.
-    """
-
-    def __init__(self) -> None:
-        self._teachers: dict[str, Teacher] = {}
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        """A cache sent to another process (inside a pickled flow, say) arrives empty: teachers
-        do not travel, each process loads its own."""
-        return {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()
-
-    def get(self, fingerprint: str, load: Callable[[], Teacher]) -> Teacher:
-        """The teacher of ``fingerprint``, loaded by ``load`` unless this cache holds it already."""
-        with self._lock:
-            if fingerprint not in self._teachers:
-                self._teachers.clear()  # the old one first: two teachers at once may not fit on a GPU
-                self._teachers[fingerprint] = load()
-            return self._teachers[fingerprint]
-
-    def clear(self) -> int:
-        """Let every cached teacher go; returns how many there were."""
-        with self._lock:
-            count = len(self._teachers)
-            self._teachers.clear()
-            return count
-
-    def fingerprints(self) -> list[str]:
-        """The fingerprints of the teachers held now."""
-        with self._lock:
-            return list(self._teachers)
+    """The teacher in ``checkpoint`` under the transform set ``tta`` (:func:`teacher_of`)."""
+    return teacher_of(load_detector(checkpoint, options), tta)

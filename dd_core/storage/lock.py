@@ -26,13 +26,15 @@ may delete the stale lock of that owner (see :meth:`RunLock._take_over`); then e
 the exclusive create again. What no lock file can rule out: a holder that stalls for longer than
 ``stale_after`` (a paused machine) and wakes up just as its lock is taken over. Its heartbeat then
 finds the lock taken and the run stops (:class:`RunLockLost`): while the lock is held,
-:func:`dd_core.stopping.check_stop` raises in every loop of the process once the heartbeat has
-found the lock taken, and leaving the ``with`` block raises :class:`RunLockLost` (a run that lost
+:meth:`StopToken.check <dd_core.ops.stop.StopToken.check>` of the token the lock is given (the
+run's :data:`~dd_core.ops.stop.PROCESS`) raises in every loop once the heartbeat has found the lock
+taken, and leaving the ``with`` block raises :class:`RunLockLost` (a run that lost
 its lock never ends as a success). A lease is only as good as its timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -44,7 +46,7 @@ import time
 import uuid
 from typing import Any, Callable, Mapping
 
-from dd_core.stopping import stop_if
+from dd_core.ops.stop import StopToken
 from dd_core.storage.fs import _is_local, filesystem, read_bytes, remove, write_bytes_atomic, write_bytes_exclusive
 from dd_core.storage.host import pid_runs, process_space, same_process_space
 
@@ -137,11 +139,14 @@ class RunLock:
     """``with RunLock(url): ...`` holds the run id for the duration of the block.
 
     ``clock`` stamps this holder's heartbeats (shown to the user; staleness is judged by the
-    storage's clock, see the module docstring).
+    storage's clock, see the module docstring). ``stop``: the token of the loops that must stop
+    once the lock is found taken (the run's :data:`~dd_core.ops.stop.PROCESS`); without it, only
+    leaving the block tells (:class:`RunLockLost`).
     """
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None, stale_after: float = 300.0,
-                 heartbeat: float = 60.0, holder: str = "", clock: Callable[[], float] = time.time):
+                 heartbeat: float = 60.0, holder: str = "", clock: Callable[[], float] = time.time,
+                 stop: StopToken | None = None):
         self.url, self.options = url, options
         self.stale_after, self.heartbeat, self.clock = stale_after, heartbeat, clock
         self.record = {"owner": uuid.uuid4().hex, **process_space(), "pid": os.getpid(),
@@ -149,7 +154,8 @@ class RunLock:
         self.lost: str | None = None  # why this run must stop: its lock was taken (set by the heartbeat)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._stopping = stop_if(lambda: self.lost)
+        self._stopping = (stop.stop_if(lambda: self.lost) if stop is not None  # the loops given ``stop`` stop
+                          else contextlib.nullcontext())
         self._storage_clock: tuple[float, float] | None = None  # (storage time, monotonic time) of a probe
 
     def _read(self, url: str) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -18,19 +19,21 @@ from dd_core.data.images import FrameSize
 from dd_core.data.keypoints import flip_indices
 from dd_core.data.sampler import MixedBatchSampler
 from dd_core.data.transforms import Compose, RandomHorizontalFlip, to_float, vanishing_scale
-from dd_core.models import ModelOverrides, ModelSpec, build_model
+from dd_core.models import ModelSpec, build_model
+from dd_core.models.spec import KeypointSetConfig, ModelConfig
 from dd_core.models.presets import PRESETS
-from dd_core.train.distributed import DistributedContext
-from dd_core.train.loop import BatchSamplerFactory, TrainHooks, TrainResult, train
+from dd_core.ops.stop import NEVER, StopToken
+from dd_core.train.loop import BatchSamplerFactory, Checkpoints, Runtime, TrainHooks, TrainResult, train
 from dd_core.train.settings import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
-def spec_for(task: str, coco: CocoData, overrides: ModelOverrides | None = None) -> ModelSpec:
+def spec_for(task: str, coco: CocoData, model: ModelConfig | None = None,
+             keypoints: KeypointSetConfig | None = None) -> ModelSpec:
     """The model spec that fits a labeled set: one class per category, its keypoint count."""
-    return (overrides or ModelOverrides()).spec(task, num_classes=len(coco.categories) + 1,
-                                                num_keypoints=max(len(coco.keypoint_names), 1))
+    return (model or ModelConfig()).spec(task, num_classes=len(coco.categories) + 1,
+                                         num_keypoints=max(len(coco.keypoint_names), 1), keypoints=keypoints)
 
 
 def training_transforms(coco: CocoData, flip_pairs: Sequence[Sequence[str]] | None = None) -> Compose:
@@ -128,30 +131,36 @@ def training_data(labeled: CocoData, pseudo: CocoData | None, cfg: TrainConfig, 
             lambda start: MixedBatchSampler(n_l, n_p, cfg.batch_size, labeled_ratio, cfg.seed, start))
 
 
-def train_detector(spec: ModelSpec, labeled: CocoData, cfg: TrainConfig, checkpoint_dir: str | None, *,
-                   pseudo: CocoData | None = None, labeled_ratio: float = 0.6,
-                   init_state: Mapping[str, torch.Tensor] | None = None,
-                   options: Mapping[str, Any] | None = None, device: str = "cpu", progress: bool = True,
-                   stop_after: int | None = None, world: DistributedContext | None = None,
-                   hooks: TrainHooks = TrainHooks(), image_filter: TrainingImageFilter = TrainingImageFilter()
-                   ) -> TrainResult:
-    """Train a teacher (``pseudo=None``) or a student that mixes ``pseudo`` in at ``1 - labeled_ratio``.
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What a teacher (``pseudo=None``) or a student is trained from: the labeled set, a student's
+    pseudo-labeled set mixed in at ``1 - labeled_ratio`` and its initial weights (``init_state``,
+    the teacher's; ``None``: retrained from the initial weights, as the paper found retraining better
+    than fine-tuning), and which images both sets are trained without (``image_filter``)."""
 
-    A student is retrained from the initial weights unless ``init_state`` (the teacher's) is given,
-    as the paper found retraining better than fine-tuning. Both sets are trained on without the
-    images ``image_filter`` leaves out (:mod:`dd_core.data.filtering`); the result counts them.
-    ``world`` trains as one rank of several; ``stop_after`` and the hooks are those of
-    :func:`dd_core.train.loop.train`.
-    """
+    labeled: CocoData
+    pseudo: CocoData | None = None
+    labeled_ratio: float = 0.6
+    init_state: Mapping[str, torch.Tensor] | None = field(default=None, repr=False)
+    image_filter: TrainingImageFilter = field(default_factory=TrainingImageFilter)
+
+
+def train_detector(spec: ModelSpec, inputs: TrainingInputs, cfg: TrainConfig, checkpoint_dir: str | None, *,
+                   options: Mapping[str, Any] | None = None, runtime: Runtime = Runtime(),
+                   hooks: TrainHooks = TrainHooks(), stop: StopToken = NEVER) -> TrainResult:
+    """Train the model of ``spec`` on ``inputs`` (:func:`dd_core.train.loop.train`, checkpoints in
+    ``checkpoint_dir``); the result counts the images left out (:mod:`dd_core.data.filtering`)."""
     torch.manual_seed(cfg.seed)
     model = build_model(spec, options)
-    if init_state is not None:
-        model.load_state_dict(init_state)
-    labeled_set, pseudo_set, counts = _sets_to_train_on(labeled, pseudo, image_filter)
-    dataset, make_batches = training_data(labeled_set, pseudo_set, cfg, labeled_ratio, options, size_check(spec),
-                                          spec.flip_pairs, TrainingFrame.of(model.transform))
-    meta = {**checkpoint_meta(spec, labeled),
-            "signature": training_signature(spec, cfg, labeled, pseudo, labeled_ratio, init_state, image_filter)}
-    result = train(model, dataset, cfg, checkpoint_dir=checkpoint_dir, make_batches=make_batches, meta=meta,
-                   options=options, device=device, progress=progress, stop_after=stop_after, world=world, hooks=hooks)
+    if inputs.init_state is not None:
+        model.load_state_dict(inputs.init_state)
+    labeled, pseudo = inputs.labeled, inputs.pseudo
+    labeled_set, pseudo_set, counts = _sets_to_train_on(labeled, pseudo, inputs.image_filter)
+    dataset, make_batches = training_data(labeled_set, pseudo_set, cfg, inputs.labeled_ratio, options,
+                                          size_check(spec), spec.flip_pairs, TrainingFrame.of(model.transform))
+    signature = training_signature(spec, cfg, labeled, pseudo, inputs.labeled_ratio, inputs.init_state,
+                                   inputs.image_filter)
+    checkpoints = Checkpoints(checkpoint_dir, {**checkpoint_meta(spec, labeled), "signature": signature}, options)
+    result = train(model, dataset, cfg, checkpoints=checkpoints, make_batches=make_batches, runtime=runtime,
+                   hooks=hooks, stop=stop)
     return dataclasses.replace(result, images=counts)

@@ -31,6 +31,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from dd_core.ops.stop import PROCESS
 from dd_core.train.distributed import BACKENDS, cleanup, init_distributed
 from dd_core.train.job import TrainJob, run_job
 from dd_core.train.loop import TrainHooks, TrainResult
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rank = int(os.environ.get("RANK", "0") or 0)
     try:
         world = init_distributed(args.backend, job.device)
-        result = run_job(job, world=world, hooks=TrainHooks(on_progress=_progress_writer(args.progress)))
+        result = run_job(job, world=world, hooks=TrainHooks(on_progress=_progress_writer(args.progress)), stop=PROCESS)
         if world.is_main:
             args.result.write_text(json.dumps(dataclasses.asdict(result)))
     except Exception as exc:

@@ -1,14 +1,12 @@
 """Iteration-based SGD training of a teacher or student, resumable from its latest checkpoint.
 
-:func:`train` sets a run up (ranks, optimization, resume, seeds, batches, loader, checkpoints);
-:class:`StepLoop` runs its steps, as torchvision's ``train_one_epoch`` does, by iteration.
+:func:`train` reads top to bottom, as torchvision's ``train_one_epoch`` and nanoGPT's ``train.py``
+do: set up (ranks, optimization, resume, seeds, batches, loader), then one loop over the steps.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -20,7 +18,8 @@ from tqdm.auto import tqdm
 from dd_core.data.dataset import collate
 from dd_core.data.sampler import GroupedBatchSampler, RankBatchSampler
 from dd_core.data.transforms import Target
-from dd_core.stopping import check_stop
+from dd_core.ops.stop import NEVER, StopToken
+from dd_core.ops.workers import drop_inherited_exit_hooks
 from dd_core.storage import exists
 from dd_core.train.checkpoint import checkpoint_url, prune_checkpoints, save_checkpoint
 from dd_core.train.distributed import DistributedContext, barrier, data_parallel, rank_seed, sync_batchnorm
@@ -52,6 +51,19 @@ class TrainHooks:
         return self if world.is_main else TrainHooks(on_step=self.on_step)
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """How this call trains, none of which is in the training signature: the device, this rank's
+    place among several (``world``; ``None``: one process), a progress bar (on rank 0), and
+    ``stop_after``, which ends the call early after that many steps (tests, time-boxed jobs): the
+    run resumes from there next time."""
+
+    device: str | torch.device = "cpu"
+    world: DistributedContext | None = None
+    progress: bool = True
+    stop_after: int | None = None
+
+
 @dataclass
 class TrainResult:
     iteration: int
@@ -77,14 +89,6 @@ class Optimization:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def step(self, loss: torch.Tensor) -> None:
-        """One SGD step down ``loss``, then one of the learning-rate schedule."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict()}
@@ -98,29 +102,29 @@ class Optimization:
 
 
 @dataclass(frozen=True)
-class Checkpointer:
-    """Writes a run's checkpoints (rank 0 alone) and keeps the newest ``keep``; every rank waits for each."""
+class Checkpoints:
+    """Where a run's checkpoints go (``directory``; ``None``: nowhere), the primitives each carries
+    (``meta``: model spec, categories, training signature) and the storage ``options`` to reach them."""
 
-    directory: str | None  # None: no checkpoints
-    keep: int
-    meta: Mapping[str, Any]  # primitives stored in every checkpoint: model spec, categories, signature
-    world: DistributedContext
-    options: Mapping[str, Any] | None = None
-    on_checkpoint: CheckpointHook | None = None
+    directory: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] | None = field(default=None, repr=False)
 
-    def write(self, iteration: int, model: torch.nn.Module, optimization: Optimization) -> str | None:
-        """Checkpoint ``iteration`` (nanoGPT-style: state dicts and primitives); its URL on every rank."""
+    def write(self, iteration: int, model: torch.nn.Module, optimization: Optimization, world: DistributedContext,
+              keep: int, on_checkpoint: CheckpointHook | None = None) -> str | None:
+        """Checkpoint ``iteration`` (nanoGPT-style: state dicts and primitives) on rank 0, keep the
+        newest ``keep``; its URL on every rank, once it exists."""
         if not self.directory:
             return None
         _check_finite_weights(model, iteration)
         url = checkpoint_url(self.directory, iteration)
-        if self.world.is_main:
+        if world.is_main:
             save_checkpoint(url, {"model": model.state_dict(), **optimization.state_dict(), "iteration": iteration,
                                   "rng": rng_state(), **self.meta}, self.options)
-            prune_checkpoints(self.directory, self.keep, self.options)
-            if self.on_checkpoint is not None:
-                self.on_checkpoint(iteration, url)
-        barrier(self.world)  # no rank moves on (or returns its URL) before the checkpoint exists
+            prune_checkpoints(self.directory, keep, self.options)
+            if on_checkpoint is not None:
+                on_checkpoint(iteration, url)
+        barrier(world)  # no rank moves on (or returns its URL) before the checkpoint exists
         return url
 
 
@@ -147,72 +151,42 @@ def _check_finite_weights(model: torch.nn.Module, iteration: int) -> None:
                                      f"(lower the learning rate or check the labels)")
 
 
-@dataclass
-class StepLoop:
-    """The steps of one run: forward (autocast on CUDA), stop on a non-finite loss, SGD step, hook,
-    progress bar, and a checkpoint every ``cfg.checkpoint_every`` steps and at the last."""
-
-    cfg: TrainConfig
-    model: torch.nn.Module  # without its DDP wrapper: what hooks and checkpoints see
-    net: torch.nn.Module  # what computes the losses: DDP over the ranks, or the model itself
-    optimization: Optimization
-    checkpointer: Checkpointer
-    device: torch.device
-    progress: bool = True
-    hooks: TrainHooks = TrainHooks()
-
-    def step(self, images: list[torch.Tensor], targets: list[Target],
-             iteration: int) -> tuple[dict[str, torch.Tensor], float]:
-        """One SGD step at ``iteration`` (the steps taken before it): its losses and their sum."""
-        images = [im.to(self.device, non_blocking=True) for im in images]
-        with torch.autocast(self.device.type, enabled=self.optimization.amp):
-            losses = self.net(images, _move(targets, self.device))
-        value = _check_finite(losses, iteration)
-        self.optimization.step(sum(losses.values()))
-        return losses, value
-
-    def run(self, loader: Iterable[tuple[list[torch.Tensor], list[Target]]], start: int, end: int) -> TrainResult:
-        """Steps ``start`` to ``end``; stopping before ``cfg.iterations`` checkpoints where it stopped.
-
-        A stop request (:func:`dd_core.stopping.check_stop`) ends the run between two steps.
-        """
-        cfg = self.cfg
-        bar = tqdm(total=cfg.iterations, initial=start, disable=not self.progress, desc="train", unit="it",
-                   dynamic_ncols=True)
-        t0, last_losses, last_ckpt, iteration = time.perf_counter(), {}, None, start
-        try:  # a failure closes the bar first, so the error starts a line of its own
-            for images, targets in loader:
-                check_stop()
-                lr = self.optimization.lr  # this step's (the scheduler moves it on after the step)
-                losses, value = self.step(images, targets, iteration)
-                iteration += 1
-                last_losses = {k: float(v.detach()) for k, v in losses.items()}
-                self._after_step(iteration, targets, Progress(iteration, cfg.iterations, last_losses, lr,
-                                                              (time.perf_counter() - t0) / (iteration - start), start))
-                bar.set_postfix(loss=f"{value:.3f}", lr=f"{self.optimization.lr:.4f}", refresh=False)
-                bar.update(1)
-                if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
-                    last_ckpt = self.checkpointer.write(iteration, self.model, self.optimization)
-                if iteration >= end:
-                    break
-        finally:
-            bar.close()
-        if iteration == end and iteration % cfg.checkpoint_every and iteration != cfg.iterations:
-            # An early stop keeps its progress.
-            last_ckpt = self.checkpointer.write(iteration, self.model, self.optimization)
-        return TrainResult(iteration, last_ckpt, time.perf_counter() - t0, last_losses)
-
-    def _after_step(self, iteration: int, targets: list[Target], progress: Progress) -> None:
-        if self.hooks.on_step is not None:
-            self.hooks.on_step(iteration, self.model, targets)
-        if self.hooks.on_progress is not None:
-            self.hooks.on_progress(progress)
-
-
 def _check_global_batch(cfg: TrainConfig, world: DistributedContext) -> None:
     if cfg.batch_size % world.world_size:
         raise ValueError(f"TrainConfig.batch_size {cfg.batch_size} is the global batch (images per step over all "
                          f"ranks): it must be a multiple of the {world.world_size} processes")
+
+
+def _set_up(model: torch.nn.Module, cfg: TrainConfig, checkpoints: Checkpoints, world: DistributedContext,
+            device: torch.device) -> tuple[torch.nn.Module, Optimization, int]:
+    """The model on ``device`` (BatchNorm synced over the ranks), its optimization, seeds, and the
+    step to start from: those of the latest checkpoint, the same on every rank, or 0."""
+    _check_global_batch(cfg, world)
+    model = sync_batchnorm(model.to(device).train(), world, device)
+    optimization = Optimization(model, cfg, amp=device.type == "cuda")
+    seed_everything(cfg.seed)
+    start = resume(checkpoints.directory, model, optimization, meta=checkpoints.meta, options=checkpoints.options)
+    check_same_start(world, start, checkpoints.directory)
+    return model, optimization, start
+
+
+def _nothing_left(cfg: TrainConfig, start: int, checkpoints: Checkpoints, model: torch.nn.Module,
+                  optimization: Optimization, world: DistributedContext, hooks: TrainHooks) -> TrainResult | None:
+    """The result of a run with no step left to take (``None`` if it has some).
+
+    With no iterations at all, the model as started (a published detector) is the result: written
+    as checkpoint 0 once. A resume that found it leaves it as it is: rewriting it would change its
+    bytes, and with them the fingerprint that names every shard labeled by it.
+    """
+    directory = checkpoints.directory
+    if cfg.iterations == 0:
+        if directory and exists(checkpoint_url(directory, 0), checkpoints.options):
+            return TrainResult(0, checkpoint_url(directory, 0), 0.0, {})
+        url = checkpoints.write(0, model, optimization, world, cfg.keep_checkpoints, hooks.on_checkpoint)
+        return TrainResult(0, url, 0.0, {})
+    if start >= cfg.iterations:
+        return TrainResult(start, checkpoint_url(directory, start) if directory else None, 0.0, {})
+    return None
 
 
 def _seed_rank(seed: int, world: DistributedContext, start: int) -> int:
@@ -241,67 +215,67 @@ def _batches(dataset: Dataset, cfg: TrainConfig, world: DistributedContext, star
     return batches
 
 
-def _drop_inherited_exit_hooks(worker_id: int) -> None:
-    """A forked loader worker forgets the thread-exit hooks of the parent's objects (Prefect's log and
-    event services), which ``threading._shutdown`` calls as the worker exits.
-
-    They stop threads that fork does not copy, and Prefect's fail there (its after-fork reset leaves
-    ``_done_event`` None): the worker then exits with code 1 and the DataLoader reports it dead. The
-    module-level hooks (``concurrent.futures``') stay: they are fork-safe and serve the worker's own pools.
-    """
-    hooks = getattr(threading, "_threading_atexits", None)  # CPython's list, as _register_atexit fills it
-    if isinstance(hooks, list):
-        hooks[:] = [hook for hook in hooks if not inspect.ismethod(getattr(hook, "func", hook))]
-
-
-def _loader(dataset: Dataset, batches: Iterable[list[int]], num_workers: int, seed: int) -> DataLoader:
+def _loader(dataset: Dataset, cfg: TrainConfig, world: DistributedContext, start: int,
+            make_batches: BatchSamplerFactory | None) -> DataLoader:
+    """This rank's batches from batch ``start`` on, loaded (its augmentations seeded: :func:`_seed_rank`)."""
     # Its own generator: creating the iterator must not draw from the global RNG, or a resumed
     # run would diverge from an uninterrupted one.
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed),
-                      worker_init_fn=_drop_inherited_exit_hooks)
+    generator = torch.Generator().manual_seed(_seed_rank(cfg.seed, world, start))
+    return DataLoader(dataset, batch_sampler=_batches(dataset, cfg, world, start, make_batches), collate_fn=collate,
+                      num_workers=cfg.num_workers, generator=generator, worker_init_fn=drop_inherited_exit_hooks)
 
 
-def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, *, checkpoint_dir: str | None = None,
-          make_batches: BatchSamplerFactory | None = None, meta: Mapping[str, Any] | None = None,
-          options: Mapping[str, Any] | None = None, device: str | torch.device = "cpu", progress: bool = True,
-          stop_after: int | None = None, world: DistributedContext | None = None,
-          hooks: TrainHooks = TrainHooks()) -> TrainResult:
-    """Train ``model`` for ``cfg.iterations`` SGD steps, resuming from ``checkpoint_dir`` if it has any.
+def _bar(cfg: TrainConfig, start: int, show: bool) -> tqdm:
+    return tqdm(total=cfg.iterations, initial=start, disable=not show, desc="train", unit="it", dynamic_ncols=True)
 
-    ``make_batches(start)`` yields lists of dataset indices from batch ``start`` on (default: an
-    aspect-ratio grouped sampler). ``meta`` (primitives only: model spec, categories, ...) is stored
-    in every checkpoint. ``stop_after`` ends early after that many steps in this call (tests and
-    time-boxed jobs); the run resumes from there next time.
 
-    With ``world`` (a process group of several ranks, see :mod:`dd_core.train.distributed`) the
-    model is trained with DistributedDataParallel: ``cfg.batch_size`` and ``cfg.lr`` stay those of
-    the global batch, each rank trains on its slice of it, only rank 0 writes checkpoints and shows
-    and reports progress (see :class:`TrainHooks`), and every rank resumes from the same checkpoint,
-    whatever the number of ranks that wrote it.
+def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, *, checkpoints: Checkpoints = Checkpoints(),
+          make_batches: BatchSamplerFactory | None = None, runtime: Runtime = Runtime(),
+          hooks: TrainHooks = TrainHooks(), stop: StopToken = NEVER) -> TrainResult:
+    """Train ``model`` for ``cfg.iterations`` SGD steps, resuming from the latest of its ``checkpoints``.
+
+    ``make_batches(start)`` yields lists of dataset indices from batch ``start`` on (default:
+    aspect-ratio groups). With several ranks (``runtime.world``, :mod:`dd_core.train.distributed`)
+    ``cfg.batch_size`` and ``cfg.lr`` stay the global batch's, each rank trains on its slice (DDP),
+    rank 0 alone checkpoints and reports, and all resume from the same checkpoint.
     """
-    world = world or DistributedContext()
-    device = world.device(device)
-    _check_global_batch(cfg, world)
-    model = sync_batchnorm(model.to(device).train(), world, device)
-    optimization = Optimization(model, cfg, amp=device.type == "cuda")
-    seed_everything(cfg.seed)
-    start = resume(checkpoint_dir, model, optimization, meta=meta or {}, options=options)
-    check_same_start(world, start, checkpoint_dir)
+    world = runtime.world or DistributedContext()
+    device = world.device(runtime.device)
+    model, optimization, start = _set_up(model, cfg, checkpoints, world, device)
     hooks = hooks.for_rank(world)
-    checkpointer = Checkpointer(checkpoint_dir, cfg.keep_checkpoints, dict(meta or {}), world, options,
-                                hooks.on_checkpoint)
-    if cfg.iterations == 0:  # nothing to train: the model as started (a published detector) is the result
-        if checkpoint_dir and exists(checkpoint_url(checkpoint_dir, 0), options):
-            # A resume found it: rewriting it would change its bytes, and with them the fingerprint
-            # that names every shard labeled by it.
-            return TrainResult(0, checkpoint_url(checkpoint_dir, 0), 0.0, {})
-        return TrainResult(0, checkpointer.write(0, model, optimization), 0.0, {})
-    if start >= cfg.iterations:
-        return TrainResult(start, checkpoint_url(checkpoint_dir, start) if checkpoint_dir else None, 0.0, {})
-    loader_seed = _seed_rank(cfg.seed, world, start)
-    loader = _loader(dataset, _batches(dataset, cfg, world, start, make_batches), cfg.num_workers, loader_seed)
-    steps = StepLoop(cfg, model, data_parallel(model, world, device), optimization, checkpointer, device,
-                     progress=progress and world.is_main, hooks=hooks)
-    end = cfg.iterations if stop_after is None else min(cfg.iterations, start + stop_after)
-    return steps.run(loader, start, end)
+    if (done := _nothing_left(cfg, start, checkpoints, model, optimization, world, hooks)) is not None:
+        return done
+    loader = _loader(dataset, cfg, world, start, make_batches)
+    net = data_parallel(model, world, device)  # computes the losses; hooks and checkpoints see ``model``
+    end = cfg.iterations if runtime.stop_after is None else min(cfg.iterations, start + runtime.stop_after)
+    bar = _bar(cfg, start, show=runtime.progress and world.is_main)
+    t0, last_losses, checkpoint, iteration = time.perf_counter(), {}, None, start
+    try:  # a failure closes the bar first, so the error starts a line of its own
+        for images, targets in loader:
+            stop.check()
+            lr = optimization.lr  # this step's (the scheduler moves it on after the step)
+            with torch.autocast(device.type, enabled=optimization.amp):
+                losses = net([im.to(device, non_blocking=True) for im in images], _move(targets, device))
+            loss = _check_finite(losses, iteration)
+            optimization.optimizer.zero_grad(set_to_none=True)
+            optimization.scaler.scale(sum(losses.values())).backward()
+            optimization.scaler.step(optimization.optimizer)
+            optimization.scaler.update()
+            optimization.scheduler.step()
+            iteration += 1
+            last_losses = {k: float(v.detach()) for k, v in losses.items()}
+            if hooks.on_step is not None:
+                hooks.on_step(iteration, model, targets)
+            if hooks.on_progress is not None:
+                seconds_per_step = (time.perf_counter() - t0) / (iteration - start)
+                hooks.on_progress(Progress(iteration, cfg.iterations, last_losses, lr, seconds_per_step, start))
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{optimization.lr:.4f}", refresh=False)
+            bar.update(1)
+            if iteration % cfg.checkpoint_every == 0 or iteration == end:  # end: the last step, or an early stop
+                checkpoint = checkpoints.write(iteration, model, optimization, world, cfg.keep_checkpoints,
+                                               hooks.on_checkpoint)
+            if iteration >= end:
+                break
+    finally:
+        bar.close()
+    return TrainResult(iteration, checkpoint, time.perf_counter() - t0, last_losses)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dd_core.config.schema import TrainStageConfig
 
 
 @dataclass(frozen=True)
@@ -35,3 +39,13 @@ class TrainConfig:
                                  f"got {list(self.lr_steps)}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be positive, got {self.lr}")
+
+    @classmethod
+    def from_config(cls, stage: TrainStageConfig, seed: int) -> TrainConfig:
+        """One training stage of the run config (``teacher:``, ``student:``) with the run's seed;
+        warmup and checkpoint interval never exceed its length."""
+        return cls(iterations=stage.iterations, batch_size=stage.batch_size, lr=stage.lr,
+                   warmup_iters=min(stage.warmup_iters, stage.iterations),
+                   checkpoint_every=max(1, min(stage.checkpoint_every, stage.iterations)),
+                   num_workers=stage.num_workers, seed=seed,
+                   lr_steps=tuple(stage.lr_steps) if stage.lr_steps is not None else None)

@@ -27,6 +27,7 @@ from torchvision.ops import boxes as box_ops
 
 from dd_core.ensemble.merge import merge_detections
 from dd_core.tta.precision import FLOAT32, LayerSettings
+from dd_core.tta.settings import DEFAULT_NMS_THRESHOLD, DEFAULT_SCORING, DEFAULT_VOTING_THRESHOLD
 from dd_core.tta.transforms import TestTransform, boxes_from_frame, image_size, scale_batches
 
 Detections = dict[str, Tensor]
@@ -128,9 +129,9 @@ def multi_transform_boxes(
     model: nn.Module,
     images: list[Tensor],
     transforms: Sequence[TestTransform],
-    nms_threshold: float = 0.5,
-    voting_threshold: float = 0.8,
-    scoring: str = "ID",
+    nms_threshold: float = DEFAULT_NMS_THRESHOLD,
+    voting_threshold: float = DEFAULT_VOTING_THRESHOLD,
+    scoring: str = DEFAULT_SCORING,
     max_detections: int = 100,
     layers: LayerSettings = FLOAT32,
 ) -> list[dict[str, Tensor | int]]:

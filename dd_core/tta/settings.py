@@ -1,42 +1,48 @@
-"""The settings of multi-transform inference, as one typed, frozen object.
+"""The settings of multi-transform inference: the run config's ``tta:`` section, as one frozen type.
 
-Built from the run config in one place (:mod:`dd_core.config.adapters`), from the command line
-(``omnidistill evaluate --tta``, ``omnidistill label``) or by the benchmarks, and passed whole to
-whatever runs the teacher: the evaluation, the labeling of shards, the fingerprint that tells a
-finished shard from one to redo.
+:class:`MultiTransformSettings` is what the config schema validates (``RunConfig.tta``), what the
+command line builds (``omnidistill evaluate --tta``, ``omnidistill label``) and what is passed whole
+to whatever runs the teacher: the evaluation, the labeling of shards, the fingerprint that tells a
+finished shard from one to redo. Every default of multi-transform inference is written here once.
+This module loads without torch: ``omnidistill --help`` shows the default scales.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, field_validator
+
+from dd_core.models.presets import MAX_SIDE
 
 DEFAULT_SCALES: tuple[int, ...] = (96, 128, 160)
 """The default test scales (shorter side, px): the slim preset's test scale 128 and one step either
 side. The paper's are 400..1200 in steps of 100 (``configs/coco-keypoints.yaml``)."""
 
+# Detectron's box merging defaults (TEST.BBOX_VOTE and TEST.NMS).
+DEFAULT_NMS_THRESHOLD = 0.5
+DEFAULT_VOTING_THRESHOLD = 0.8
+DEFAULT_SCORING = "ID"
+
 Scoring = Literal["ID", "TEMP_AVG", "AVG", "IOU_AVG", "GENERALIZED_AVG", "QUASI_SUM"]
+SCORING_METHODS: tuple[str, ...] = get_args(Scoring)
+"""Detectron's ``box_voting`` scoring methods (``TEST.BBOX_VOTE.SCORING_METHOD``)."""
+
 Precision = Literal["float32", "bfloat16"]
-PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")  # dd_core.tta.precision's (this module loads without torch)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+TASKS = ("keypoints", "detection")
+_BOX_KEYS = ("nms_threshold", "voting_threshold", "scoring")
 
 
-@dataclass(frozen=True)
-class BoxMergeSettings:
-    """How a detection teacher's boxes from every transform become one set (Detectron's defaults)."""
-
-    nms_threshold: float = 0.5
-    voting_threshold: float = 0.8
-    scoring: Scoring = "ID"
-
-
-@dataclass(frozen=True)
-class MultiTransformSettings:
+class MultiTransformSettings(BaseModel):
     """Scales (shorter side, px) x horizontal flip, and, for a detection teacher, how boxes merge.
 
-    ``boxes`` is ``None`` for a keypoint teacher: its boxes come from one pass at the model's own
-    scale (paper, section 4), so box merging settings cannot change what it predicts, nor the
-    fingerprint of its shards.
+    Box merging (``nms_threshold``, ``voting_threshold``, ``scoring``) applies to a detection
+    teacher only: a keypoint teacher's boxes come from one pass at the model's own scale (paper,
+    section 4), so box merging settings cannot change what it predicts, nor the fingerprint of its
+    shards. :meth:`for_task` binds the settings to the teacher's task; :attr:`merges_boxes` says
+    which it was bound to (unbound settings merge no boxes, as a keypoint teacher's).
 
     ``precision`` is the float type of the model's layers: ``bfloat16`` runs them under autocast
     while heatmap averaging, argmax and box merging stay float32 (:mod:`dd_core.tta.precision`;
@@ -44,66 +50,71 @@ class MultiTransformSettings:
     on CUDA only (ignored on the CPU).
     """
 
-    scales: tuple[int, ...] = DEFAULT_SCALES
+    # allow_inf_nan=False: a threshold of .inf or nan is refused here, not found in the merged boxes.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    scales: Annotated[list[int], Field(max_length=64)] = DEFAULT_SCALES  # type: ignore[assignment]
     flip: bool = True
-    boxes: BoxMergeSettings | None = None
+    nms_threshold: float = Field(default=DEFAULT_NMS_THRESHOLD, gt=0, le=1)
+    voting_threshold: float = Field(default=DEFAULT_VOTING_THRESHOLD, gt=0, le=1)
+    scoring: Scoring = DEFAULT_SCORING
     precision: Precision = "float32"
     channels_last: bool = False
 
-    def __post_init__(self) -> None:
-        scales = tuple(int(s) for s in self.scales)
-        if not scales or any(s <= 0 for s in scales):
-            raise ValueError(f"multi-transform inference needs positive scales (px), got {list(self.scales)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"multi-transform inference: precision must be one of {list(PRECISIONS)}, "
-                             f"got {self.precision!r}")
-        object.__setattr__(self, "scales", scales)
+    _merges_boxes: bool = PrivateAttr(default=False)
 
+    @field_validator("scales")
     @classmethod
-    def for_task(cls, task: str, scales: tuple[int, ...] | list[int] = DEFAULT_SCALES, flip: bool = True,
-                 boxes: BoxMergeSettings | None = None, precision: Precision = "float32",
-                 channels_last: bool = False) -> "MultiTransformSettings":
-        """The settings a ``task`` teacher uses: box merging for detection (default: Detectron's), none
-        for keypoints."""
-        if task not in ("keypoints", "detection"):
+    def _scales(cls, v: list[int]) -> tuple[int, ...]:
+        """Validated as a list (the config's errors name lists); kept as a tuple, as the settings are frozen."""
+        if not v:
+            raise ValueError("needs at least one scale")
+        if any(s <= 0 or s > MAX_SIDE for s in v):
+            raise ValueError(f"scales must be pixel sizes from 1 to {MAX_SIDE}, got {v}")
+        return tuple(v)
+
+    @field_serializer("scales")
+    def _scales_as_list(self, v: tuple[int, ...]) -> list[int]:
+        return list(v)
+
+    @property
+    def merges_boxes(self) -> bool:
+        """Whether these settings are a detection teacher's: its boxes from every transform merged."""
+        return self._merges_boxes
+
+    def for_task(self, task: str) -> MultiTransformSettings:
+        """These settings for a ``task`` teacher: box merging kept for detection, dropped (reset to its
+        defaults) for keypoints. A command line that does not know the checkpoint's task yet builds the
+        same settings for both and binds them once the checkpoint is read."""
+        if task not in TASKS:
             raise ValueError(f"task must be 'keypoints' or 'detection', got {task!r}")
-        return cls(tuple(scales), flip, (boxes or BoxMergeSettings()) if task == "detection" else None,
-                   precision, channels_last)
-
-    def fitted(self, task: str) -> "MultiTransformSettings":
-        """These settings for a ``task`` teacher: box merging dropped for keypoints, Detectron's
-        defaults for detection when none were given (a command line that does not know the
-        checkpoint's task yet builds the same settings for both)."""
-        return MultiTransformSettings.for_task(task, self.scales, self.flip, self.boxes, self.precision,
-                                               self.channels_last)
+        detection = task == "detection"
+        out = self.model_copy(update={} if detection else {k: type(self).model_fields[k].default for k in _BOX_KEYS})
+        out._merges_boxes = detection
+        return out
 
     @classmethod
-    def from_identity(cls, identity: dict[str, Any]) -> "MultiTransformSettings":
+    def from_identity(cls, identity: dict[str, Any]) -> MultiTransformSettings:
         """The settings back from :meth:`identity` (how they travel as a deployment's flow-run parameter)."""
-        box_keys = {f.name for f in dataclasses.fields(BoxMergeSettings)}
-        boxes = {k: v for k, v in identity.items() if k in box_keys}
-        unknown = set(identity) - box_keys - {"scales", "flip", "union", "precision", "channels_last"}
+        unknown = set(identity) - set(_BOX_KEYS) - {"scales", "flip", "union", "precision", "channels_last"}
         if unknown:
             raise ValueError(f"multi-transform settings: unknown fields {sorted(unknown)}")
-        return cls(tuple(identity["scales"]), bool(identity["flip"]), BoxMergeSettings(**boxes) if boxes else None,
-                   identity.get("precision", "float32"), bool(identity.get("channels_last", False)))
+        settings = cls.model_validate({k: v for k, v in identity.items() if k != "union"})
+        return settings.for_task("detection" if any(k in identity for k in _BOX_KEYS) else "keypoints")
 
     def identity(self) -> dict[str, Any]:
         """What defines the predictions, as plain JSON values: part of every shard's fingerprint.
 
-        The same keys as before these settings were typed (``scales``, ``flip``, and for
-        detection ``nms_threshold``, ``voting_threshold``, ``scoring``, now with ``union``), so
-        keypoint shards written then are still recognised as finished. ``precision`` and
+        ``scales`` and ``flip``, and for a detection teacher ``nms_threshold``, ``voting_threshold``,
+        ``scoring`` and ``union`` (every transform's raw detections merged once). ``precision`` and
         ``channels_last`` change the rounding of the predictions, so they are keys too, but only when
-        not at their defaults: float32 shards keep the fingerprint they had.
+        not at their defaults, so that float32 shards keep their fingerprint.
         """
         out: dict[str, Any] = {"scales": list(self.scales), "flip": self.flip}
         if self.precision != "float32":
             out["precision"] = self.precision
         if self.channels_last:
             out["channels_last"] = True
-        if self.boxes is not None:
-            # "union": every transform's raw detections merged once (shards made when each transform's
-            # NMSed detections were merged have no such key: their fingerprint differs, they are redone).
-            out.update(dataclasses.asdict(self.boxes), union="raw")
+        if self.merges_boxes:
+            out.update({k: getattr(self, k) for k in _BOX_KEYS}, union="raw")
         return out

@@ -54,5 +54,17 @@ def test_box_images_need_one_trainable_instance_as_torchvision_s_references_do()
 
 
 def test_a_negative_minimum_is_refused():
-    with pytest.raises(ValueError, match="min_visible_keypoints must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="min_visible_keypoints\n  Input should be greater than or equal to 0"):
         TrainingImageFilter(min_visible_keypoints=-1)
+
+
+def test_the_run_config_s_training_images_section_is_the_filter():
+    from dd_core.config import parse_config
+
+    base = {"labeled": {"annotations": "l.json", "images": "l"}, "unlabeled": {"images": "u"},
+            "val": {"annotations": "v.json", "images": "v"}}
+    rule = parse_config({**base, "training_images": {"min_visible_keypoints": 10}}).training_images
+    assert rule == TrainingImageFilter(min_visible_keypoints=10) and rule.to_dict() == \
+        {"keep_empty": False, "min_visible_keypoints": 10}
+    with pytest.raises(Exception, match="training_images.min_visible_keypoints: Input should be greater than or equal"):
+        parse_config({**base, "training_images": {"min_visible_keypoints": -1}})

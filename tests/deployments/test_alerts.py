@@ -59,9 +59,9 @@ def test_a_failed_distillation_and_a_shard_out_of_retries_emit_what_the_alerts_w
     with pytest.raises(ValueError, match="not a readable omnidistill checkpoint"):
         label_unlabeled(local_config(d, run_id="alert-shards"), str(tmp_path / "teacher.pth"),
                         RunLayout(str(d / "store"), "alert-shards"))
-    from dd_core.stopping import stop_reason
+    from dd_core.ops.stop import PROCESS
 
-    assert stop_reason() is None  # the failed labeling stopped its own shards, not what runs next
+    assert PROCESS.reason() is None  # the failed labeling stopped its own shards, not what runs next
     with get_client(sync_client=True) as client:
         failed_runs = _events(client, "prefect.flow-run.Failed", since, wanted=2)
         failed_tasks = _events(client, "prefect.task-run.Failed", since, wanted=2)

@@ -14,13 +14,13 @@ BOX, DISC = {"id": 1, "name": "box"}, {"id": 4, "name": "disc"}
 
 def _two_category_checkpoint(path, coco) -> str:
     """A random slim detector of categories 1 (box) and 4 (disc) that detects plenty of discs."""
-    from dd_core.models import ModelOverrides, build_model
+    from dd_core.models import ModelConfig, build_model
     from dd_core.train.checkpoint import save_checkpoint
     from dd_core.train.detector import checkpoint_meta, spec_for
 
     torch.manual_seed(0)
     data = coco_from_dict({**coco, "categories": [BOX, DISC]}, "train", "")
-    spec = spec_for("detection", data, ModelOverrides(test_size=64, min_size=(64,), max_size=96))
+    spec = spec_for("detection", data, ModelConfig(test_size=64, min_size=(64,), max_size=96))
     model = build_model(spec)
     with torch.no_grad():
         model.roi_heads.box_predictor.cls_score.bias[1:] = 4.0  # labels 1 (box) and 2 (disc)
@@ -70,3 +70,18 @@ def test_evaluation_decodes_a_val_image_whole_whatever_its_pixel_count(tmp_path)
             pytest.raises(ValueError, match=rf"images/{big} \(.*annotations.json: images\[0\], id 1\): not a readable "
                                              r"image \(image file is truncated"):
         evaluate_checkpoint(ckpt, data, progress=False)  # before: "156,000,000 pixels, more than the 150,000,000"
+
+
+def test_evaluation_stops_when_its_token_is_requested(tmp_path):
+    from dd_core.evaluate.checkpoint_eval import evaluate_detector
+    from dd_core.models.loading import load_detector
+    from dd_core.ops.stop import StopRequested, StopToken
+
+    coco = write_tiny_coco(tmp_path / "val", num_images=2, task="detection")
+    detector = load_detector(_two_category_checkpoint(tmp_path / "m.pth", coco))
+    data = load_coco(str(tmp_path / "val" / "annotations.json"), str(tmp_path / "val" / "images"))
+    stop = StopToken()
+    stop.request("asked by the test")
+    with pytest.raises(StopRequested, match="stopped: asked by the test"):
+        evaluate_detector(detector, data, progress=False, stop=stop)
+    assert evaluate_detector(detector, data, progress=False) == evaluate_checkpoint(detector.url, data, progress=False)

@@ -118,7 +118,6 @@ def test_complete_flow_on_s3_then_rerun_recomputes_only_the_missing_shard(s3_run
 
 
 def test_the_flow_s_metrics_are_a_direct_cocoeval_of_its_own_checkpoints(tmp_path, prefect_harness):
-    from dd_core.config import multi_transform_settings
     from dd_core.data.coco import load_coco
     from dd_core.evaluate.checkpoint_eval import evaluate_checkpoint
 
@@ -138,7 +137,7 @@ def test_the_flow_s_metrics_are_a_direct_cocoeval_of_its_own_checkpoints(tmp_pat
     for name, iterations in (("teacher", 1), ("student", 3)):
         checkpoint = str(run / name / f"model_{iterations:07d}.pth")
         assert metrics[name] == evaluate_checkpoint(checkpoint, data, progress=False)
-        assert metrics[f"{name}_tta"] == evaluate_checkpoint(checkpoint, data, multi_transform_settings(config),
+        assert metrics[f"{name}_tta"] == evaluate_checkpoint(checkpoint, data, config.tta.for_task(config.task),
                                                              progress=False)
     assert metrics["teacher"]["AP50"] > 0 and metrics["teacher"] != metrics["student"]
 

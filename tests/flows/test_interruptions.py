@@ -187,7 +187,7 @@ def test_ctrl_c_while_labeling_ends_the_run_and_its_labeling_subflow_cancelled_n
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
     from prefect.settings import PREFECT_API_URL
 
-    from dd_core.stopping import clear_stop
+    from dd_core.ops.stop import PROCESS
     from flows.run import run_and_report
 
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # run_and_report's API: the test server
@@ -204,7 +204,7 @@ def test_ctrl_c_while_labeling_ends_the_run_and_its_labeling_subflow_cancelled_n
     try:
         code = run_and_report(config, "run.yaml", verbose=True)
     finally:
-        clear_stop()
+        PROCESS.clear()
     assert code == 130
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == ("omnidistill: run ctrl-c stopped (interrupted by SIGINT); resume it with: omnidistill run "

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, model_serializer
 from pydantic_core import PydanticSerializationError
 
-from dd_core.stopping import clear_stop, stop_reason
+from dd_core.ops.stop import PROCESS
 from flows.interrupts import Interrupted, ctrl_c_noted, interruption, resume_command, stop_on_signals
 from tests.flows.conftest import local_config, make_sets
 
@@ -153,7 +153,7 @@ def test_an_error_a_library_makes_of_a_ctrl_c_still_reads_as_the_interruption():
             _CtrlCInside().model_dump()
         assert interruption(wrapped.value) == (130, "interrupted by SIGINT")
     finally:
-        clear_stop()
+        PROCESS.clear()
     assert interruption(wrapped.value) is None  # the same error without a signal is an error
     assert interruption(Interrupted(signal.SIGTERM)) == (143, "interrupted by SIGTERM")
 
@@ -177,11 +177,11 @@ def test_a_signal_inside_a_log_call_is_raised_after_it_and_logging_stays_usable(
     try:
         with pytest.raises(Interrupted, match="interrupted by SIGTERM"), stop_on_signals():
             logger.warning("a line")
-            assert stop_reason() == "SIGTERM received"  # the loops are told at once; the raise waits
+            assert PROCESS.reason() == "SIGTERM received"  # the loops are told at once; the raise waits
             time.sleep(10)  # the signal, delivered again, lands here
     finally:
         logger.removeHandler(handler)
-        clear_stop()
+        PROCESS.clear()
     assert handler.finished and time.monotonic() - started < 2
     other = threading.Thread(target=logging.getLogger("omnidistill.tests.other").warning, args=("after",))
     other.start()

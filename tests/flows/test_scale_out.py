@@ -14,6 +14,7 @@ import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from dd_core.config import ShardsConfig
+from dd_core.method import LabeledRound
 from dd_core.pseudo.infer import ShardJob
 from dd_core.storage import read_json
 from dd_core.storage.layout import RunLayout
@@ -112,7 +113,7 @@ def test_a_shard_reads_the_next_ones_images_ahead_only_when_one_thread_labels_th
     assert labeled_next([1, 3, 7, 8], ShardsConfig(**settings)) == expected
 
 
-JOB = ShardJob("s3://b/teacher.pth", "s3://b/_plan.json", "s3://b/inf", MultiTransformSettings((64,)), "fp", "cuda", 2)
+JOB = ShardJob("s3://b/teacher.pth", "s3://b/_plan.json", "s3://b/inf", MultiTransformSettings(scales=(64,)), "fp", "cuda", 2)
 
 
 def test_a_shard_group_whose_flow_run_failed_fails_naming_the_flow_run_and_its_shards(monkeypatch):
@@ -155,7 +156,7 @@ def teacher_setup(tmp_path_factory):
     return d, checkpoint
 
 
-def _label(d: Path, checkpoint: str, run_id: str, **shards) -> tuple[dict, RunLayout]:
+def _label(d: Path, checkpoint: str, run_id: str, **shards) -> tuple[LabeledRound, RunLayout]:
     config = local_config(d, run_id=run_id, shards={"size": 2, **shards})
     layout = RunLayout(config.storage.root, run_id)
     runner = shard_task_runner(config.shards)
@@ -187,20 +188,20 @@ def _outputs(layout: RunLayout) -> tuple[dict, dict]:
 @pytest.fixture(scope="module")
 def in_process(teacher_setup, prefect_harness):
     d, checkpoint = teacher_setup
-    selection, layout = _label(d, checkpoint, "threads", workers=2)
-    return selection, _outputs(layout)
+    labeled, layout = _label(d, checkpoint, "threads", workers=2)
+    return labeled, _outputs(layout)
 
 
 def test_a_local_dask_cluster_gives_the_same_pseudo_labels_as_threads(teacher_setup, in_process):
     d, checkpoint = teacher_setup
-    selection, layout = _label(d, checkpoint, "dask", runner="dask", workers=2)
+    labeled, layout = _label(d, checkpoint, "dask", runner="dask", workers=2)
     pseudo, shards = _outputs(layout)
     expected_pseudo, expected_shards = in_process[1]
     assert len(shards) == 4 and sum(len(rows) for rows in shards.values()) > 0
     assert_same(shards, expected_shards, "shards")
     assert pseudo["annotations"]
     assert_same(pseudo, expected_pseudo, "pseudo")
-    assert selection["kept_per_category"] == in_process[0]["kept_per_category"]
+    assert labeled.selection.kept_per_category == in_process[0].selection.kept_per_category
 
 
 # --- shard groups as flow runs of a deployment, served by a process worker -------------------
@@ -249,13 +250,13 @@ def test_shard_groups_run_as_flow_runs_of_a_deployment_and_give_the_same_pseudo_
     deployment, worker_log = label_shards_deployment
     d, checkpoint = teacher_setup
     assert ShardsConfig().deployment == deployment  # the default names the deployment in prefect.yaml
-    selection, layout = _label(d, checkpoint, "deployment", runner="deployment", per_flow_run=2)
+    labeled, layout = _label(d, checkpoint, "deployment", runner="deployment", per_flow_run=2)
     pseudo, shards = _outputs(layout)
     expected_pseudo, expected_shards = in_process[1]
     assert_same(shards, expected_shards, "shards")  # labeled in the flow-run processes, not here
     assert_same(pseudo, expected_pseudo, "pseudo")
     assert len(read_json(layout.manifest)["shards"]) == 4
-    assert selection["kept_per_category"] == in_process[0]["kept_per_category"]
+    assert labeled.selection.kept_per_category == in_process[0].selection.kept_per_category
 
     with get_client(sync_client=True) as client:
         target = client.read_deployment_by_name(deployment)

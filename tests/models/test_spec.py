@@ -2,28 +2,32 @@ import json
 
 import pytest
 
-from dd_core.models import ModelOverrides, ModelSpec
+from dd_core.models import KeypointSetConfig, ModelConfig, ModelSpec
 
 
-def test_model_overrides_round_trip_through_json():
-    overrides = ModelOverrides(preset="r50-fpn", backbone_weights="s3://w/resnet50.pth", min_size=[600, 800],
-                               test_size=800, max_size=1333)
+def test_model_config_round_trips_through_json():
+    overrides = ModelConfig(preset="r50-fpn", backbone_weights="s3://w/resnet50.pth", min_size=[600, 800],
+                            test_size=800, max_size=1333)
     assert overrides.min_size == (600, 800)  # lists (JSON, config) become the spec's tuple
-    assert ModelOverrides.from_dict(json.loads(json.dumps(overrides.to_dict()))) == overrides
-    assert ModelOverrides.from_dict({}) == ModelOverrides()
-    with pytest.raises(ValueError, match=r"model overrides: unknown fields \['depth'\]"):
-        ModelOverrides.from_dict({"preset": "slim", "depth": 3})
-    with pytest.raises(ValueError, match="ModelOverrides.preset: expected one of .* got 'r34'"):
-        ModelOverrides(preset="r34")
+    assert ModelConfig.from_dict(json.loads(json.dumps(overrides.to_dict()))) == overrides
+    assert ModelConfig.from_dict({}) == ModelConfig()
+    with pytest.raises(ValueError, match=r"depth\n  Extra inputs are not permitted"):
+        ModelConfig.from_dict({"preset": "slim", "depth": 3})
+    with pytest.raises(ValueError, match="preset\n  Input should be 'slim', 'r50-fpn', .* \\[type=literal_error, "
+                                         "input_value='r34'"):
+        ModelConfig(preset="r34")
 
 
-def test_model_overrides_fill_in_a_spec():
-    overrides = ModelOverrides(preset="r50-fpn", backbone_weights="w.pth", min_size=(600, 800), test_size=800,
-                               max_size=1333)
+def test_model_config_fills_in_a_spec():
+    overrides = ModelConfig(preset="r50-fpn", backbone_weights="w.pth", min_size=(600, 800), test_size=800,
+                            max_size=1333)
     assert overrides.spec("detection", num_classes=3, num_keypoints=1) == ModelSpec(
         task="detection", preset="r50-fpn", num_classes=3, num_keypoints=1, min_size=(600, 800), test_size=800,
         max_size=1333, backbone_weights="w.pth")
-    assert ModelOverrides().spec("keypoints", 2, 17) == ModelSpec()
+    assert ModelConfig().spec("keypoints", 2, 17) == ModelSpec()
+    keypoints = KeypointSetConfig(flip_pairs=[["a", "b"]], sigmas=[0.1, 0.2])
+    assert ModelConfig().spec("keypoints", 2, 2, keypoints) == ModelSpec(num_keypoints=2, flip_pairs=(("a", "b"),),
+                                                                          oks_sigmas=(0.1, 0.2))
 
 
 def test_a_spec_of_an_earlier_version_loads_without_its_empty_extra():

@@ -122,19 +122,19 @@ def test_a_backbone_by_name_holds_the_cached_tensors_and_freezes_as_torchvision(
 
 def test_a_teacher_started_by_name_keeps_the_cached_tensors_in_its_frozen_layers(cache, tiny_coco):
     from dd_core.data.coco import load_coco
-    from dd_core.models import ModelOverrides
-    from dd_core.train.detector import spec_for, train_detector
-    from dd_core.train.loop import TrainHooks
+    from dd_core.models import ModelConfig
+    from dd_core.train.detector import TrainingInputs, spec_for, train_detector
+    from dd_core.train.loop import Runtime, TrainHooks
     from dd_core.train.settings import TrainConfig
 
     cached = torch.load(cached_file(torchvision_weights(RESNET18).url), weights_only=True)
     coco = load_coco(*tiny_coco)
-    spec = spec_for("keypoints", coco, ModelOverrides(backbone_weights=RESNET18, min_size=(64,), test_size=64,
+    spec = spec_for("keypoints", coco, ModelConfig(backbone_weights=RESNET18, min_size=(64,), test_size=64,
                                                       max_size=96))
     trained = {}
     hooks = TrainHooks(on_step=lambda i, model, targets: trained.update(model.backbone.body.state_dict()))
-    train_detector(spec, coco, TrainConfig(iterations=2, batch_size=2, warmup_iters=0), None, progress=False,
-                   hooks=hooks)
+    train_detector(spec, TrainingInputs(coco), TrainConfig(iterations=2, batch_size=2, warmup_iters=0), None,
+                   runtime=Runtime(progress=False), hooks=hooks)
     for key in ("conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer1.1.bn2.weight"):
         assert torch.equal(trained[key], cached[key]), key
     assert not torch.equal(trained["layer4.0.conv1.weight"], cached["layer4.0.conv1.weight"])  # trained on

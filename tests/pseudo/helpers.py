@@ -6,13 +6,15 @@ import torch
 from PIL import Image
 
 from dd_core.data.unlabeled import Shard, list_unlabeled
+from dd_core.ops.caches import TeacherCache
+from dd_core.ops.labeling import LabelingOps
 from dd_core.pseudo.infer import ShardJob, ShardSummary, pseudo_label_planned_shard
-from dd_core.pseudo.teacher import Teacher, TeacherCache
+from dd_core.pseudo.teacher import Teacher
 from dd_core.tta.settings import MultiTransformSettings
 from tests.conftest import save_random_checkpoint, write_tiny_coco
 
-TTA = MultiTransformSettings((56, 64), flip=True)
-TTA_BOXES = MultiTransformSettings.for_task("detection", (56, 64))
+TTA = MultiTransformSettings(scales=(56, 64), flip=True)
+TTA_BOXES = MultiTransformSettings(scales=(56, 64)).for_task("detection")
 
 
 def setup_pile(tmp_path, n=5):
@@ -25,17 +27,28 @@ def setup_pile(tmp_path, n=5):
 def planned(checkpoint: str, plan: str, out: str, fingerprint: str, index: int, tta=TTA) -> ShardSummary:
     """Shard ``index`` of ``plan`` pseudo-labeled on the CPU, as one shard task does it."""
     job = ShardJob(checkpoint, plan, out, tta, fingerprint)
-    return pseudo_label_planned_shard(job, index, cache=TeacherCache(), device="cpu")
+    return pseudo_label_planned_shard(job, index, device="cpu", ops=LabelingOps(teachers=TeacherCache()))
 
 
-def stub_teacher(predict_fn=None) -> Teacher:
-    """A teacher without a model: every image gets no predictions (or what ``predict_fn`` says)."""
+class Predicting(torch.nn.Module):
+    """A model without weights that predicts what ``predict(images)`` says."""
 
-    def nothing(model, images):
+    def __init__(self, predict) -> None:
+        super().__init__()
+        self.predict = predict
+
+    def forward(self, images):
+        return self.predict(images)
+
+
+def stub_teacher(predict=None) -> Teacher:
+    """A teacher without a model: every image gets no predictions (or what ``predict(images)`` says)."""
+
+    def nothing(images):
         return [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0)}
                 for _ in images]
 
-    return Teacher(torch.nn.Identity(), predict_fn or nothing, {1: 1})
+    return Teacher(Predicting(predict or nothing), {1: 1})
 
 
 def save_image(path, height: int, width: int, seed: int = 0) -> None:

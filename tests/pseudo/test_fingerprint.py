@@ -3,7 +3,7 @@ import json
 
 from dd_core.data.unlabeled import Shard, UnlabeledImage
 from dd_core.pseudo.fingerprint import fingerprint, shard_fingerprint
-from dd_core.tta.settings import BoxMergeSettings, MultiTransformSettings
+from dd_core.tta.settings import MultiTransformSettings
 
 
 def _before(digest: str, tta: dict) -> str:
@@ -12,20 +12,20 @@ def _before(digest: str, tta: dict) -> str:
 
 
 def test_keypoint_shards_of_earlier_versions_stay_finished_detection_ones_are_redone():
-    keypoints = MultiTransformSettings((96, 128, 160), True)
+    keypoints = MultiTransformSettings(scales=(96, 128, 160), flip=True)
     assert fingerprint("abc", keypoints) == _before("abc", {"scales": [96, 128, 160], "flip": True})
     # Detection shards were made by merging each transform's NMSed detections: now the raw union is.
-    boxes = MultiTransformSettings.for_task("detection", [64], False, BoxMergeSettings(0.5, 0.7, "AVG"))
+    boxes = MultiTransformSettings(scales=[64], flip=False, nms_threshold=0.5, voting_threshold=0.7, scoring="AVG").for_task("detection")
     earlier = {"scales": [64], "flip": False, "nms_threshold": 0.5, "voting_threshold": 0.7, "scoring": "AVG"}
     assert fingerprint("abc", boxes) == _before("abc", {**earlier, "union": "raw"}) != _before("abc", earlier)
 
 
 def test_box_merging_changes_a_detection_teacher_s_fingerprint_only():
-    base = MultiTransformSettings.for_task("detection", [64])
-    other = MultiTransformSettings.for_task("detection", [64], boxes=BoxMergeSettings(voting_threshold=0.9))
+    base = MultiTransformSettings(scales=[64]).for_task("detection")
+    other = MultiTransformSettings(scales=[64], voting_threshold=0.9).for_task("detection")
     assert fingerprint("abc", base) != fingerprint("abc", other)
-    assert MultiTransformSettings.for_task("keypoints", [64], boxes=BoxMergeSettings(voting_threshold=0.9)) == \
-        MultiTransformSettings.for_task("keypoints", [64])
+    assert MultiTransformSettings(scales=[64], voting_threshold=0.9).for_task("keypoints") == \
+        MultiTransformSettings(scales=[64]).for_task("keypoints")
     assert fingerprint("abc", base) != fingerprint("abd", base)
 
 
@@ -42,7 +42,7 @@ def test_the_pixel_limit_is_part_of_the_fingerprint_and_its_default_changes_noth
     from dd_core.data.images import MAX_PIXELS
     from dd_core.pseudo.fingerprint import checkpoint_fingerprint
 
-    tta = MultiTransformSettings((96, 128), True)
+    tta = MultiTransformSettings(scales=(96, 128), flip=True)
     before = _before("abc", {"scales": [96, 128], "flip": True})
     assert fingerprint("abc", tta) == fingerprint("abc", tta, MAX_PIXELS) == before  # shards of before stay done
     others = [fingerprint("abc", tta, n) for n in (MAX_PIXELS - 1, 4_096, None)]

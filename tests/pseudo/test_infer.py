@@ -10,11 +10,13 @@ import pytest
 from PIL import Image
 
 from dd_core.data.unlabeled import Shard, UnlabeledImage, list_unlabeled, plan_shards, write_plan
+from dd_core.ops.clock import StageClock
+from dd_core.ops.labeling import LabelingOps
 from dd_core.pseudo import reading
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint, shard_fingerprint
 from dd_core.pseudo.infer import (
     ShardJob,
-    StageClock,
+    ShardRun,
     done_shards,
     existing_output,
     finished_shards,
@@ -37,7 +39,7 @@ def test_label_shard_writes_rows_and_is_idempotent(tmp_path):
         return teacher_from_checkpoint(ckpt, TTA)
 
     shard = plan_shards(unlabeled.images, 8)[0]
-    first = pseudo_label_shard(shard, unlabeled.root, str(tmp_path / "inf"), fp, make, batch_size=2)
+    first = pseudo_label_shard(shard, unlabeled.root, str(tmp_path / "inf"), fp, ShardRun(make, batch_size=2))
     assert not first.skipped and first.num_images == 5 and first.num_rows > 0
     table = read_shard(first.url)
     assert set(table.column("image_id").to_pylist()) <= {im.id for im in shard.images}
@@ -46,13 +48,14 @@ def test_label_shard_writes_rows_and_is_idempotent(tmp_path):
                                                              table.column("keypoint_scores").to_pylist()))
     assert [im["id"] for im in shard_meta(table)["images"]] == [im.id for im in shard.images]
     mtime = os.stat(first.url).st_mtime_ns
-    again = pseudo_label_shard(shard, unlabeled.root, str(tmp_path / "inf"), fp, make)
+    again = pseudo_label_shard(shard, unlabeled.root, str(tmp_path / "inf"), fp, ShardRun(make))
     assert again.skipped and again.num_rows == first.num_rows and loads == [1]  # the model was not even loaded
     assert os.stat(first.url).st_mtime_ns == mtime
-    other = pseudo_label_shard(shard, unlabeled.root, str(tmp_path / "inf"), "another-model", make)
+    other = pseudo_label_shard(shard, unlabeled.root, str(tmp_path / "inf"), "another-model", ShardRun(make))
     assert not other.skipped and loads == [1, 1]
     # A caller that has just found the shard not done (the flow's listing) skips the look: it computes.
-    redone = pseudo_label_shard(shard, unlabeled.root, str(tmp_path / "inf"), "another-model", make, check_done=False)
+    redone = pseudo_label_shard(shard, unlabeled.root, str(tmp_path / "inf"), "another-model", ShardRun(make),
+                                check_done=False)
     assert not redone.skipped and loads == [1, 1, 1] and redone.num_rows == other.num_rows
 
 
@@ -93,10 +96,10 @@ def test_a_shard_of_other_images_is_recomputed_even_with_the_same_model(tmp_path
     fp = checkpoint_fingerprint(ckpt, TTA)
     out = str(tmp_path / "inf")
     make = lambda: teacher_from_checkpoint(ckpt, TTA)  # noqa: E731
-    first = pseudo_label_shard(plan_shards(unlabeled.images, 3)[0], unlabeled.root, out, fp, make)
+    first = pseudo_label_shard(plan_shards(unlabeled.images, 3)[0], unlabeled.root, out, fp, ShardRun(make))
     # The pile grew and the plan changed: shard-00000 now holds other images.
     shifted = plan_shards(unlabeled.images[1:], 3)[0]
-    again = pseudo_label_shard(shifted, unlabeled.root, out, fp, make)
+    again = pseudo_label_shard(shifted, unlabeled.root, out, fp, ShardRun(make))
     assert not first.skipped and not again.skipped
     assert [im["id"] for im in shard_meta(read_shard(again.url))["images"]] == [2, 3, 4]
 
@@ -133,18 +136,20 @@ def test_done_shards_are_the_planned_ones_of_this_fingerprint_found_in_one_listi
 
 
 def test_shard_tasks_read_their_plan_once_and_a_re_plan_again(tmp_path, monkeypatch):
-    from dd_core.data import unlabeled as unlabeled_module
-    from dd_core.data.unlabeled import PlanCache, read_plan
+    from dd_core.data.unlabeled import read_plan
+    from dd_core.ops import plans as plans_module
+    from dd_core.ops.caches import TeacherCache
+    from dd_core.ops.plans import PlanCache
     from dd_core.pseudo.infer import pseudo_label_planned_shard
-    from dd_core.pseudo.teacher import TeacherCache
 
     _, ckpt, unlabeled = setup_pile(tmp_path, n=4)
     plan, out = str(tmp_path / "inf" / "_plan.json"), str(tmp_path / "inf")
     reads = []
-    monkeypatch.setattr(unlabeled_module, "read_plan", lambda url, opts=None: reads.append(url) or read_plan(url, opts))
+    monkeypatch.setattr(plans_module, "read_plan", lambda url, opts=None: reads.append(url) or read_plan(url, opts))
     job = ShardJob(ckpt, plan, out, TTA, checkpoint_fingerprint(ckpt, TTA))
     teachers, plans = TeacherCache(), PlanCache()
-    label = lambda i: pseudo_label_planned_shard(job, i, cache=teachers, device="cpu", plans=plans)  # noqa: E731
+    ops = LabelingOps(teachers=teachers, plans=plans)
+    label = lambda i: pseudo_label_planned_shard(job, i, device="cpu", ops=ops)  # noqa: E731
     write_plan(unlabeled, 1, plan)
     assert [label(i).num_images for i in range(4)] == [1, 1, 1, 1] and reads == [plan]
     write_plan(unlabeled, 3, plan)  # the next run re-plans: shards of 3
@@ -163,7 +168,7 @@ def test_a_finished_shard_returns_without_taking_what_hold_guards(tmp_path):
 
     shard = plan_shards(unlabeled.images, 8)[0]
     label = lambda: pseudo_label_shard(shard, unlabeled.root, str(tmp_path / "inf"), fp,  # noqa: E731
-                                       lambda: teacher_from_checkpoint(ckpt, TTA), hold=hold)
+                                       ShardRun(lambda: teacher_from_checkpoint(ckpt, TTA)), ops=LabelingOps(hold=hold))
     assert not label().skipped and held == ["taken", "released"]
     assert label().skipped and held == ["taken", "released"]  # done: neither the slot nor the model
 
@@ -179,7 +184,7 @@ def test_too_thin_images_are_rejected_before_inference_saying_why(tmp_path):
     save_image(images / "narrow.png", 1, 40)     # 2 px high at scale 56: labeled
     root, shard = shard_of(images, ["001.png", "002.png", "narrow.png", "tall.png", "thin.png"])
     summary = pseudo_label_shard(shard, root, str(tmp_path / "inf"), checkpoint_fingerprint(ckpt, TTA),
-                          lambda: teacher_from_checkpoint(ckpt, TTA), batch_size=5)
+                                 ShardRun(lambda: teacher_from_checkpoint(ckpt, TTA), batch_size=5))
     meta = shard_meta(read_shard(summary.url))
     assert [im["file_name"] for im in meta["images"]] == ["001.png", "002.png", "narrow.png"]
     assert meta["images"][2]["height"] == 1 and meta["images"][2]["width"] == 40
@@ -198,7 +203,7 @@ def test_images_with_a_one_pixel_frame_side_label_fine(tmp_path, task):
     """Why the minimum frame side is 1 px: thinner fails, 1 px runs and gives finite predictions."""
     coco = write_tiny_coco(tmp_path / "pile", num_images=1, task=task)
     ckpt = save_random_checkpoint(str(tmp_path / "m.pth"), coco, task)
-    tta = MultiTransformSettings.for_task(task, (64, 96))
+    tta = MultiTransformSettings(scales=(64, 96)).for_task(task)
     teacher = teacher_from_checkpoint(ckpt, tta)
     images = tmp_path / "pile" / "images"
     sizes = {"a.png": (1, 96), "b.png": (1, 40), "c.png": (40, 1), "d.png": (3, 3), "e.png": (2, 150)}
@@ -206,7 +211,7 @@ def test_images_with_a_one_pixel_frame_side_label_fine(tmp_path, task):
         save_image(images / name, height, width, seed=i)
         assert teacher.check_image(height, width) is None
     root, shard = shard_of(images, list(sizes))
-    summary = pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", lambda: teacher, batch_size=5)
+    summary = pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", ShardRun(lambda: teacher, batch_size=5))
     table = read_shard(summary.url)
     assert summary.num_images == 5 and summary.num_rejected == 0 and table.num_rows > 0
     assert all(all(map(math.isfinite, box)) for box in table.column("box").to_pylist())
@@ -228,7 +233,7 @@ def test_a_folder_a_missing_file_and_a_forbidden_file_are_rejected_naming_the_ur
 
     monkeypatch.setattr(reading, "read_reduced", read_reduced)
     root, shard = shard_of(images, ["a.png", "folder.png", "forbidden.png", "missing.png", "a.png/b.png"])
-    summary = pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", stub_teacher)
+    summary = pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", ShardRun(stub_teacher))
     meta = shard_meta(read_shard(summary.url))
     assert [im["file_name"] for im in meta["images"]] == ["a.png"]
     reasons = {r["file_name"]: r["reason"] for r in meta["rejected"]}
@@ -256,24 +261,24 @@ def test_unreachable_storage_or_every_image_forbidden_fails_the_shard(tmp_path, 
 
     monkeypatch.setattr(reading, "read_reduced", unreachable)
     with pytest.raises(StorageError, match="b.png: storage unreachable"):
-        pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", stub_teacher)
+        pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", ShardRun(stub_teacher))
 
     def expired_credentials(url, options=None, *limits):
         raise PermissionError(13, "ExpiredToken", url)
 
     monkeypatch.setattr(reading, "read_reduced", expired_credentials)
     with pytest.raises(PermissionError, match="shard-00000: the storage refused to read every one of its 2 images"):
-        pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", stub_teacher)
+        pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", ShardRun(stub_teacher))
     assert not (tmp_path / "inf").exists()
 
 
 def _fails_on_width(width: int, calls: list[int]):
-    """A predict_fn that raises as torch would for images ``width`` px wide, and records batch sizes."""
-    def predict(model, images):
+    """A prediction that raises as torch would for images ``width`` px wide, and records batch sizes."""
+    def predict(images):
         calls.append(len(images))
         if any(im.shape[-1] == width for im in images):
             raise RuntimeError(f"no layer takes a {width}-px-wide input")
-        return stub_teacher().predict_fn(model, images)
+        return stub_teacher().model(images)
     return predict
 
 
@@ -285,7 +290,7 @@ def test_an_image_the_model_fails_on_alone_is_rejected_and_its_batch_labeled_one
     root, shard = shard_of(images, ["a.png", "b.png", "c.png", "d.png", "odd.png"])
     calls: list[int] = []
     summary = pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp",
-                          lambda: stub_teacher(_fails_on_width(50, calls)), batch_size=3)
+                                 ShardRun(lambda: stub_teacher(_fails_on_width(50, calls)), batch_size=3))
     meta = shard_meta(read_shard(summary.url))
     assert [im["file_name"] for im in meta["images"]] == ["a.png", "b.png", "c.png", "d.png"]
     assert meta["rejected"] == [{"image_id": 5, "file_name": "odd.png",
@@ -303,7 +308,8 @@ def test_a_model_that_fails_on_every_image_fails_the_shard(tmp_path):
     root, shard = shard_of(images, ["a.png", "b.png", "empty.png"])
     calls: list[int] = []
     with pytest.raises(RuntimeError, match="no layer takes a 8-px-wide input") as failure:
-        pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", lambda: stub_teacher(_fails_on_width(8, calls)))
+        pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp",
+                           ShardRun(lambda: stub_teacher(_fails_on_width(8, calls))))
     assert "failed on each of the 2 image(s) it was given" in "".join(failure.value.__notes__)
     assert calls == [2, 1, 1] and not (tmp_path / "inf").exists()
 
@@ -317,7 +323,7 @@ def test_a_category_id_of_2_to_the_40_reads_back_unchanged(tmp_path):
     ckpt = save_random_checkpoint(str(tmp_path / "m.pth"), coco, "detection")
     unlabeled = list_unlabeled(str(tmp_path / "pile" / "images"))
     summary = pseudo_label_shard(plan_shards(unlabeled.images, 2)[0], unlabeled.root, str(tmp_path / "inf"), "fp",
-                          lambda: teacher_from_checkpoint(ckpt, TTA_BOXES))
+                                 ShardRun(lambda: teacher_from_checkpoint(ckpt, TTA_BOXES)))
     categories = read_shard(summary.url).column("category_id").to_pylist()
     assert categories and set(categories) == {2**40}
 
@@ -331,7 +337,7 @@ def test_a_version_1_shard_is_recomputed(tmp_path, caplog):
     save_image(images / "a.png", 8, 8)
     root, shard = shard_of(images, ["a.png"])
     out = str(tmp_path / "inf")
-    first = pseudo_label_shard(shard, root, out, "fp", stub_teacher)
+    first = pseudo_label_shard(shard, root, out, "fp", ShardRun(stub_teacher))
     # The same shard as version 1 wrote it: same fingerprint, int32 category ids, schema_version 1.
     table = pq.read_table(first.url)
     meta = {**shard_meta(table), "schema_version": 1}
@@ -339,7 +345,7 @@ def test_a_version_1_shard_is_recomputed(tmp_path, caplog):
     pq.write_table(v1.replace_schema_metadata({b"omnidistill": json.dumps(meta).encode()}), first.url)
     assert existing_output(first.url, shard_fingerprint("fp", root, shard), None) is None
     assert "predictions schema version 1, expected 2" in caplog.text
-    again = pseudo_label_shard(shard, root, out, "fp", stub_teacher)
+    again = pseudo_label_shard(shard, root, out, "fp", ShardRun(stub_teacher))
     assert not again.skipped and shard_meta(read_shard(again.url))["schema_version"] == 2
 
 
@@ -347,7 +353,7 @@ def test_an_image_id_beyond_int64_is_a_clear_error_before_the_model_loads(tmp_pa
     loads: list[int] = []
     shard = Shard(0, [UnlabeledImage(1, "a.png"), UnlabeledImage(2**63, "b.png")])
     with pytest.raises(ValueError, match=r"b.png: image id 9223372036854775808 does not fit the int64 image_id"):
-        pseudo_label_shard(shard, str(tmp_path), str(tmp_path / "inf"), "fp", lambda: loads.append(1))
+        pseudo_label_shard(shard, str(tmp_path), str(tmp_path / "inf"), "fp", ShardRun(lambda: loads.append(1)))
     assert not loads
 
 
@@ -359,12 +365,13 @@ def test_a_stage_clock_times_reading_and_inference_where_they_happen(tmp_path):
     root, shard = shard_of(images, ["a.png", "b.png", "c.png"])
     edges: list[str] = []
 
-    def slow(model, batch):
+    def slow(batch):
         time.sleep(0.05)
-        return stub_teacher().predict_fn(model, batch)
+        return stub_teacher().model(batch)
 
     clock = StageClock(sync=lambda: edges.append("sync"))
-    pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", lambda: stub_teacher(slow), batch_size=2, clock=clock)
+    pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", ShardRun(lambda: stub_teacher(slow), batch_size=2),
+                       ops=LabelingOps(clock=clock))
     assert set(clock.seconds) == {"read", "infer"}
     assert clock.seconds["infer"] >= 0.1 > clock.seconds["read"]  # two batches, 50 ms each
     assert len(edges) == 2 * 4  # each of the 2 batches: read and infer, synchronised at both edges
@@ -387,7 +394,7 @@ def test_a_fifo_a_device_and_a_name_too_long_are_rejected_not_a_hang_or_a_failed
     (images / "zero.png").symlink_to("/dev/zero")
     long_name = "d" * 300 + "/x.png"  # under the 1,024-byte limit, but no file system takes a 300-byte name
     root, shard = shard_of(images, ["a.png", "fifo.png", "zero.png", long_name])
-    summary = pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", stub_teacher)
+    summary = pseudo_label_shard(shard, root, str(tmp_path / "inf"), "fp", ShardRun(stub_teacher))
     meta = shard_meta(read_shard(summary.url))
     assert [im["file_name"] for im in meta["images"]] == ["a.png"]
     reasons = {r["file_name"]: r["reason"] for r in meta["rejected"]}

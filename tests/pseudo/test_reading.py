@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from dd_core.data.unlabeled import UnlabeledImage
-from dd_core.pseudo.reading import ImageRejected, ReadAhead, read_batches
+from dd_core.ops.read_ahead import ReadAhead
+from dd_core.pseudo.reading import ImageReading, ImageRejected, read_batches
 from dd_core.storage import StorageError
 
 
@@ -26,7 +27,7 @@ def test_batches_come_back_in_order_with_odd_images_rejected_alone(tmp_path):
     (tmp_path / "3.png").write_bytes(b"not a png")
     (tmp_path / "5.png").unlink()
     batches = [images[0:3], images[3:6], images[6:7]]
-    reads = list(read_batches(batches, str(tmp_path), None, "cpu", threads=4))
+    reads = list(read_batches(batches, ImageReading(str(tmp_path)), "cpu", threads=4))
     assert len(reads) == 3
     kept_ids = [[image.id for image in kept] for _, kept, *_ in reads]
     assert kept_ids == [[0, 1, 2], [4], [6]]
@@ -48,7 +49,7 @@ def test_images_are_read_at_once_and_the_next_batch_ahead(tmp_path):
     def check(height: int, width: int) -> None:
         barrier.wait()  # raises BrokenBarrierError after 10 s if fewer than 4 reads run at once
 
-    reads = read_batches([images[:2], images[2:]], str(tmp_path), None, "cpu", check_image=check, threads=4)
+    reads = read_batches([images[:2], images[2:]], ImageReading(str(tmp_path), None, check), "cpu", threads=4)
     assert [[image.id for image in kept] for _, kept, *_ in reads] == [[0, 1], [2, 3]]
 
 
@@ -61,8 +62,8 @@ def test_leaving_early_reads_at_most_the_next_batch(tmp_path):
         with lock:
             seen.append(height - 10)
 
-    reads = read_batches([images[i:i + 2] for i in range(0, 10, 2)], str(tmp_path), None, "cpu",
-                         check_image=count, threads=1)
+    reads = read_batches([images[i:i + 2] for i in range(0, 10, 2)], ImageReading(str(tmp_path), None, count), "cpu",
+                         threads=1)
     tensors, kept, *_ = next(reads)
     reads.close()  # the shard stopped: what was queued is dropped, what runs is waited for
     assert [image.id for image in kept] == [0, 1]
@@ -76,14 +77,14 @@ def test_a_storage_failure_fails_its_batch_not_a_single_image(tmp_path):
         if height == 12:
             raise StorageError("endpoint unreachable")
 
-    reads = read_batches([images[:2], images[2:]], str(tmp_path), None, "cpu", check_image=storage_down)
+    reads = read_batches([images[:2], images[2:]], ImageReading(str(tmp_path), None, storage_down), "cpu")
     assert [image.id for image in next(reads)[1]] == [0, 1]
     with pytest.raises(StorageError, match="endpoint unreachable"):
         next(reads)
 
 
 def test_no_batches_read_nothing(tmp_path):
-    assert list(read_batches([], str(tmp_path), None, "cpu")) == []
+    assert list(read_batches([], ImageReading(str(tmp_path)), "cpu")) == []
 
 
 def test_leaving_early_does_not_wait_for_a_stalled_read(tmp_path):
@@ -96,7 +97,7 @@ def test_leaving_early_does_not_wait_for_a_stalled_read(tmp_path):
             release.wait(10)
             finished.set()
 
-    reads = read_batches([images[:2], images[2:]], str(tmp_path), None, "cpu", check_image=stall_image_2)
+    reads = read_batches([images[:2], images[2:]], ImageReading(str(tmp_path), None, stall_image_2), "cpu")
     assert [image.id for image in next(reads)[1]] == [0, 1]
     reads.close()
     assert not finished.is_set()  # close() returned while image 2's read still hangs
@@ -119,10 +120,11 @@ def test_the_next_shards_first_images_are_read_ahead_once_and_taken_by_it(tmp_pa
     images = _pile(tmp_path, 8)
     first, second = images[:4], images[4:]
     check, ahead = _Counted(), ReadAhead(threads=2)
-    reads = read_batches([first[:2], first[2:]], str(tmp_path), None, "cpu", check, ahead=ahead, then=second[:2])
+    reads = read_batches([first[:2], first[2:]], ImageReading(str(tmp_path), None, check), "cpu",
+                         ahead=ahead, then=second[:2])
     assert [[image.id for image in kept] for _, kept, *_ in reads] == [[0, 1], [2, 3]]
     assert len(ahead) == 2  # images 4 and 5, read (or being read) for the next shard
-    reads = list(read_batches([second[:2], second[2:]], str(tmp_path), None, "cpu", check, ahead=ahead))
+    reads = list(read_batches([second[:2], second[2:]], ImageReading(str(tmp_path), None, check), "cpu", ahead=ahead))
     assert [[image.id for image in kept] for _, kept, *_ in reads] == [[4, 5], [6, 7]]
     assert [[int(t.shape[-2]) for t in tensors] for tensors, *_ in reads] == [[14, 15], [16, 17]]
     assert check.reads == {i: 1 for i in range(8)}  # nothing read twice
@@ -134,9 +136,9 @@ def test_reads_ahead_with_other_storage_options_or_image_check_are_read_anew(tmp
     check, other = _Counted(), _Counted()
     ahead = ReadAhead()
     ahead.start(images[:2], str(tmp_path), {"key": "a"}, check)
-    list(read_batches([images[:2]], str(tmp_path), {"key": "b"}, "cpu", check, ahead=ahead))
+    list(read_batches([images[:2]], ImageReading(str(tmp_path), {"key": "b"}, check), "cpu", ahead=ahead))
     ahead.start(images[2:], str(tmp_path), None, check)
-    list(read_batches([images[2:]], str(tmp_path), None, "cpu", other, ahead=ahead))
+    list(read_batches([images[2:]], ImageReading(str(tmp_path), None, other), "cpu", ahead=ahead))
     assert other.reads == {2: 1, 3: 1}  # the image check it was given, not the one the reads ahead ran
     assert len(ahead) == 0
 
@@ -160,9 +162,10 @@ def test_a_storage_failure_read_ahead_fails_the_next_shards_first_batch(tmp_path
             raise StorageError("endpoint unreachable")
 
     ahead = ReadAhead()
-    list(read_batches([images[:2]], str(tmp_path), None, "cpu", storage_down, ahead=ahead, then=images[2:]))
+    list(read_batches([images[:2]], ImageReading(str(tmp_path), None, storage_down), "cpu",
+                      ahead=ahead, then=images[2:]))
     with pytest.raises(StorageError, match="endpoint unreachable"):
-        next(read_batches([images[2:]], str(tmp_path), None, "cpu", storage_down, ahead=ahead))
+        next(read_batches([images[2:]], ImageReading(str(tmp_path), None, storage_down), "cpu", ahead=ahead))
 
 
 def test_a_shard_announced_again_is_read_again_and_only_the_newest_read_is_kept(tmp_path):
@@ -173,7 +176,7 @@ def test_a_shard_announced_again_is_read_again_and_only_the_newest_read_is_kept(
     Image.fromarray(np.full((30, 12, 3), 7, dtype=np.uint8)).save(tmp_path / "0.png")  # rewritten before the retry
     ahead.start(images, str(tmp_path), None, check)
     assert len(ahead) == 2
-    tensors, kept, *_ = next(read_batches([images], str(tmp_path), None, "cpu", check, ahead=ahead))
+    tensors, kept, *_ = next(read_batches([images], ImageReading(str(tmp_path), None, check), "cpu", ahead=ahead))
     assert [int(t.shape[-2]) for t in tensors] == [30, 11]
     assert len(ahead) == 0
 
@@ -201,7 +204,8 @@ def test_shards_read_with_a_read_ahead_use_its_threads_and_start_none_of_their_o
         threads.add((threading.current_thread().name, threading.get_ident()))
 
     for shard in (images[:4], images[4:8], images[8:]):  # three shards in batches of 2, one after another
-        reads = list(read_batches([shard[:2], shard[2:]], str(tmp_path), None, "cpu", note_thread, ahead=ahead))
+        reads = list(read_batches([shard[:2], shard[2:]], ImageReading(str(tmp_path), None, note_thread), "cpu",
+                                  ahead=ahead))
         assert [image.id for _, kept, *_ in reads for image in kept] == [image.id for image in shard]
     assert 0 < len(threads) <= 3 and all(name.startswith("omnidistill-ahead") for name, _ in threads)
     ahead.clear()
@@ -218,12 +222,14 @@ def test_a_read_stalled_by_a_stopped_shard_does_not_hold_up_the_next_shards_read
 
     ahead = ReadAhead(threads=1)
     try:
-        reads = read_batches([images[:2], images[2:4]], str(tmp_path), None, "cpu", stall_image_2, ahead=ahead)
+        reads = read_batches([images[:2], images[2:4]], ImageReading(str(tmp_path), None, stall_image_2), "cpu",
+                             ahead=ahead)
         assert [image.id for image in next(reads)[1]] == [0, 1]
         assert stalled.wait(10)  # image 2's GET hangs on the only reading thread
         reads.close()  # the shard stops
         start = time.monotonic()
-        _, kept, *_ = next(read_batches([images[4:]], str(tmp_path), None, "cpu", stall_image_2, ahead=ahead))
+        _, kept, *_ = next(read_batches([images[4:]], ImageReading(str(tmp_path), None, stall_image_2), "cpu",
+                                        ahead=ahead))
         assert [image.id for image in kept] == [4, 5] and time.monotonic() - start < 10  # not after the 20 s GET
     finally:
         release.set()
@@ -232,11 +238,12 @@ def test_a_read_stalled_by_a_stopped_shard_does_not_hold_up_the_next_shards_read
 
 def test_leaving_early_with_a_read_ahead_drops_this_shards_queued_reads_and_keeps_its_threads(tmp_path):
     images, count, ahead = _pile(tmp_path, 10), _Counted(), ReadAhead(threads=1)
-    reads = read_batches([images[i:i + 2] for i in range(0, 10, 2)], str(tmp_path), None, "cpu", count, ahead=ahead)
+    reads = read_batches([images[i:i + 2] for i in range(0, 10, 2)], ImageReading(str(tmp_path), None, count), "cpu",
+                         ahead=ahead)
     assert [image.id for image in next(reads)[1]] == [0, 1]
     reads.close()  # the shard stopped: its queued reads are cancelled, the next shard still reads
     assert set(count.reads) <= {0, 1, 2, 3}
-    assert [image.id for image in next(read_batches([images[8:]], str(tmp_path), None, "cpu", count,
+    assert [image.id for image in next(read_batches([images[8:]], ImageReading(str(tmp_path), None, count), "cpu",
                                                     ahead=ahead))[1]] == [8, 9]
     assert set(count.reads) <= {0, 1, 2, 3, 8, 9}
     ahead.clear()
@@ -303,14 +310,14 @@ def test_a_large_image_is_read_reduced_with_its_reduction_and_one_over_max_pixel
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "1.png")
     images = [UnlabeledImage(0, "0.png"), UnlabeledImage(1, "1.png")]
     check = _Frame()
-    [(tensors, kept, refused, reductions)] = read_batches([images], str(tmp_path), None, "cpu", check)
+    [(tensors, kept, refused, reductions)] = read_batches([images], ImageReading(str(tmp_path), None, check), "cpu")
     assert [image.id for image in kept] == [0, 1] and refused == []
     assert reductions == [Reduction(600, 1000, 8), Reduction(10, 12, 1)]
     assert tensors[0].shape == (3, 75, 125) and tensors[1].shape == (3, 10, 12)
     ys, xs = (tensors[0][0] > 0.5).nonzero(as_tuple=True)
     assert [8 * int(v) for v in (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)] == [128, 256, 384, 512]
-    [(tensors, kept, refused, reductions)] = read_batches([images], str(tmp_path), None, "cpu", check,
-                                                          max_pixels=599_999)
+    [(tensors, kept, refused, reductions)] = read_batches([images], ImageReading(str(tmp_path), None, check,
+                                                                                 max_pixels=599_999), "cpu")
     assert [image.id for image in kept] == [1]
     assert [(image.id, str(exc)) for image, exc in refused] == [
         (0, f"{tmp_path}/0.png: 1000x600 px (width x height) is 600,000 pixels, more than the 599,999 allowed "
@@ -325,7 +332,7 @@ def test_a_too_thin_image_is_rejected_naming_the_files_size_not_the_reduced_one(
 
     ckpt = save_random_checkpoint(str(tmp_path / "m.pth"), write_tiny_coco(tmp_path / "t", 1, task="detection"),
                                   "detection")
-    check = teacher_from_checkpoint(ckpt, MultiTransformSettings.for_task("detection", (64, 96))).check_image
+    check = teacher_from_checkpoint(ckpt, MultiTransformSettings(scales=(64, 96)).for_task("detection")).check_image
     why = "too thin for the test-time transforms (its shorter side resizes to 0 px at scale 64; at least 1 px needed)"
     for (width, height), size in [((10, 100_000), "10x100000 px (width x height)"),  # decoded as 1x12500
                                   # the file passes, but 21 // 8 = 2 px by 250 is too thin at max_size 96

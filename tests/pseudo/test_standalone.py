@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from dd_core.pseudo.standalone import pseudo_label_images
+from dd_core.pseudo.standalone import LabelRequest, pseudo_label_images
 from dd_core.storage import join, list_files, read_bytes, write_bytes_atomic
 from dd_core.tta.settings import MultiTransformSettings
 from tests.conftest import save_random_checkpoint, write_tiny_coco
@@ -21,7 +21,7 @@ def test_label_on_s3_refuses_before_writing_anything(tmp_path, s3, images, out, 
     write_bytes_atomic(f"{bucket}/set/list.json", json.dumps({"images": coco["images"]}).encode(), options)
     before = {name: read_bytes(join(bucket, name), options) for name in list_files(bucket, options=options)}
     with pytest.raises(ValueError) as refused:
-        pseudo_label_images(ckpt, images.format(b=bucket), out.format(b=bucket), MultiTransformSettings((64,)),
-                            options=options, progress=False)
+        request = LabelRequest(ckpt, images.format(b=bucket), out.format(b=bucket), MultiTransformSettings(scales=(64,)))
+        pseudo_label_images(request, options=options, progress=False)
     assert message.format(b=bucket) in str(refused.value)
     assert {name: read_bytes(join(bucket, name), options) for name in list_files(bucket, options=options)} == before

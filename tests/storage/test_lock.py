@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from dd_core.ops.stop import PROCESS, StopRequested
 from dd_core.storage import (
     exists,
     join,
@@ -19,7 +20,6 @@ from dd_core.storage import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from dd_core.stopping import StopRequested, check_stop, clear_stop
 from dd_core.storage import lock as lock_module
 from dd_core.storage.host import pid_runs, process_space
 from dd_core.storage.lock import RunLock, RunLockedError, RunLockLost, lock_is_live
@@ -175,19 +175,19 @@ def test_a_run_whose_lock_was_taken_stops_at_once_and_never_ends_as_a_success(tm
     now = time.time()
     other = {"owner": "other", "holder": "flow run 42", "host": "elsewhere", "pid": 7, "heartbeat": now,
              "started": now}
-    clear_stop()
+    PROCESS.clear()
     with caplog.at_level(logging.ERROR, logger="dd_core.storage.lock"):
         with pytest.raises(RunLockLost, match=r"^the run lock .*_lock.json was taken by flow run 42 on elsewhere, "
                                               r"pid 7; this run stops$"):
-            with RunLock(url, heartbeat=0.02) as lock:
-                check_stop()  # nothing to stop yet
+            with RunLock(url, heartbeat=0.02, stop=PROCESS) as lock:
+                PROCESS.check()  # nothing to stop yet
                 write_json_atomic(url, other)  # as if our heartbeat had stalled and another start took over
                 lock._thread.join(timeout=2)
                 assert not lock._thread.is_alive() and read_json(url) == other  # not overwritten
-                clear_stop()  # what a labeling does as it starts: the lost lock still stops every loop
+                PROCESS.clear()  # what a labeling does as it starts: the lost lock still stops every loop
                 with pytest.raises(StopRequested, match=r"^stopped: the run lock .* was taken by flow run 42"):
-                    check_stop()
-    check_stop()  # outside the block the condition is gone
+                    PROCESS.check()
+    PROCESS.check()  # outside the block the condition is gone
     assert read_json(url) == other  # and leaving the block did not remove the other run's lock
     assert "_lock.json was taken by flow run 42 on elsewhere, pid 7; this run stops" in caplog.text
 

@@ -10,10 +10,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
 
 from dd_core.config import DistributedConfig
-from dd_core.models import ModelOverrides
+from dd_core.models import ModelConfig
 from dd_core.train import TrainConfig
 from dd_core.train.job import TrainJob
-from tasks.train import train_model
+from tasks.train import Trained, train_model
 from tests.tasks import probe
 
 
@@ -23,7 +23,7 @@ def _job(tiny_coco, tmp_path, name, iterations, **extra) -> TrainJob:
                     checkpoint_dir=str(tmp_path / name), device="auto", progress=False,
                     train=TrainConfig(iterations=iterations, batch_size=2, lr=0.005, warmup_iters=1,
                                       checkpoint_every=iterations),
-                    model=ModelOverrides(test_size=64, min_size=(64,), max_size=96), **extra)
+                    model=ModelConfig(test_size=64, min_size=(64,), max_size=96), **extra)
 
 
 def _log_lines(client, flow_run_id, prefix: str, last: str) -> list[str]:
@@ -49,13 +49,13 @@ def test_training_shows_its_progress_in_the_ui_while_it_trains(tiny_coco, tmp_pa
                on_step="tests.tasks.probe:read_progress_artifact")
 
     @flow
-    def teach() -> dict:
+    def teach() -> Trained:
         return train_model("teacher", job)
 
     state = teach(return_state=True)
     n = len(json.loads(Path(job.labeled_annotations).read_text())["images"])
-    assert state.result() == {"checkpoint": str(tmp_path / "teacher" / "model_0000012.pth"),  # device "auto": CPU
-                              "images": {"labeled": {"images": n, "left_out": 0, "trained_on": n}}}
+    assert state.result() == Trained(checkpoint=str(tmp_path / "teacher" / "model_0000012.pth"),  # "auto": CPU
+                                     images={"labeled": {"images": n, "left_out": 0, "trained_on": n}})
     # Read through the API at step 8: the artifact had moved (step 1 of 12), training had not ended.
     assert len(probe.READINGS) == 1 and 0 < probe.READINGS[0][1] < 100
     with get_client(sync_client=True) as client:
@@ -70,13 +70,13 @@ def test_several_processes_train_through_torchrun_and_rank_0_reports(tiny_coco, 
     job = _job(tiny_coco, tmp_path, "student", 4, report_every=1e-6)
 
     @flow
-    def teach() -> dict:
+    def teach() -> Trained:
         return train_model("student round 2", job, DistributedConfig(nproc_per_node=2, backend="gloo"))
 
     state = teach(return_state=True)
-    assert state.result()["checkpoint"] == str(tmp_path / "student" / "model_0000004.pth")
+    assert state.result().checkpoint == str(tmp_path / "student" / "model_0000004.pth")
     n = len(json.loads(Path(job.labeled_annotations).read_text())["images"])
-    assert state.result()["images"] == {"labeled": {"images": n, "left_out": 0, "trained_on": n}}  # from rank 0
+    assert state.result().images == {"labeled": {"images": n, "left_out": 0, "trained_on": n}}  # from rank 0
     with get_client(sync_client=True) as client:
         assert float(_artifact(client, "student-round-2-training").data) == 100.0
         lines = _log_lines(client, state.state_details.flow_run_id, "student round 2: iteration",

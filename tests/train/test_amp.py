@@ -7,10 +7,10 @@ import torch
 
 from dd_core.data.coco import load_coco
 from dd_core.data.dataset import CocoDataset
-from dd_core.models import ModelOverrides, build_model
+from dd_core.models import ModelConfig, build_model
 from dd_core.train import TrainConfig, train
 from dd_core.train.detector import spec_for, training_transforms
-from dd_core.train.loop import TrainHooks
+from dd_core.train.loop import Runtime, TrainHooks
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
@@ -24,7 +24,7 @@ def test_amp_steps_are_finite_change_the_weights_and_run_in_the_autocast_dtype(t
         pytest.skip("this GPU has no bfloat16")
     coco = load_coco(*tiny_coco)
     torch.manual_seed(0)
-    model = build_model(spec_for("keypoints", coco, ModelOverrides(test_size=64, min_size=(56, 64), max_size=96)))
+    model = build_model(spec_for("keypoints", coco, ModelConfig(test_size=64, min_size=(56, 64), max_size=96)))
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     conv_dtypes: set[torch.dtype] = set()
     handle = model.backbone.body.conv1.register_forward_hook(lambda m, args, out: conv_dtypes.add(out.dtype))
@@ -36,7 +36,8 @@ def test_amp_steps_are_finite_change_the_weights_and_run_in_the_autocast_dtype(t
         result = train(model, CocoDataset(coco, training_transforms(coco)),
                        # 8 steps: float16's loss scaler skips the first steps whose gradients overflow.
                        TrainConfig(iterations=8, batch_size=2, lr=0.005, warmup_iters=1, checkpoint_every=8),
-                       device="cuda", progress=False, hooks=TrainHooks(on_step=lambda i, m, t: steps.append(i)))
+                       runtime=Runtime(device="cuda", progress=False),
+                       hooks=TrainHooks(on_step=lambda i, m, t: steps.append(i)))
     finally:
         torch.set_autocast_dtype("cuda", default)
         handle.remove()

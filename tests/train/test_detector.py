@@ -7,10 +7,10 @@ import pytest
 
 from dd_core.data.coco import coco_from_dict, load_coco
 from dd_core.data.filtering import TrainingImageFilter, filter_for_training
-from dd_core.models import ModelOverrides
+from dd_core.models import ModelConfig
 from dd_core.train import TrainConfig
-from dd_core.train.detector import spec_for, train_detector, training_data
-from dd_core.train.loop import TrainHooks
+from dd_core.train.detector import TrainingInputs, spec_for, train_detector, training_data
+from dd_core.train.loop import Runtime, TrainHooks
 from tests.conftest import write_tiny_coco
 
 
@@ -32,9 +32,10 @@ def test_an_empty_pseudo_labeled_image_is_not_trained_on(tmp_path):
     pseudo = _half_empty(coco, "pseudo.json", str(tmp_path / "tiny/images"), 1000)
     seen: set[int] = set()
     result = train_detector(
-        spec_for("keypoints", labeled, ModelOverrides(test_size=64, min_size=(64,), max_size=96)), labeled,
+        spec_for("keypoints", labeled, ModelConfig(test_size=64, min_size=(64,), max_size=96)),
+        TrainingInputs(labeled, pseudo=pseudo, labeled_ratio=0.5),
         TrainConfig(iterations=12, batch_size=4, lr=0.005, warmup_iters=1, checkpoint_every=12),
-        str(tmp_path / "ckpt"), pseudo=pseudo, labeled_ratio=0.5, progress=False,
+        str(tmp_path / "ckpt"), runtime=Runtime(progress=False),
         hooks=TrainHooks(on_step=lambda it, model, targets: seen.update(int(t["image_id"]) for t in targets)))
     empty = {im["id"] for im in pseudo.images if not pseudo.annotations_by_image[im["id"]]}
     assert len(empty) == 3 and not seen & empty
@@ -67,8 +68,8 @@ def test_every_labeled_image_left_out_is_a_clear_error(tmp_path):
                                          r"fewer than 1 visible keypoint\(s\) on instances to train on left out; "
                                          r"crowd regions and tiny boxes are not such instances\): nothing in it "
                                          r"teaches the model; label instances"):
-        train_detector(spec_for("keypoints", labeled), labeled, TrainConfig(iterations=1, batch_size=2), None,
-                       progress=False)
+        train_detector(spec_for("keypoints", labeled), TrainingInputs(labeled), TrainConfig(iterations=1, batch_size=2),
+                       None, runtime=Runtime(progress=False))
 
 
 def test_a_teacher_starts_from_weights_at_an_s3_url_read_with_the_job_s_options(tmp_path, s3):
@@ -81,7 +82,7 @@ def test_a_teacher_starts_from_weights_at_an_s3_url_read_with_the_job_s_options(
     bucket, options = s3
     write_tiny_coco(tmp_path / "tiny", num_images=2)
     labeled = load_coco(str(tmp_path / "tiny/annotations.json"), str(tmp_path / "tiny/images"))
-    spec = spec_for("keypoints", labeled, ModelOverrides(weights=f"{bucket}/w.pth", test_size=64, min_size=(64,),
+    spec = spec_for("keypoints", labeled, ModelConfig(weights=f"{bucket}/w.pth", test_size=64, min_size=(64,),
                                                          max_size=96))
     torch.manual_seed(5)
     published = build_model(spec.__class__(preset=spec.preset, norm="frozen")).state_dict()
@@ -89,6 +90,6 @@ def test_a_teacher_starts_from_weights_at_an_s3_url_read_with_the_job_s_options(
         torch.save(published, f)
     started = {}
     hooks = TrainHooks(on_step=lambda it, model, targets: started.update(model.backbone.body.state_dict()))
-    train_detector(spec, labeled, TrainConfig(iterations=1, batch_size=2, warmup_iters=0), None, options=options,
-                   progress=False, hooks=hooks)
+    train_detector(spec, TrainingInputs(labeled), TrainConfig(iterations=1, batch_size=2, warmup_iters=0), None,
+                   options=options, runtime=Runtime(progress=False), hooks=hooks)
     assert torch.equal(started["conv1.weight"], published["backbone.body.conv1.weight"])  # frozen: as loaded

@@ -9,14 +9,14 @@ import torch
 
 from dd_core.data.coco import load_coco
 from dd_core.data.sampler import MixedBatchSampler
-from dd_core.models import ModelOverrides
+from dd_core.models import ModelConfig
 from dd_core.storage import write_json_atomic
 from dd_core.train import TrainConfig, train
 from dd_core.train.checkpoint import checkpoint_url, list_checkpoints
 from dd_core.train.distributed import DistributedContext, init_distributed, rank_seed, resolve_backend
 from dd_core.train.job import TrainJob, resolve_hook, run_job
 from dd_core.train.launch import _rank_error, _stream, launch_distributed
-from dd_core.train.loop import TrainHooks
+from dd_core.train.loop import Runtime, TrainHooks
 from tests.conftest import write_tiny_coco
 
 
@@ -43,7 +43,7 @@ def test_backend_follows_the_device():
 
 def test_global_batch_must_split_evenly_over_the_ranks():
     with pytest.raises(ValueError, match="batch_size 3 is the global batch .* multiple of the 2 processes"):
-        train(torch.nn.Linear(1, 1), [], TrainConfig(batch_size=3), world=DistributedContext(0, 2, 0))
+        train(torch.nn.Linear(1, 1), [], TrainConfig(batch_size=3), runtime=Runtime(world=DistributedContext(0, 2, 0)))
     job = TrainJob(task="keypoints", labeled_annotations="a.json", labeled_images="img", checkpoint_dir="ckpt",
                    train=TrainConfig(batch_size=3))
     with pytest.raises(ValueError, match="must be a multiple of nproc_per_node 2"):
@@ -52,7 +52,7 @@ def test_global_batch_must_split_evenly_over_the_ranks():
 
 def test_job_round_trips_through_json_and_names_bad_fields():
     job = TrainJob(task="keypoints", labeled_annotations="a.json", labeled_images="img", checkpoint_dir="ckpt",
-                   train=TrainConfig(iterations=3), model=ModelOverrides(preset="slim", min_size=(56, 64)),
+                   train=TrainConfig(iterations=3), model=ModelConfig(preset="slim", min_size=(56, 64)),
                    stop_after=2, on_checkpoint="tests.train.probe:record_checkpoint", options={"key": "canary-31c"})
     assert TrainJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
     assert "canary-31c" not in repr(job)
@@ -60,7 +60,7 @@ def test_job_round_trips_through_json_and_names_bad_fields():
         TrainJob.from_dict({**job.to_dict(), "gpus": 2})
     with pytest.raises(TypeError, match="positional"):
         TrainJob("keypoints", "a.json", "img", "ckpt")
-    with pytest.raises(TypeError, match=r"TrainJob.model: expected a ModelOverrides, got dict \{'preset': 'slim'\}"):
+    with pytest.raises(TypeError, match=r"TrainJob.model: expected a ModelConfig, got dict \{'preset': 'slim'\}"):
         dataclasses.replace(job, model={"preset": "slim"})
     with pytest.raises(ValueError, match="on_step must be 'module:function'"):
         resolve_hook("tests.train.probe")
@@ -113,7 +113,7 @@ def test_two_cpu_ranks_train_as_one_and_resume_on_one(tmp_path, monkeypatch):
                    pseudo_annotations=pseudo[0], pseudo_images=pseudo[1],
                    labeled_ratio=0.5, train=TrainConfig(iterations=4, batch_size=2, lr=0.005, warmup_iters=1,
                                                         checkpoint_every=2, seed=0),
-                   model=ModelOverrides(test_size=64, min_size=(56, 64, 72), max_size=96), stop_after=3,
+                   model=ModelConfig(test_size=64, min_size=(56, 64, 72), max_size=96), stop_after=3,
                    progress=False, on_step="tests.train.probe:record_step",
                    on_checkpoint="tests.train.probe:record_checkpoint")
     t0 = time.perf_counter()

@@ -4,19 +4,20 @@ import pytest
 import torch
 
 from dd_core.data.coco import load_coco
-from dd_core.models import ModelOverrides
+from dd_core.models import ModelConfig
 from dd_core.train import TrainConfig, load_latest_checkpoint, model_from_checkpoint, save_checkpoint, train
 from dd_core.train.checkpoint import checkpoint_url, load_checkpoint
-from dd_core.train.detector import spec_for, train_detector
-from dd_core.train.loop import TrainHooks
+from dd_core.train.detector import TrainingInputs, spec_for, train_detector
+from dd_core.train.loop import Checkpoints, Runtime, TrainHooks
 
 CFG = dict(iterations=4, batch_size=2, lr=0.005, warmup_iters=1, checkpoint_every=2, seed=0)
 
 
 def _train(tiny_coco, ckpt_dir, stop_after=None, **kw):
     coco = load_coco(*tiny_coco)
-    spec = spec_for("keypoints", coco, ModelOverrides(test_size=64, min_size=(56, 64, 72), max_size=96))
-    return train_detector(spec, coco, TrainConfig(**{**CFG, **kw}), ckpt_dir, progress=False, stop_after=stop_after)
+    spec = spec_for("keypoints", coco, ModelConfig(test_size=64, min_size=(56, 64, 72), max_size=96))
+    return train_detector(spec, TrainingInputs(coco), TrainConfig(**{**CFG, **kw}), ckpt_dir,
+                          runtime=Runtime(progress=False, stop_after=stop_after))
 
 
 def test_interrupted_training_resumes_to_the_same_step_and_weights(tiny_coco, tmp_path):
@@ -74,10 +75,10 @@ def test_a_run_of_an_earlier_version_resumes_and_its_checkpoints_load(tiny_coco,
 
 def test_spec_for_fits_the_labeled_set_and_defaults_to_the_slim_preset(tiny_coco):
     coco = load_coco(*tiny_coco)
-    spec = spec_for("keypoints", coco, ModelOverrides(preset="r50-fpn", test_size=64))
+    spec = spec_for("keypoints", coco, ModelConfig(preset="r50-fpn", test_size=64))
     assert (spec.preset, spec.num_classes, spec.num_keypoints, spec.test_size) == ("r50-fpn", 2, 17, 64)
-    assert spec_for("keypoints", coco) == spec_for("keypoints", coco, ModelOverrides()) == \
-        ModelOverrides().spec("keypoints", 2, 17)
+    assert spec_for("keypoints", coco) == spec_for("keypoints", coco, ModelConfig()) == \
+        ModelConfig().spec("keypoints", 2, 17)
 
 
 class _Scale(torch.nn.Module):
@@ -102,14 +103,17 @@ def test_on_checkpoint_is_called_with_each_written_checkpoint(tmp_path):
         calls.append((iteration, url))
 
     cfg = TrainConfig(iterations=5, batch_size=2, lr=0.01, warmup_iters=0, checkpoint_every=2)
-    result = train(_Scale(), _IMAGES, cfg, checkpoint_dir=d, progress=False, stop_after=3, hooks=TrainHooks(on_checkpoint=seen))
+    result = train(_Scale(), _IMAGES, cfg, checkpoints=Checkpoints(d), runtime=Runtime(progress=False, stop_after=3),
+                   hooks=TrainHooks(on_checkpoint=seen))
     assert result.checkpoint == checkpoint_url(d, 3)
     assert calls == [(2, checkpoint_url(d, 2)), (3, checkpoint_url(d, 3))]  # every 2 steps, and the early stop
     calls.clear()
-    assert train(_Scale(), _IMAGES, cfg, checkpoint_dir=d, progress=False, hooks=TrainHooks(on_checkpoint=seen)).iteration == 5
+    assert train(_Scale(), _IMAGES, cfg, checkpoints=Checkpoints(d), runtime=Runtime(progress=False),
+                 hooks=TrainHooks(on_checkpoint=seen)).iteration == 5
     assert calls == [(4, checkpoint_url(d, 4)), (5, checkpoint_url(d, 5))]  # resumed; the last step is written
     calls.clear()
-    assert train(_Scale(), _IMAGES, cfg, progress=False, hooks=TrainHooks(on_checkpoint=seen)).checkpoint is None
+    assert train(_Scale(), _IMAGES, cfg, runtime=Runtime(progress=False),
+                 hooks=TrainHooks(on_checkpoint=seen)).checkpoint is None
     assert calls == []  # no folder, no checkpoints
 
 
@@ -118,10 +122,10 @@ def test_zero_iterations_writes_checkpoint_0_once_and_a_resume_leaves_it_as_it_i
     d, calls = str(tmp_path / "ck"), []
     hooks = TrainHooks(on_checkpoint=lambda iteration, url: calls.append(iteration))
     cfg = TrainConfig(iterations=0, batch_size=2)
-    first = train(_Scale(), _IMAGES, cfg, checkpoint_dir=d, progress=False, hooks=hooks)
+    first = train(_Scale(), _IMAGES, cfg, checkpoints=Checkpoints(d), runtime=Runtime(progress=False), hooks=hooks)
     assert first.checkpoint == checkpoint_url(d, 0) and calls == [0]
     before, data = os.stat(first.checkpoint), open(first.checkpoint, "rb").read()
-    again = train(_Scale(), _IMAGES, cfg, checkpoint_dir=d, progress=False, hooks=hooks)
+    again = train(_Scale(), _IMAGES, cfg, checkpoints=Checkpoints(d), runtime=Runtime(progress=False), hooks=hooks)
     after = os.stat(again.checkpoint)
     assert again.checkpoint == first.checkpoint and calls == [0]  # not written again
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
@@ -133,65 +137,11 @@ def test_train_takes_its_options_by_keyword_only():
         train(_Scale(), _IMAGES, TrainConfig(), None)
 
 
-AFTER_A_PREFECT_SERVICE = """
-from prefect._internal.concurrency.services import QueueService
-
-from dd_core.train import TrainConfig, train
-from dd_core.train import loop
-from tests.train.test_loop import _IMAGES, _Scale
-
-
-class Idle(QueueService):  # what Prefect's log and event workers are: it registers a thread-exit hook
-    async def _handle(self, item):
-        pass
-
-
-Idle.instance()  # started, as in a flow run, before the loader forks its worker
-exit_codes = []
-real_loader = loop._loader
-
-
-def loader(*args, **kwargs):  # each worker's exit code, once the iterator has shut it down
-    data = real_loader(*args, **kwargs)
-
-    class Iterated:
-        def __iter__(self):
-            iterator = iter(data)
-            try:
-                yield from iterator
-            finally:
-                workers = list(iterator._workers)
-                iterator._shutdown_workers()
-                exit_codes.extend(w.exitcode for w in workers)
-    return Iterated()
-
-
-loop._loader = loader
-cfg = TrainConfig(iterations=3, batch_size=2, lr=0.01, warmup_iters=0, num_workers=1)
-assert train(_Scale(), _IMAGES, cfg, progress=False).iteration == 3
-print("exit codes", exit_codes)
-"""
-
-
-def test_a_loader_worker_forked_from_a_prefect_process_exits_cleanly():
-    """Prefect's thread-exit hooks, inherited by the forked worker, failed there: it exited with code 1
-    and the loader's garbage collection reported it dead on stderr after every training."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    done = subprocess.run([sys.executable, "-c", AFTER_A_PREFECT_SERVICE], cwd=Path(__file__).resolve().parents[2],
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "exit codes [0]" in done.stdout, done.stdout + done.stderr  # 1 without the fix
-    assert "exited unexpectedly" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
-
-
 def test_weights_the_last_step_made_non_finite_are_never_checkpointed(tmp_path):
     # The loss is checked before each step, so only a look at the weights catches what the last step did.
     bright = [(torch.full((1, 2, 2), 10.0), {"image_id": torch.tensor(i)}) for i in range(2)]  # loss 1600 at w=1
     cfg = TrainConfig(iterations=1, batch_size=2, lr=1e38, warmup_iters=0, checkpoint_every=1)
     with pytest.raises(FloatingPointError, match=r"^weights are not finite after iteration 1 \('w' holds -inf\); "
                                                  r"training stopped \(lower the learning rate or check the labels\)$"):
-        train(_Scale(), bright, cfg, checkpoint_dir=str(tmp_path / "ck"), progress=False)
+        train(_Scale(), bright, cfg, checkpoints=Checkpoints(str(tmp_path / "ck")), runtime=Runtime(progress=False))
     assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())

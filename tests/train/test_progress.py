@@ -3,11 +3,11 @@ import json
 import pytest
 
 from dd_core.data.coco import load_coco
-from dd_core.models import ModelOverrides
-from dd_core.stopping import StopRequested, clear_stop, request_stop
+from dd_core.models import ModelConfig
+from dd_core.ops.stop import NEVER, StopRequested, StopToken
 from dd_core.train import TrainConfig
-from dd_core.train.detector import spec_for, train_detector
-from dd_core.train.loop import TrainHooks
+from dd_core.train.detector import TrainingInputs, spec_for, train_detector
+from dd_core.train.loop import Runtime, TrainHooks
 from dd_core.train.progress import MARK, Progress, ReportPacing, parse_progress_line, progress_line
 
 
@@ -42,11 +42,12 @@ def test_a_report_travels_as_one_line_of_a_rank_s_output():
     assert json.loads(line[len(MARK):])["losses"] == {"loss_classifier": 0.25, "loss_box_reg": 0.5}
 
 
-def _train(tiny_coco, tmp_path, hooks, iterations=4):
+def _train(tiny_coco, tmp_path, hooks, iterations=4, stop=NEVER):
     coco = load_coco(*tiny_coco)
-    spec = spec_for("keypoints", coco, ModelOverrides(test_size=64, min_size=(64,), max_size=96))
+    spec = spec_for("keypoints", coco, ModelConfig(test_size=64, min_size=(64,), max_size=96))
     cfg = TrainConfig(iterations=iterations, batch_size=2, lr=0.005, warmup_iters=1, checkpoint_every=2)
-    return train_detector(spec, coco, cfg, str(tmp_path / "ckpt"), progress=False, hooks=hooks)
+    return train_detector(spec, TrainingInputs(coco), cfg, str(tmp_path / "ckpt"), runtime=Runtime(progress=False),
+                          hooks=hooks, stop=stop)
 
 
 def test_training_reports_progress_after_every_step(tiny_coco, tmp_path):
@@ -59,17 +60,15 @@ def test_training_reports_progress_after_every_step(tiny_coco, tmp_path):
 
 def test_a_stop_request_ends_training_between_two_steps(tiny_coco, tmp_path):
     steps: list[int] = []
+    stop = StopToken()
 
     def stop_at_two(iteration, model, targets):
         steps.append(iteration)
         if iteration == 2:
-            request_stop("a test asked")
+            stop.request("a test asked")
 
-    try:
-        with pytest.raises(StopRequested, match="stopped: a test asked"):
-            _train(tiny_coco, tmp_path, TrainHooks(on_step=stop_at_two))
-    finally:
-        clear_stop()
+    with pytest.raises(StopRequested, match="stopped: a test asked"):
+        _train(tiny_coco, tmp_path, TrainHooks(on_step=stop_at_two), stop=stop)
     assert steps == [1, 2]  # step 3 never started
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["model_0000002.pth"]
     assert _train(tiny_coco, tmp_path, TrainHooks()).iteration == 4  # and the run resumes from step 2

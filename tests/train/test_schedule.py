@@ -41,12 +41,11 @@ def test_step_points_are_a_setting_detectron_s_s1x_at_100k_and_120k_of_130k():
 
 
 def test_the_run_config_carries_the_step_points_to_training():
-    from dd_core.config import train_config
     from dd_core.config.schema import TrainStageConfig
     from dd_core.train.settings import TrainConfig
 
-    assert train_config(TrainStageConfig(lr_steps=[0.769, 0.923]), seed=0).lr_steps == (0.769, 0.923)
-    assert train_config(TrainStageConfig(), seed=0).lr_steps is None  # the paper's 2/3 and 8/9
+    assert TrainConfig.from_config(TrainStageConfig(lr_steps=[0.769, 0.923]), seed=0).lr_steps == (0.769, 0.923)
+    assert TrainConfig.from_config(TrainStageConfig(), seed=0).lr_steps is None  # the paper's 2/3 and 8/9
     with pytest.raises(ValueError, match="lr_steps"):
         TrainStageConfig(lr_steps=[0.9, 0.5])
     with pytest.raises(ValueError, match=r"TrainConfig.lr_steps must be increasing fractions .* got \[0.5, 1.5\]"):

@@ -16,10 +16,10 @@ from dd_core.tta import (
     base_transform,
     multi_transform_boxes,
     multi_transform_keypoints,
-    multi_transform_predict_fn,
     transform_set,
 )
 from dd_core.tta.boxes import rpn_proposals
+from dd_core.tta.model import MultiTransformModel
 from dd_core.tta.precision import as_float32
 from dd_core.tta.settings import MultiTransformSettings
 from dd_core.tta.transforms import scale_batches
@@ -166,12 +166,13 @@ def test_unknown_precision_is_refused():
 
 
 def test_settings_choose_the_path(model, images):
-    """``MultiTransformSettings.precision`` reaches the layers through the predict function."""
+    """``MultiTransformSettings.precision`` reaches the layers through the multi-transform model."""
     names = list(COCO_PERSON_KEYPOINT_NAMES)
-    fast = multi_transform_predict_fn(MultiTransformSettings((32,), False, precision="bfloat16"), names)
-    default = multi_transform_predict_fn(MultiTransformSettings((32,), False), names)
-    assert _watched(model, lambda: fast(model, images[:1]))[0]["keypoint_head"] == {(True, torch.bfloat16)}
-    assert _watched(model, lambda: default(model, images[:1]))[0]["keypoint_head"] == {(False, torch.float32)}
+    bf16 = MultiTransformSettings(scales=(32,), flip=False, precision="bfloat16")
+    fast = MultiTransformModel.from_settings(model, bf16, names)
+    default = MultiTransformModel.from_settings(model, MultiTransformSettings(scales=(32,), flip=False), names)
+    assert _watched(model, lambda: fast(images[:1]))[0]["keypoint_head"] == {(True, torch.bfloat16)}
+    assert _watched(model, lambda: default(images[:1]))[0]["keypoint_head"] == {(False, torch.float32)}
 
 
 @pytest.fixture(scope="module")
@@ -184,17 +185,19 @@ def trained_teacher(tmp_path_factory) -> tuple[torch.nn.Module, list[torch.Tenso
     from dd_core.data.dataset import CocoDataset
     from dd_core.data.images import read_image
     from dd_core.data.synthetic.people import make_keypoints_dataset
-    from dd_core.models import ModelOverrides
+    from dd_core.models import ModelConfig
     from dd_core.train import TrainConfig, train
     from dd_core.train.detector import spec_for, training_transforms
+    from dd_core.train.loop import Runtime
 
     folder = tmp_path_factory.mktemp("people")
     make_keypoints_dataset(folder, 8, seed=0, size=64)
     coco = load_coco(str(folder / "annotations.json"), str(folder / "images"))
     torch.manual_seed(0)
-    teacher = build_model(spec_for("keypoints", coco, ModelOverrides(min_size=(64,), test_size=64, max_size=128)))
+    teacher = build_model(spec_for("keypoints", coco, ModelConfig(min_size=(64,), test_size=64, max_size=128)))
     train(teacher, CocoDataset(coco, training_transforms(coco)),
-          TrainConfig(iterations=60, batch_size=4, lr=0.02, warmup_iters=10, checkpoint_every=60), progress=False)
+          TrainConfig(iterations=60, batch_size=4, lr=0.02, warmup_iters=10, checkpoint_every=60),
+          runtime=Runtime(progress=False))
     images = [read_image(str(folder / "images" / im["file_name"])).float().div_(255) for im in coco.images]
     return teacher.eval(), images
 
