@@ -27,8 +27,12 @@ demo: $(STAMP)
 quick-demo: $(STAMP)
 	$(BIN)/omnidistill demo --quick
 
+# Two pytest workers (pytest-xdist), a test file each at a time, one torch thread each: on CI's 2 cores
+# the flow tests' waits (servers, subprocesses) overlap the other worker's compute, and two torch
+# processes of one thread each do not slow each other down as two of two threads do.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Updating the lock on purpose (on Linux x86_64: the lock holds torch's CUDA wheels for it): the
 # newest versions pyproject.toml allows, resolved in a fresh temporary venv (so nothing installed by

@@ -107,7 +107,7 @@ class ShardProbe:
             record = self._current.record = {"thread": threading.get_ident(), "start": time.perf_counter()}
             try:
                 result = fn(*args, **kwargs)
-                record["skipped"] = bool(result.get("skipped"))
+                record["skipped"] = result.skipped
                 return result
             finally:
                 record["end"] = time.perf_counter()

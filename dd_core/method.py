@@ -30,7 +30,7 @@ from dd_core.ops.plans import PlanCache
 from dd_core.ops.read_ahead import ReadAhead
 from dd_core.ops.stop import NEVER, StopToken
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint
-from dd_core.pseudo.infer import ShardJob, done_shards, labeled_after, pseudo_label_planned_shard
+from dd_core.pseudo.infer import ShardJob, ShardSummary, done_shards, labeled_after, pseudo_label_planned_shard
 from dd_core.pseudo.manifest import write_manifest
 from dd_core.pseudo.pipeline import MANIFEST, PlanSummary, SelectionSummary, plan
 from dd_core.storage import join
@@ -42,10 +42,10 @@ Options = Mapping[str, Any]
 
 
 class ShardLabeler(Protocol):
-    """Labels the ``num_shards`` planned shards of ``job`` not labeled yet; returns the summaries
-    (:meth:`~dd_core.pseudo.infer.ShardSummary.to_dict`) of all of them, done before or now."""
+    """Labels the ``num_shards`` planned shards of ``job`` not labeled yet; returns the summaries of
+    all of them, done before or now."""
 
-    def __call__(self, job: ShardJob, num_shards: int) -> list[dict[str, Any]]: ...
+    def __call__(self, job: ShardJob, num_shards: int) -> list[ShardSummary]: ...
 
 
 def label_here(options: Options | None = None, progress: bool = False,
@@ -58,7 +58,7 @@ def label_here(options: Options | None = None, progress: bool = False,
     does; the others are not looked for one by one (on S3, two requests each).
     """
 
-    def label_shards(job: ShardJob, num_shards: int) -> list[dict[str, Any]]:
+    def label_shards(job: ShardJob, num_shards: int) -> list[ShardSummary]:
         done = done_shards(job.plan_url, job.out_dir, job.fingerprint, options)
         to_label = [i for i in range(num_shards) if i not in done]
         cache, plans, ahead = TeacherCache(), PlanCache(), ReadAhead()
@@ -74,7 +74,7 @@ def label_here(options: Options | None = None, progress: bool = False,
             cache.clear()
             plans.clear()
             ahead.clear()
-        return [done[i].to_dict() for i in range(num_shards)]
+        return [done[i] for i in range(num_shards)]
 
     return label_shards
 
@@ -124,7 +124,7 @@ class LabelingSteps:
 
     plan: Callable[[Labeling, Options], PlanSummary] = plan_labeling
     fingerprint: Callable[[str, MultiTransformSettings, Options, int | None], str] = checkpoint_fingerprint
-    write_manifest: Callable[[str, list[dict[str, Any]], str, Options], Any] = write_manifest
+    write_manifest: Callable[[str, list[ShardSummary], str, Options], Any] = write_manifest
 
 
 @dataclass(frozen=True)

@@ -54,13 +54,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from dd_core.config import check_run_inputs, load_config
+    from dd_core.config import check_run_inputs, inputs_checked, load_config
     from flows.run import run_and_report, with_run_id
 
     config = with_run_id(load_config(args.config, args.set))
-    check_run_inputs(config)  # bad input fails here, in seconds, before a flow run exists
+    counts = check_run_inputs(config)  # bad input fails here, in seconds, before a flow run exists
     print(f"run {config.run_id}: outputs in {config.storage.root}/runs/{config.run_id}", file=sys.stderr)
-    return run_and_report(config, args.config, args.set, verbose=args.verbose)
+    with inputs_checked(config, counts):  # the flow's validate_inputs trusts this check
+        return run_and_report(config, args.config, args.set, verbose=args.verbose)
 
 
 def _cmd_label(args: argparse.Namespace) -> int:

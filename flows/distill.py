@@ -2,116 +2,38 @@
 
 Flows only orchestrate: the method is :mod:`dd_core.method`, and this flow plugs its stages in as
 tasks of ``tasks/`` (each around a dd_core function) and its shard labeling as shard tasks on a task
-runner or flow runs of a deployment. Only URLs and small summaries pass between tasks. Re-running
+runner or flow runs of a deployment (:mod:`flows.labelers`). Only URLs and small summaries pass between tasks. Re-running
 a run id resumes it: training continues from its checkpoints and finished shards are not recomputed.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.exceptions import CancelledRun
-from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
 from dd_core import method
 from dd_core.config import RunConfig
-from dd_core.ops.stop import PROCESS, StopRequested
 from dd_core.method import LabeledRound, Labeling, LabelingSteps, Stages
-from dd_core.pseudo.infer import ShardJob
+from dd_core.ops.stop import PROCESS, StopRequested
 from dd_core.pseudo.pipeline import SelectionOutputs, SelectionSummary
 from dd_core.storage.layout import RunLayout
 from dd_core.storage.lock import RunLock
 from dd_core.train.job import TrainJob
 from flows.interrupts import CancelWatch, Interrupted, interruption
-from flows.runners import labeled_next, shard_groups, shard_resources, shard_task_runner
-from tasks import cache
+from flows.labelers import shard_labeler
+from flows.runners import shard_task_runner
 from tasks.evaluate import evaluate, record_run_settings, validate_inputs
-from tasks.fanout import label_shard_group
-from tasks.infer import (
-    collect_shards,
-    find_done_shards,
-    fingerprint_teacher,
-    infer_shard,
-    plan_shards,
-    write_inference_manifest,
-)
-from tasks.progress import ProgressArtifact
+from tasks.infer import fingerprint_teacher, plan_shards, write_inference_manifest
 from tasks.report import write_report
 from tasks.select import select_pseudo
 from tasks.train import train_model
 
 # Planning, fingerprinting and the manifest as Prefect tasks (retried where storage can fail).
 TASK_STEPS = LabelingSteps(plan=plan_shards, fingerprint=fingerprint_teacher, write_manifest=write_inference_manifest)
-PROGRESS_EVERY = 5.0  # seconds between updates of the labeling progress artifact (one API call each)
-
-
-def _wait_with_progress(futures: list[PrefectFuture], shards_per_future: list[int], done: int = 0) -> list[Any]:
-    """Results in completion order, with a progress artifact counting labeled shards (``done`` of
-    them were labeled before).
-
-    Leaving early (a failed shard, Ctrl-C, SIGTERM) asks the other shard threads to stop, so
-    the task runner does not wait for each to finish its shard.
-    """
-    progress = ProgressArtifact("inference-progress", "Unlabeled shards labeled", every=PROGRESS_EVERY)
-    weight = {future.task_run_id: n for future, n in zip(futures, shards_per_future)}
-    total, results = done + sum(shards_per_future), []
-    progress.show(100.0 * done / total if total else 100.0)
-    try:
-        for future in as_completed(futures):
-            results.append(future.result())
-            done += weight[future.task_run_id]
-            progress.show(100.0 * done / total)
-    except BaseException as exc:
-        _stop_the_others(futures, exc)
-        raise
-    return results
-
-
-def _stop_the_others(futures: list[PrefectFuture], exc: BaseException) -> None:
-    """One shard failed (or the run was interrupted): the other shard tasks stop at their next batch.
-
-    A shard's failure stops this labeling only: once its tasks have wound down (a batch each) the
-    request is withdrawn, so that whatever runs next in this process is not stopped too. A signal or
-    a cancel stops the whole run, and its request stays.
-    """
-    PROCESS.request(f"labeling stopped ({type(exc).__name__})")
-    if isinstance(exc, Exception) and not isinstance(exc, StopRequested):
-        wait(futures)
-        PROCESS.clear()
-
-
-def _label_on_task_runner(config: RunConfig, job: ShardJob, num_shards: int) -> list[dict[str, Any]]:
-    """One ``infer_shard`` task per shard not done yet on this flow's task runner (threads or Dask).
-
-    The shards done already (a resumed run) are found at once, without a task run each: at 2,000
-    shards their task runs alone took a minute of a resume. The others were just found not done, so
-    their tasks do not look again (another worker writing one meanwhile would only be redone).
-    """
-    done = {i: s for i, s in find_done_shards(job, config.storage.options).items() if i < num_shards}
-    to_label = [i for i in range(num_shards) if i not in done]
-    following = labeled_next(to_label, config.shards)
-    with shard_resources(config.shards):
-        futures = [infer_shard.submit(job, i, config.storage.options, check_done=False, next_index=after)
-                   for i, after in zip(to_label, following)]
-    shards = [*done.values(), *_wait_with_progress(futures, [1] * len(to_label), done=len(done))]
-    get_run_logger().info("shards: %d (%d already done)", len(shards), sum(s["skipped"] for s in shards))
-    return shards
-
-
-def _label_by_deployment(config: RunConfig, job: ShardJob, num_shards: int) -> list[dict[str, Any]]:
-    """Groups of shards as flow runs of ``shards.deployment``; their output is read back from storage."""
-    groups = shard_groups(num_shards, config.shards.per_flow_run)
-    futures = [label_shard_group.submit(config.shards.deployment, job, group) for group in groups]
-    runs = _wait_with_progress(futures, [len(group) for group in groups])
-    get_run_logger().info("shards: %d, labeled by %d flow run(s) of %s", num_shards, len(runs),
-                          config.shards.deployment)
-    return collect_shards(job.plan_url, job.out_dir, job.fingerprint, config.storage.options)
-
-
 # A stop the user asked for (Ctrl-C): the flow run ends Cancelled, as a cancel from the UI does, not Crashed.
 USER_STOPS = (Interrupted, KeyboardInterrupt)
 
@@ -130,17 +52,6 @@ def _stopped(exc: BaseException) -> str:
     return f"stopped ({found[1] if found else str(exc) or type(exc).__name__})"
 
 
-def _label_shards(config: RunConfig, job: ShardJob, num_shards: int) -> list[dict[str, Any]]:
-    """The flow's :class:`~dd_core.method.ShardLabeler`: shard tasks, or flow runs of a deployment."""
-    label = _label_by_deployment if config.shards.runner == "deployment" else _label_on_task_runner
-    try:
-        return label(config, job, num_shards)
-    finally:  # shard tasks in this process cached the teacher (the student trains next), the plan, images read ahead
-        cache.TEACHERS.clear()
-        cache.PLANS.clear()
-        cache.READ_AHEAD.clear()
-
-
 def _label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> LabeledRound:
     PROCESS.clear()  # left by an earlier labeling in this process (a failed shard stops the others)
     options, outputs = config.storage.options, SelectionOutputs.of_run(layout)
@@ -148,7 +59,7 @@ def _label_unlabeled(config: RunConfig, checkpoint: str, layout: RunLayout) -> L
     def select(manifest: str) -> SelectionSummary:
         return select_pseudo(manifest, config.labeled, config.task, outputs, options, config.training_images)
 
-    labeled = method.label(checkpoint, Labeling.of_run(config, layout), functools.partial(_label_shards, config),
+    labeled = method.label(checkpoint, Labeling.of_run(config, layout), shard_labeler(config),
                            select, options, TASK_STEPS)
     get_run_logger().info("pseudo-labels kept: %s", labeled.selection.kept_per_category)
     return labeled

@@ -27,10 +27,9 @@ SERVER_SETTINGS = {"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100"
                    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200"}
 """The settings every Prefect server we run starts with (here, in docker-compose.yml, in the
 rehearsal). Prefect's task run recorder writes each state of each task run in a transaction of its
-own by default; at 200 shard tasks on PostgreSQL that cost the server 7.5 CPU seconds (and the
-database 0.9), on the cores the shards label on. In batches (of 100 task-run states and 200 events,
-or whatever came in the last 5 s) it cost 4.3 and 0.4. A task run's state reaches the UI up to 5 s
-later."""
+own by default, which costs the server (and the database) CPU time on the cores the shards label
+on. In batches (of 100 task-run states and 200 events, or whatever came in the last 5 s) it costs
+much less. A task run's state reaches the UI up to 5 s later."""
 
 
 def _free_port() -> int:

@@ -11,13 +11,13 @@ from typing import Any
 
 from prefect import flow
 
-from dd_core.pseudo.infer import ShardJob, labeled_after
+from dd_core.pseudo.infer import ShardJob, ShardSummary, labeled_after
 from tasks import cache
 from tasks.infer import infer_shard
 
 
 @flow(name="label-shards")
-def label_shards(job: dict[str, Any], indices: list[int]) -> list[dict[str, Any]]:
+def label_shards(job: dict[str, Any], indices: list[int]) -> list[ShardSummary]:
     """Pseudo-label shards ``indices`` of ``job`` (:meth:`ShardJob.parameters`) one after another on
     this worker's device, skipping finished ones.
 

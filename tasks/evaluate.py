@@ -7,7 +7,7 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from dd_core.config import LabeledConfig, RunConfig, check_run_inputs
+from dd_core.config import LabeledConfig, RunConfig, run_input_counts
 from dd_core.config.resume import record_settings
 from dd_core.data.coco import load_coco
 from dd_core.device import resolve_device
@@ -38,5 +38,6 @@ def record_run_settings(config: RunConfig, url: str) -> None:
 
 @task(name="validate inputs", **TASK_DEFAULTS)
 def validate_inputs(config: RunConfig) -> dict[str, int]:
-    """Load and validate every labeled json before anything is trained or written; returns image counts."""
-    return check_run_inputs(config)
+    """Load and validate every labeled json before anything is trained or written (the CLI's check of this
+    config, seconds before, is trusted); returns image counts."""
+    return run_input_counts(config)

@@ -14,7 +14,7 @@ from dd_core.ops.labeling import LabelingOps
 from dd_core.ops.stop import PROCESS
 from dd_core.method import Labeling, plan_labeling
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint
-from dd_core.pseudo.infer import ShardJob, done_shards, finished_shards, pseudo_label_planned_shard
+from dd_core.pseudo.infer import ShardJob, ShardSummary, done_shards, finished_shards, pseudo_label_planned_shard
 from dd_core.pseudo.manifest import write_manifest
 from dd_core.pseudo.pipeline import PlanSummary
 from dd_core.tta.settings import MultiTransformSettings
@@ -63,29 +63,28 @@ def gpu_slot() -> AbstractContextManager[Any]:
 @task(name="infer shard", task_run_name="infer shard-{index:05d}", retries=3, retry_delay_seconds=[2, 5, 15],
       retry_jitter_factor=0.5, **TASK_DEFAULTS)
 def infer_shard(job: ShardJob, index: int, options: dict[str, Any], check_done: bool = True,
-                next_index: int | None = None) -> dict[str, Any]:
+                next_index: int | None = None) -> ShardSummary:
     """Multi-transform inference + ensembling on one shard -> Parquet (skipped if already done, without a
     ``gpu`` slot: see :func:`gpu_slot`; ``check_done=False`` when the flow has just found it not done).
     ``next_index``: the shard this worker labels next, if known; its first images are read meanwhile."""
     ops = LabelingOps(hold=gpu_slot, read_ahead=cache.READ_AHEAD, stop=PROCESS, teachers=cache.TEACHERS,
                       plans=cache.PLANS)
     return pseudo_label_planned_shard(job, index, device=resolve_device(job.device), options=options,
-                                      check_done=check_done, next_index=next_index, ops=ops).to_dict()
+                                      check_done=check_done, next_index=next_index, ops=ops)
 
 
 @task(name="find done shards", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
-def find_done_shards(job: ShardJob, options: dict[str, Any]) -> dict[int, dict[str, Any]]:
+def find_done_shards(job: ShardJob, options: dict[str, Any]) -> dict[int, ShardSummary]:
     """Summaries of the shards this teacher labeled already, by index: a resumed run starts no task for them."""
-    return {index: summary.to_dict() for index, summary in done_shards(job.plan_url, job.out_dir, job.fingerprint,
-                                                                        options).items()}
+    return done_shards(job.plan_url, job.out_dir, job.fingerprint, options)
 
 
 @task(name="collect shards", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
-def collect_shards(plan_url: str, out_dir: str, fingerprint: str, options: dict[str, Any]) -> list[dict[str, Any]]:
+def collect_shards(plan_url: str, out_dir: str, fingerprint: str, options: dict[str, Any]) -> list[ShardSummary]:
     """Summaries of every planned shard labeled elsewhere (flow runs on other workers); fails on a missing one."""
-    return [s.to_dict() for s in finished_shards(plan_url, out_dir, fingerprint, options)]
+    return finished_shards(plan_url, out_dir, fingerprint, options)
 
 
 @task(name="write manifest", retries=2, retry_delay_seconds=[2, 10], **TASK_DEFAULTS)
-def write_inference_manifest(url: str, shards: list[dict[str, Any]], fingerprint: str, options: dict[str, Any]) -> dict:
+def write_inference_manifest(url: str, shards: list[ShardSummary], fingerprint: str, options: dict[str, Any]) -> dict:
     return write_manifest(url, shards, fingerprint, options)

@@ -40,7 +40,7 @@ def train_model(role: str, job: TrainJob, distributed: DistributedConfig | None 
     processes started by torchrun.
     """
     job = dataclasses.replace(job, device=resolve_device(job.device))
-    report = TrainingProgress(role, ReportPacing(log_every=job.report_every))
+    report = TrainingProgress(role, ReportPacing(log_every=job.train.report_every))
     if distributed is not None and distributed.nproc_per_node > 1:
         result = launch_distributed(job, distributed.nproc_per_node, backend=distributed.backend, on_progress=report)
     else:

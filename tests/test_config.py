@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import yaml
 
@@ -330,6 +332,41 @@ def _inputs(tmp_path, **extra):
 
     make_sets(tmp_path, (2, 1, 1))
     return check_run_inputs(local_config(tmp_path, **extra))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda cat: cat.update(name="people"), r"val/annotations.json: categories\[0\] \(id 1\) field 'name' is "
+     r"'people', but in the labeled set .*labeled/annotations.json category 1 is 'person'"),
+    (lambda cat: cat["keypoints"].reverse(), r"val/annotations.json: categories\[0\] \(id 1\) field "
+     r"'keypoints'\[0\] is '\w+', but in the labeled set .*labeled/annotations.json it is 'nose'"),
+])
+def test_a_validation_set_that_names_categories_or_keypoints_otherwise_is_refused_before_a_run(tmp_path, change,
+                                                                                                message):
+    from dd_core.config import check_run_inputs
+    from tests.flows.conftest import local_config, make_sets
+
+    make_sets(tmp_path, (2, 1, 1))
+    val = tmp_path / "val/annotations.json"
+    coco = json.loads(val.read_text())
+    change(coco["categories"][0])
+    val.write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=message):
+        check_run_inputs(local_config(tmp_path))
+
+
+def test_the_inputs_the_cli_checked_are_trusted_once_by_the_flow_of_that_config(tmp_path):
+    from dd_core.config import inputs_checked, run_input_counts
+    from tests.flows.conftest import local_config, make_sets
+
+    make_sets(tmp_path, (2, 1, 1))
+    config = local_config(tmp_path)
+    with inputs_checked(config, {"labeled": 7}):
+        assert run_input_counts(local_config(tmp_path, seed=1)) == {"labeled": 2, "val": 1}  # another config: checked
+        assert run_input_counts(config.model_copy()) == {"labeled": 7}  # the one the CLI checked: trusted
+        assert run_input_counts(config) == {"labeled": 2, "val": 1}  # once
+    with inputs_checked(config, {"labeled": 7}):
+        pass
+    assert run_input_counts(config) == {"labeled": 2, "val": 1}  # only within the block: a scheduled run checks
 
 
 def test_labeled_images_that_are_not_where_the_json_says_are_found_before_a_run(tmp_path):

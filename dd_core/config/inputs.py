@@ -6,22 +6,29 @@ a task that would be retried on the same input.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from dd_core.config.resume import check_resume
 from dd_core.config.schema import LabeledConfig, ModelConfig, RunConfig, UnlabeledConfig
-from dd_core.data.coco import MIN_BOX_SIDE, CocoData, CocoFormatError, check_compatible, load_coco
+from dd_core.data.coco import MIN_BOX_SIDE, CocoData, CocoFormatError, load_coco
 from dd_core.data.filtering import check_labeled_for_training
 from dd_core.data.images import IMAGE_SUFFIXES
 from dd_core.data.transforms import vanishing_scale
 from dd_core.data.unlabeled import check_outside, check_planned_pool, has_image, is_listing, list_unlabeled
 from dd_core.device import resolve_device
+from dd_core.models.data_fit import check_data_fits_model
 from dd_core.models.presets import PRESETS
 from dd_core.storage import exists, join
 from dd_core.storage.fs import Options
 from dd_core.storage.layout import RunLayout
 
 log = logging.getLogger(__name__)
+
+_CHECKED: dict[str, dict[str, int]] = {}  # configs this process checked just before their flow: digest -> counts
 
 
 def check_run_inputs(config: RunConfig) -> dict[str, int]:
@@ -39,7 +46,8 @@ def check_run_inputs(config: RunConfig) -> dict[str, int]:
     resolve_device(config.device)  # a GPU asked for on a machine without one: now, not after retries
     labeled = _load_set(config.labeled, "labeled", options)
     reference = f"the labeled set {labeled.source}"
-    check_compatible(labeled, labeled.categories, config.task, reference)
+    if config.task == "keypoints" and not labeled.keypoint_names:
+        raise CocoFormatError(f"{reference}: task is keypoints but no category lists 'keypoints'")
     counts = {"labeled": len(labeled.images)}
     _warn_untrainable(labeled)
     check_labeled_for_training(labeled, config.training_images)  # all background: now, not at training
@@ -49,7 +57,7 @@ def check_run_inputs(config: RunConfig) -> dict[str, int]:
         source = getattr(config, name)
         if source is not None:
             data = _load_set(source, name, options)
-            check_compatible(data, labeled.categories, config.task, reference)
+            check_data_fits_model(data, labeled.categories, config.task, reference)  # the model it trains
             _check_image_sizes(data, config.model)
             counts[name] = len(data.images)
             if name == "upper_bound":
@@ -60,6 +68,36 @@ def check_run_inputs(config: RunConfig) -> dict[str, int]:
     if config.run_id:  # and the same unlabeled pool as it planned, or nothing happens
         _check_planned_pool(config, options)
     return counts
+
+
+def _digest(config: RunConfig) -> str:
+    """The config's settings and storage options (which reach the inputs; never kept themselves)."""
+    options = json.dumps(config.storage.options, sort_keys=True, default=str)
+    return hashlib.sha256(f"{config.model_dump_json()}\n{options}".encode()).hexdigest()
+
+
+@contextmanager
+def inputs_checked(config: RunConfig, counts: Mapping[str, int]) -> Iterator[None]:
+    """Within the block, the next :func:`run_input_counts` of this same config trusts ``counts``, what
+    :func:`check_run_inputs` returned for it seconds before.
+
+    The CLI checks a run's inputs before a flow run (or a local Prefect server) exists, so bad input
+    fails in seconds with nothing written; the flow it then starts need not read every json again
+    (nor list a resumed run's pool again)."""
+    key = _digest(config)
+    _CHECKED[key] = dict(counts)
+    try:
+        yield
+    finally:
+        _CHECKED.pop(key, None)
+
+
+def run_input_counts(config: RunConfig) -> dict[str, int]:
+    """:func:`check_run_inputs`, unless this process checked this same config just before starting its
+    flow (:func:`inputs_checked`; trusted once). A run not started by the CLI (a scheduled deployment's)
+    is checked here."""
+    counts = _CHECKED.pop(_digest(config), None)
+    return dict(counts) if counts is not None else check_run_inputs(config)
 
 
 def runs_folder(config: RunConfig) -> str:

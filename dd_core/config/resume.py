@@ -15,8 +15,8 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
-from dd_core.config.schema import Location, RunConfig, canonical_url
-from dd_core.storage import exists, read_json, write_json_atomic
+from dd_core.config.schema import Location, RunConfig
+from dd_core.storage import canonical_url, exists, read_json, write_json_atomic
 
 # How a run runs, not what it computes: free to change when it is resumed. (shards.size and
 # shards.batch_size stay: they change which images share a batch, hence the padding and the

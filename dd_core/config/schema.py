@@ -3,13 +3,13 @@
 Unknown keys are errors; errors name the field's path, e.g. ``student.labeled_ratio``. Sections
 that one part of dd_core reads are that part's own settings type, defined beside its code and
 passed down as is: ``tta`` (:mod:`dd_core.tta.settings`), ``model`` and ``keypoints``
-(:mod:`dd_core.models.spec`), ``training_images`` (:mod:`dd_core.data.filtering`). A training stage
-becomes a job by :meth:`dd_core.train.job.TrainJob.from_config`.
+(:mod:`dd_core.models.spec`), ``training_images`` (:mod:`dd_core.data.filtering`); ``teacher`` and
+``student`` extend the training stage of :mod:`dd_core.train.settings` with what only a run's stage
+has. A training stage becomes a job by :meth:`dd_core.train.job.TrainJob.from_config`.
 """
 
 from __future__ import annotations
 
-import posixpath
 import re
 from typing import Annotated, Any, Literal
 
@@ -17,16 +17,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from dd_core.data.filtering import TrainingImageFilter
 from dd_core.models.spec import KeypointSetConfig, ModelConfig
+from dd_core.storage import canonical_url
+from dd_core.train.settings import MAX_ITERATIONS, Iterations, IterationsOrZero, TrainStageConfig
 from dd_core.tta.settings import MultiTransformSettings
 
-# Bounds that turn a typo into an error at once instead of hours later. Checkpoints are named
-# model_<7 digits>.pth, so no schedule may pass 9,999,999 iterations (image sides: dd_core/models/presets.py).
-MAX_ITERATIONS = 9_999_999
+# Bounds that turn a typo into an error at once instead of hours later (iterations: dd_core/train/settings.py,
+# image sides: dd_core/models/presets.py).
 MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
-
-Iterations = Annotated[int, Field(gt=0, le=MAX_ITERATIONS)]
 
 
 class _Strict(BaseModel):
@@ -40,21 +39,11 @@ def _names_something(value: str) -> str:
     return value
 
 
-OBJECT_STORES = ("s3", "s3a", "gs", "gcs")  # bucket/key URLs, where a key is any string
-
-
-def canonical_url(value: str) -> str:
-    """An object-store URL in its one form (``s3://b//x/./y/`` -> ``s3://b/x/y``); anything else as it is."""
-    protocol, sep, rest = value.partition("://")
-    if protocol not in OBJECT_STORES or not sep:
-        return value
-    return f"{protocol}://{posixpath.normpath('/' + rest).lstrip('/')}"
-
-
 def _canonical(value: str) -> str:
-    """An object-store URL written one way only: s3fs writes ``s3://b//y/k`` under the key ``/y/k``
-    but lists it as ``y/k`` (a run there failed at its first checkpoint, after retries), and ``.``/``..``
-    segments name keys other than the folder meant, so those are refused. A trailing slash is taken
+    """An object-store URL written one way only (:func:`dd_core.storage.canonical_url`): s3fs writes
+    ``s3://b//y/k`` under the key ``/y/k`` but lists it as ``y/k`` (a run there failed at its first
+    checkpoint, after retries), and ``.``/``..`` segments name keys other than the folder meant, so
+    those are refused. A trailing slash is taken
     away (``s3://b/pool/`` is ``s3://b/pool``): runs were started with it before, and resume as they
     are. Local paths (plain or ``file://``) are left to the operating system, which reads them all
     one way, and other file systems (``memory://``) to themselves."""
@@ -95,31 +84,9 @@ class UnlabeledConfig(_Strict):
     max_pixels: int = Field(default=150_000_000, gt=0)
 
 
-class TrainStageConfig(_Strict):
-    iterations: Iterations = 2000
-    batch_size: int = Field(default=8, gt=0, le=4096)
-    lr: float = Field(default=0.02, gt=0)
-    warmup_iters: int = Field(default=100, ge=0, le=MAX_ITERATIONS)
-    checkpoint_every: Iterations = 500
-    num_workers: int = Field(default=0, ge=0, le=256)
-    # Seconds between the progress lines a training task logs (the UI's progress artifact moves
-    # every few seconds regardless): a run of days logs every few minutes, not every step.
-    report_every: float = Field(default=180.0, gt=0, le=86400)
-    # The learning rate is divided by 10 at these fractions of the iterations (default: the paper's
-    # 2/3 and 8/9; Detectron's s1x: [0.769, 0.923], 100k and 120k of 130k; []: never divided).
-    lr_steps: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(default=None, max_length=8)
-
-    @field_validator("lr_steps")
-    @classmethod
-    def _increasing(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and any(a >= b for a, b in zip(v, v[1:])):
-            raise ValueError(f"must be strictly increasing fractions of the iterations ([] : no decay), got {v}")
-        return v
-
-
 class TeacherConfig(TrainStageConfig):
     # 0: no training; the detector of model.weights is the teacher as published.
-    iterations: int = Field(default=2000, ge=0, le=MAX_ITERATIONS)
+    iterations: IterationsOrZero = 2000
 
 
 class StudentConfig(TrainStageConfig):

@@ -255,20 +255,3 @@ def resolve_dataset(url: str, images: str | None = None) -> tuple[str, str]:
         return base, images or join(parent(base), "images")
     return f"{base}/annotations.json", images or f"{base}/images"
 
-
-def check_compatible(data: CocoData, categories: list[dict[str, Any]], task: str, reference: str) -> None:
-    """Refuse a data set whose categories (or keypoints) the model of ``reference`` does not know.
-
-    ``categories`` are those of the labeled set the model was or will be trained on.
-    """
-    known = {c["id"] for c in categories}
-    unknown = sorted({c["id"] for c in data.categories} - known)
-    if unknown:
-        raise CocoFormatError(f"{data.source}: categories {unknown} are not among those of {reference} "
-                              f"({sorted(known)})")
-    if task == "keypoints":
-        names = next((c.get("keypoints") for c in categories if c.get("keypoints")), None)
-        if not names:
-            raise CocoFormatError(f"{reference}: task is keypoints but no category lists 'keypoints'")
-        if data.annotations and data.keypoint_names != list(names):
-            raise CocoFormatError(f"{data.source}: keypoint names differ from those of {reference}")

@@ -10,7 +10,7 @@ and one much larger than the largest frame a model resizes it to is reduced by a
 (JPEG: while decoding, by ``Image.draft``; others: ``Image.reduce`` right after) before anything
 else is made of it. Decoding then takes about 4 bytes per pixel of the file's size once (Pillow's
 own buffer; a JPEG reduced while decoding much less) and the reduced copy, where a whole decode
-took about 60 (8.4 GB for a 12000 x 12000 PNG). :class:`Reduction` maps predictions on the reduced
+takes many times that. :class:`Reduction` maps predictions on the reduced
 pixels back to the image's own coordinates, exactly.
 """
 

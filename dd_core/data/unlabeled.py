@@ -10,14 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import posixpath
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 from dd_core.data.coco import check_file_name, load_coco
 from dd_core.data.images import IMAGE_SUFFIXES
-from dd_core.storage import iter_files, join, list_files, parent, read_bytes
+from dd_core.storage import below, iter_files, join, list_files, parent, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -91,31 +89,12 @@ def _read_listing(url: str, options: Mapping[str, Any] | None) -> str:
         raise ValueError(f"{url}: a list of images must be UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def canonical_location(url: str) -> str:
-    """``url`` written one way, for comparing locations: a local path (plain or ``file://``) as
-    ``file://`` and its real absolute path (links resolved), an object-store URL without empty,
-    ``.`` or ``..`` segments (``s3a://`` as ``s3://``)."""
-    protocol, sep, rest = url.partition("://")
-    if not sep or len(protocol) <= 1 or protocol == "file":
-        return "file://" + os.path.realpath(rest if sep else url)
-    protocol = "s3" if protocol == "s3a" else protocol
-    return f"{protocol}://{posixpath.normpath('/' + rest).strip('/')}"
-
-
-def _below(url: str, folder: str) -> str | None:
-    """``url``'s path below ``folder`` ("" for the folder itself), or None when it is not inside it."""
-    inner, outer = canonical_location(url), canonical_location(folder).rstrip("/")
-    if inner == outer:
-        return ""
-    return inner[len(outer) + 1:] if inner.startswith(outer + "/") else None
-
-
 def check_outside(images: str, root: str | None, exclude: Sequence[str]) -> None:
     """Refuse an unlabeled source (or its ``root``) inside a folder of ``exclude`` (the storage
     root's ``runs`` folder): a run's own outputs are never unlabeled input."""
     for folder in exclude:
         for url in (images, root):
-            if url is not None and _below(url, folder) is not None:
+            if url is not None and below(url, folder) is not None:
                 raise ValueError(f"{url}: the unlabeled images lie inside {folder}, where runs write their "
                                  f"outputs: a run's own files are never unlabeled input; keep them apart")
 
@@ -124,9 +103,9 @@ def _leave_out(names: list[str], folder: str, exclude: Sequence[str]) -> list[st
     """The names of ``folder`` without those under a folder of ``exclude`` inside it (the storage
     root's ``runs`` folder: its reports' figures are images too)."""
     for out in exclude:
-        below = _below(out, folder)
-        if below:
-            kept = [n for n in names if not n.startswith(below + "/")]
+        path = below(out, folder)
+        if path:
+            kept = [n for n in names if not n.startswith(path + "/")]
             if len(kept) < len(names):
                 log.info("%s: %d file(s) under %s left out: runs write their outputs there", folder,
                          len(names) - len(kept), out)
@@ -241,8 +220,8 @@ def check_planned_pool(unlabeled: UnlabeledSet, shard_size: int, plan_url: str, 
 
 
 LATER_SUFFIXES = (".gif",)
-"""Suffixes of :data:`~dd_core.data.images.IMAGE_SUFFIXES` added since runs were first planned
-(2026-12-06): a plan made before them lists a folder without its files of these suffixes."""
+"""Suffixes of :data:`~dd_core.data.images.IMAGE_SUFFIXES` that plans of older runs did not list:
+such a plan lists a folder without its files of these suffixes."""
 
 
 def as_planned(unlabeled: UnlabeledSet, shard_size: int, planned: Mapping[str, Any]) -> UnlabeledSet:

@@ -4,6 +4,8 @@ A checkpoint records the categories of the set it was trained on and its task (`
 ``evaluate`` and ``label --labeled`` compare a json with them before any inference, so that a
 keypoint model given a detection json is refused in a second, not after an hour of inference (or
 never: calibrated on the wrong set, ``label`` wrote a keypoint category whose annotations had none).
+A run compares its validation and upper-bound sets with its labeled set, whose categories the
+models it trains will have (:func:`dd_core.config.check_run_inputs`).
 """
 
 from __future__ import annotations

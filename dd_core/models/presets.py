@@ -32,8 +32,8 @@ class Preset:
     rpn_top_n_train: tuple[int, int] = (2000, 2000)
     rpn_top_n_test: tuple[int, int] = (1000, 1000)
     box_batch_size_per_image: int = 512
-    # RoIAlign samples per bin side; torchvision's CPU backward of it is single-threaded and was a
-    # third of a slim training step at 2, so the slim preset uses 1.
+    # RoIAlign samples per bin side; torchvision's CPU backward of it is single-threaded and a large
+    # share of a slim training step at 2, so the slim preset uses 1.
     roi_sampling_ratio: int = 2
 
 

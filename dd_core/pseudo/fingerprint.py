@@ -6,13 +6,13 @@ pixel limit, other images under the same shard name).
 
 The pixel limit (``unlabeled.max_pixels``, ``label --max-pixels``) decides which images are
 rejected unread, so it is part of the identity. At its default it adds nothing to the hash, so
-shards labeled before the limit existed stay finished, though they are not what this version
-computes: besides images of 150 to 179 million pixels (rejected now; above that Pillow refuses to
-decode anyway), every image at least twice the teacher's largest frame on both sides is now
-decoded reduced by a power of two before inference (:func:`dd_core.data.images.decode_reduced`),
-where those shards saw it whole, and training reads labeled photos reduced too. A run resumed
-across that change keeps its old shards and labels the rest from reduced decodes: on large photos
-its pseudo-labels (and its students) may differ slightly from those of a run done before it.
+that shards labeled without a pixel limit stay finished, though they are not quite what is computed
+with one: images of 150 to 179 million pixels are rejected (above that Pillow refuses to decode
+anyway), and every image at least twice the teacher's largest frame on both sides is decoded
+reduced by a power of two before inference (:func:`dd_core.data.images.decode_reduced`), where
+those shards saw it whole; training reads labeled photos reduced too. A run resumed over such
+shards labels the rest from reduced decodes: on large photos its pseudo-labels (and its students)
+may differ slightly from those of a run labeled with the limit throughout.
 """
 
 from __future__ import annotations

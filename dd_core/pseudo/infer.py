@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ShardSummary:
-    """What a shard task reports back to the flow: where its output is and how much it holds."""
+    """What labeling a shard reports back (from a Dask or deployment worker too: primitives only, it
+    pickles): where its output is and how much it holds. The manifest lists these."""
 
     name: str
     url: str
@@ -50,9 +51,6 @@ class ShardSummary:
     num_rows: int
     num_rejected: int
     skipped: bool  # True when a valid output already existed
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def shard_url(out_dir: str, shard: Shard) -> str:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from dd_core.storage import exists, join, list_files, read_json, remove, write_json_atomic
 from dd_core.storage.parquet import SCHEMA_VERSION
+
+if TYPE_CHECKING:  # the shard labeling (torch) is not needed to write or read a manifest
+    from dd_core.pseudo.infer import ShardSummary
 
 log = logging.getLogger(__name__)
 _SHARD_FILE = re.compile(r"shard-(\d{5,})\.parquet")
@@ -38,16 +41,17 @@ def remove_unplanned_shards(out_dir: str, num_shards: int, options: Mapping[str,
     return stale
 
 
-def write_manifest(url: str, shards: Sequence[Mapping[str, Any]], fingerprint: str,
+def write_manifest(url: str, shards: Sequence[ShardSummary], fingerprint: str,
                    options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """List ``shards`` (in name order) with their counts and the totals; returns what was written."""
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "fingerprint": fingerprint,
-        "num_images": sum(s["num_images"] for s in shards),
-        "num_rows": sum(s["num_rows"] for s in shards),
-        "num_rejected": sum(s["num_rejected"] for s in shards),
-        "shards": [{"name": s["name"], "url": s["url"], "num_images": s["num_images"], "num_rows": s["num_rows"],
-                    "num_rejected": s["num_rejected"]} for s in sorted(shards, key=lambda s: s["name"])],
+        "num_images": sum(s.num_images for s in shards),
+        "num_rows": sum(s.num_rows for s in shards),
+        "num_rejected": sum(s.num_rejected for s in shards),
+        "shards": [{"name": s.name, "url": s.url, "num_images": s.num_images, "num_rows": s.num_rows,
+                    "num_rejected": s.num_rejected} for s in sorted(shards, key=lambda s: s.name)],
     }
     write_json_atomic(url, manifest, options, indent=1)
     return manifest

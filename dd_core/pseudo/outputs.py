@@ -25,7 +25,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from dd_core.pseudo.pipeline import SelectionOutputs
 from dd_core.pseudo.select import PSEUDO_LABEL_MARK
-from dd_core.storage import filesystem, join
+from dd_core.storage import below, canonical_location, filesystem, join
 
 _MARKED = re.compile(rb'\A\s*\{\s*"info"\s*:\s*\{\s*"description"\s*:\s*"' + re.escape(PSEUDO_LABEL_MARK.encode())
                      + rb'"\s*[,}]')
@@ -52,22 +52,6 @@ class LabelOutputs:
         return cls(annotations, SelectionOutputs.beside(annotations, predictions).thresholds, predictions)
 
 
-def canonical(url: str, options: Mapping[str, Any] | None = None) -> tuple[str, str]:
-    """(protocol, path) of what ``url`` names, the same for every spelling of one object or folder."""
-    fs, path = filesystem(url, options)
-    if isinstance(fs, LocalFileSystem):  # filesystem() made it absolute; symlinks and ".." resolved here
-        return "file", os.path.realpath(path)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol, "/".join(part for part in path.split("/") if part not in ("", "."))
-
-
-def _inside(inner: tuple[str, str], outer: tuple[str, str]) -> bool:
-    """Whether ``inner`` is ``outer`` or lies below it (both :func:`canonical`)."""
-    if inner[0] != outer[0]:
-        return False
-    return inner[1] == outer[1] or inner[1].startswith(outer[1].rstrip("/") + "/")
-
-
 def _same_local_file(a: tuple[str, str], b: tuple[str, str]) -> bool:
     """Two names of one local file (a hard link, a bind mount)."""
     try:
@@ -82,19 +66,19 @@ def check_not_inputs(outputs: LabelOutputs, inputs: Mapping[str, str | None],
 
     ``inputs`` maps each input's flag (``--images``) to its URL (None: not given).
     """
-    given = {flag: (url, canonical(url, options)) for flag, url in inputs.items() if url}
+    given = {flag: (url, canonical_location(url)) for flag, url in inputs.items() if url}
     written = [(outputs.annotations, "the pseudo-label json"), (outputs.thresholds, "its thresholds"),
                (outputs.predictions, "its predictions folder")]
     for url, what in written:
-        out = canonical(url, options)
+        out = canonical_location(url)
         for flag, (source, name) in given.items():
             if _same_local_file(out, name) or out == name:
                 raise ValueError(f"--out would write {what} {url} over the {flag} input {source}; "
                                  f"choose another --out")
-            if _inside(out, name):
+            if below(url, source) is not None:
                 raise ValueError(f"--out would write {what} {url} inside the {flag} input {source}; "
                                  f"choose an --out outside it")
-            if what == "its predictions folder" and _inside(name, out):
+            if what == "its predictions folder" and below(source, url) is not None:
                 raise ValueError(f"the {flag} input {source} lies inside {url}, the folder where --out keeps its "
                                  f"predictions (label replaces files there); choose another --out")
 

@@ -38,7 +38,8 @@ PSEUDO_LABEL_MARK = "omnidistill pseudo-labels"
 """The ``info.description`` of every pseudo-label json (:func:`apply_selection`): ``label`` replaces
 an existing json only if it bears it (:mod:`dd_core.pseudo.outputs`)."""
 
-# Shards read at once by the selection: 2,000 of them one after another took 22 s on S3 (moto).
+# Shards read at once by the selection: on S3 a read mostly waits for its first byte, so one after
+# another the waits add up.
 SHARD_READERS = 8
 
 

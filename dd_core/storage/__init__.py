@@ -1,7 +1,11 @@
 """One layer over fsspec for local paths, ``file://`` and ``s3://`` URLs, with atomic writes."""
 
 from dd_core.storage.fs import (
+    OBJECT_STORES,
     StorageError,
+    below,
+    canonical_location,
+    canonical_url,
     exists,
     filesystem,
     iter_files,
@@ -18,7 +22,11 @@ from dd_core.storage.fs import (
 )
 
 __all__ = [
+    "OBJECT_STORES",
     "StorageError",
+    "below",
+    "canonical_location",
+    "canonical_url",
     "exists",
     "filesystem",
     "iter_files",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import posixpath
 import re
 import stat
 import tempfile
@@ -73,6 +74,45 @@ def _split_url(url: str) -> tuple[str, str]:
     return "file", url
 
 
+OBJECT_STORES = ("s3", "s3a", "gs", "gcs")  # bucket/key URLs, where a key is any string
+_SAME_STORE = {"s3a": "s3", "gcs": "gs"}  # two protocols of one store
+
+
+def canonical_url(url: str) -> str:
+    """An object-store URL in its one written form (``s3://b//x/./y/`` -> ``s3://b/x/y``); anything else
+    as it is.
+
+    s3fs writes ``s3://b//y/k`` under the key ``/y/k`` but lists it as ``y/k``, and ``.``/``..``
+    segments name keys other than the folder meant: a URL is written this way or refused
+    (:data:`dd_core.config.schema.Location`)."""
+    protocol, sep, rest = url.partition("://")
+    if protocol not in OBJECT_STORES or not sep:
+        return url
+    return f"{protocol}://{posixpath.normpath('/' + rest).lstrip('/')}"
+
+
+def canonical_location(url: str) -> tuple[str, str]:
+    """(protocol, path) of what ``url`` names, the same for every spelling of one object or folder.
+
+    A local path (plain or ``file://``) is its real absolute path (``./x`` and ``x``, symlinks and
+    ``..`` resolved); another URL's path has no empty, ``.`` or ``..`` segments (``s3://b//k/`` is
+    ``("s3", "b/k")``) and ``s3a``/``gcs`` are ``s3``/``gs``. Keys stay case-sensitive."""
+    protocol, rest = _split_url(url)
+    if protocol in ("file", "local"):
+        return "file", os.path.realpath(rest)
+    return _SAME_STORE.get(protocol, protocol), posixpath.normpath("/" + rest).strip("/")
+
+
+def below(url: str, folder: str) -> str | None:
+    """``url``'s path below ``folder`` ("" for the folder itself), or None when it does not lie inside it
+    (both compared as :func:`canonical_location`)."""
+    (protocol, inner), (folder_protocol, outer) = canonical_location(url), canonical_location(folder)
+    outer = outer.rstrip("/")
+    if protocol != folder_protocol:
+        return None
+    if inner == outer:
+        return ""
+    return inner[len(outer) + 1:] if inner.startswith(outer + "/") else None
 def filesystem(url: str, options: Options = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for ``url`` and the path inside it, taken literally.
 

@@ -1,4 +1,7 @@
-"""Where a run keeps its outputs: ``<storage.root>/runs/<run_id>/...`` (the contract in DESIGN.md)."""
+"""Where a run keeps its outputs: ``<storage.root>/runs/<run_id>/...``.
+
+These names are a contract (README.md lists them; docs/ARCHITECTURE.md, "Contracts kept for
+compatibility"): a run written by an earlier version resumes only if they stay as they are."""
 
 from __future__ import annotations
 

@@ -71,10 +71,8 @@ def training_signature(spec: ModelSpec, cfg: TrainConfig, labeled: CocoData, pse
                        image_filter: TrainingImageFilter = TrainingImageFilter()) -> dict[str, Any]:
     """What a checkpoint must have been trained with to be resumed: model, schedule, data, the
     images trained on, mix, init."""
-    schedule = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("checkpoint_every", "keep_checkpoints",
-                                                                               "num_workers")}
     model = {k: v for k, v in spec.to_dict().items() if k != "oks_sigmas"}  # evaluation's, not training's
-    return {"model": model, "schedule": schedule, "labeled": _digest(labeled.to_dict()),
+    return {"model": model, "schedule": cfg.schedule(), "labeled": _digest(labeled.to_dict()),
             "pseudo": _digest(pseudo.to_dict()) if pseudo else None,
             "labeled_ratio": labeled_ratio if pseudo else None,
             "init": _state_digest(init_state) if init_state is not None else None,

@@ -15,10 +15,10 @@ from dd_core.ops.stop import NEVER, StopToken
 from dd_core.train.detector import TrainingInputs, spec_for, train_detector
 from dd_core.train.distributed import DistributedContext
 from dd_core.train.loop import Runtime, TrainHooks, TrainResult
-from dd_core.train.settings import TrainConfig
+from dd_core.train.settings import TrainConfig, TrainStageConfig
 
 if TYPE_CHECKING:
-    from dd_core.config.schema import LabeledConfig, RunConfig, TrainStageConfig
+    from dd_core.config.schema import LabeledConfig, RunConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +47,6 @@ class TrainJob:
     init_checkpoint: str | None = None
     stop_after: int | None = None
     progress: bool = True
-    report_every: float = 180.0  # seconds between progress log lines of the training task
     images: TrainingImageFilter = field(default_factory=TrainingImageFilter)  # which images are trained on
     on_step: str | None = None
     on_checkpoint: str | None = None
@@ -61,8 +60,8 @@ class TrainJob:
                                 f"{value!r:.80}")
 
     def to_dict(self) -> dict[str, Any]:
-        sections = {"model": self.model.to_dict(), "keypoints": self.keypoints.model_dump(),
-                    "images": self.images.to_dict()}
+        sections = {"train": self.train.model_dump(), "model": self.model.to_dict(),
+                    "keypoints": self.keypoints.model_dump(), "images": self.images.to_dict()}
         return {**dataclasses.asdict(self), **sections}
 
     @classmethod
@@ -80,7 +79,7 @@ class TrainJob:
         return cls(task=config.task, labeled_annotations=labeled.annotations, labeled_images=labeled.images,
                    checkpoint_dir=checkpoint_dir, train=TrainConfig.from_config(stage, config.seed),
                    model=config.model, keypoints=config.keypoints, device=config.device,
-                   options=config.storage.options, init_checkpoint=init_checkpoint, report_every=stage.report_every,
+                   options=config.storage.options, init_checkpoint=init_checkpoint,
                    images=config.training_images, **mix)
 
     @classmethod
@@ -89,7 +88,7 @@ class TrainJob:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"training job: unknown fields {sorted(unknown)} (expected some of {sorted(known)})")
-        return cls(**{**d, "train": TrainConfig(**d.get("train", {})),
+        return cls(**{**d, "train": TrainConfig.model_validate(d.get("train", {})),
                       "model": ModelConfig.from_dict(d.get("model", {})),
                       "keypoints": KeypointSetConfig.model_validate(d.get("keypoints", {})),
                       "images": TrainingImageFilter(**d.get("images", {}))})

@@ -77,8 +77,7 @@ def predictor_stages(predictor: nn.Module) -> tuple[Callable[[Tensor], Tensor], 
 
     torchvision's predictor is a transposed convolution then :func:`upsample_heatmaps`; averaging
     before the upsampling gives the same mean (up to rounding) from a quarter of the pixels, and
-    upsamples one set of maps instead of one per transform (4-9% of the slim model's
-    18-transform inference on 2 CPU cores, BENCHMARKS.md). Any other predictor runs whole on
+    upsamples one set of maps instead of one per transform. Any other predictor runs whole on
     every transform.
     """
     if type(predictor) is KeypointRCNNPredictor:  # a subclass may predict otherwise

@@ -49,8 +49,8 @@ def as_float32(value: T) -> T:
 class LayerSettings:
     """The float type of the model's layers and, on CUDA only, the backbone input's memory format.
 
-    ``channels_last`` is ignored on the CPU: there it once made the threaded labeler disagree with
-    the others and return no boxes (BENCHMARKS.md, issue #5), not understood yet.
+    ``channels_last`` is ignored on the CPU: there it makes the threaded labeler disagree with the
+    others and return no boxes, for a reason not understood.
     """
 
     precision: Precision = "float32"
@@ -75,7 +75,7 @@ class LayerSettings:
 
 
 FLOAT32 = LayerSettings()
-"""The default: every layer in float32, contiguous inputs (the code path before issue #31)."""
+"""The default: every layer in float32, contiguous inputs."""
 
 
 def agreement(reference: list[dict[str, Tensor]], other: list[dict[str, Tensor]], min_score: float = 0.5,

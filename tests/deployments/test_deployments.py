@@ -72,7 +72,7 @@ def test_importing_flows_has_no_side_effects(monkeypatch):
     before = dict(os.environ)
     started = []
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a))
-    for module in ("flows.distill", "flows.shards", "flows.runners", "flows.cli", "flows.demo", "flows.run",
-                   "flows.server"):
+    for module in ("flows.distill", "flows.labelers", "flows.shards", "flows.runners", "flows.cli", "flows.demo",
+                   "flows.run", "flows.server"):
         importlib.reload(importlib.import_module(module))
     assert started == [] and dict(os.environ) == before

@@ -191,9 +191,14 @@ def test_error_line_is_one_bounded_line_naming_unexpected_error_types():
     assert len(long) == 2006 and long.endswith(" [...]")
 
 
-def test_a_run_failing_inside_the_flow_ends_with_its_error_in_one_line(tmp_path, capfd, prefect_harness):
+def test_a_run_failing_inside_the_flow_ends_with_its_error_in_one_line(tmp_path, capfd, prefect_harness, monkeypatch):
+    import dd_core.config.inputs as inputs
+
+    checked = []  # the CLI checks the inputs; the flow it starts trusts that check
+    monkeypatch.setattr(inputs, "_check_unlabeled", lambda *a, check=inputs._check_unlabeled: checked.append(check(*a)))
     config = _run_config(tmp_path)
     assert main(["run", config, "--set", "teacher.lr=1e12", "--set", "teacher.iterations=3"]) == 2
+    assert len(checked) == 1
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Error logging to API" not in err
     assert err.splitlines()[-1].startswith("omnidistill run: error: loss is nan at iteration 1"), err[-3000:]

@@ -1,5 +1,6 @@
 import pytest
 
+from dd_core.pseudo.infer import ShardSummary
 from dd_core.pseudo.manifest import read_manifest, remove_unplanned_shards, write_manifest
 from dd_core.storage import join, write_bytes_atomic
 
@@ -29,10 +30,10 @@ def test_a_folder_not_written_yet_has_nothing_to_remove(tmp_path):
 
 
 def test_manifest_lists_shards_in_order_and_refuses_a_missing_one(tmp_path):
-    shards = [{"name": n, "url": str(tmp_path / f"{n}.parquet"), "num_images": 2, "num_rows": r, "num_rejected": 1}
+    shards = [ShardSummary(n, str(tmp_path / f"{n}.parquet"), num_images=2, num_rows=r, num_rejected=1, skipped=False)
               for n, r in (("shard-00001", 5), ("shard-00000", 3))]
     for s in shards:
-        write_bytes_atomic(s["url"], b"x")
+        write_bytes_atomic(s.url, b"x")
     manifest = write_manifest(str(tmp_path / "_manifest.json"), shards, "fp")
     assert [s["name"] for s in manifest["shards"]] == ["shard-00000", "shard-00001"]
     assert (manifest["num_images"], manifest["num_rows"], manifest["num_rejected"]) == (4, 8, 2)

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from dd_core.pseudo.outputs import LabelOutputs, canonical, check_not_inputs, check_replaceable, label_wrote
-from dd_core.storage import join, list_files, remove, write_bytes_atomic, write_json_atomic
+from dd_core.pseudo.outputs import LabelOutputs, check_not_inputs, check_replaceable, label_wrote
+from dd_core.storage import canonical_location, join, list_files, remove, write_bytes_atomic, write_json_atomic
 
 
 def test_outputs_of_a_json_and_of_a_folder():
@@ -18,12 +18,13 @@ def test_every_spelling_of_one_object_is_one_canonical_name(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     (tmp_path / "d").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "d")
-    same = {canonical(url) for url in ["d/x.json", "./d/x.json", "d/../d/x.json", f"file://{tmp_path}/d/x.json",
-                                       "link/x.json", f"{tmp_path}//d/./x.json"]}
+    spellings = ["d/x.json", "./d/x.json", "d/../d/x.json", f"file://{tmp_path}/d/x.json", "link/x.json",
+                 f"{tmp_path}//d/./x.json"]
+    same = {canonical_location(url) for url in spellings}
     assert same == {("file", f"{tmp_path}/d/x.json")}
-    assert {canonical(url) for url in ["s3://b/k/x.json", "s3://b//k/x.json", "s3a://b/k/./x.json",
-                                       "s3://b/k/x.json/"]} == {("s3", "b/k/x.json")}
-    assert canonical("s3://b/k/X.json") != canonical("s3://b/k/x.json")  # S3 keys are case-sensitive
+    assert {canonical_location(url) for url in ["s3://b/k/x.json", "s3://b//k/x.json", "s3a://b/k/./x.json",
+                                                "s3://b/k/x.json/"]} == {("s3", "b/k/x.json")}
+    assert canonical_location("s3://b/k/X.json") != canonical_location("s3://b/k/x.json")  # S3 keys are case-sensitive
 
 
 @pytest.mark.parametrize("inputs, message", [

@@ -47,7 +47,7 @@ def test_a_finished_shard_takes_no_gpu_slot_and_a_shard_to_label_waits_for_one(p
             finished = _Run(lambda: label_shards(job, [0]))
             finished.join(timeout=60)
             assert not finished.is_alive() and finished.error is None
-            assert [s["skipped"] for s in finished.result] == [True]
+            assert [s.skipped for s in finished.result] == [True]
             to_label = _Run(lambda: label_shards(job, [1]))
             to_label.join(timeout=5)
             assert to_label.is_alive() and not os.path.exists(f"{out}/shard-00001.parquet")  # waits for the slot
@@ -56,4 +56,4 @@ def test_a_finished_shard_takes_no_gpu_slot_and_a_shard_to_label_waits_for_one(p
             if to_label is not None:
                 to_label.join(timeout=120)
             client.delete_concurrency_limit_by_tag("gpu")
-    assert to_label.error is None and [s["skipped"] for s in to_label.result] == [False]
+    assert to_label.error is None and [s.skipped for s in to_label.result] == [False]

@@ -17,12 +17,12 @@ from tasks.train import Trained, train_model
 from tests.tasks import probe
 
 
-def _job(tiny_coco, tmp_path, name, iterations, **extra) -> TrainJob:
+def _job(tiny_coco, tmp_path, name, iterations, report_every=180.0, **extra) -> TrainJob:
     annotations, images = tiny_coco
     return TrainJob(task="keypoints", labeled_annotations=annotations, labeled_images=images,
                     checkpoint_dir=str(tmp_path / name), device="auto", progress=False,
                     train=TrainConfig(iterations=iterations, batch_size=2, lr=0.005, warmup_iters=1,
-                                      checkpoint_every=iterations),
+                                      checkpoint_every=iterations, report_every=report_every),
                     model=ModelConfig(test_size=64, min_size=(64,), max_size=96), **extra)
 
 

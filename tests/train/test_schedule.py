@@ -48,5 +48,8 @@ def test_the_run_config_carries_the_step_points_to_training():
     assert TrainConfig.from_config(TrainStageConfig(), seed=0).lr_steps is None  # the paper's 2/3 and 8/9
     with pytest.raises(ValueError, match="lr_steps"):
         TrainStageConfig(lr_steps=[0.9, 0.5])
-    with pytest.raises(ValueError, match=r"TrainConfig.lr_steps must be increasing fractions .* got \[0.5, 1.5\]"):
+    with pytest.raises(ValueError, match=r"lr_steps.1\n  Input should be less than or equal to 1 "):
         TrainConfig(lr_steps=(0.5, 1.5))
+    with pytest.raises(ValueError, match=r"lr_steps\n  Value error, must be strictly increasing fractions .* "
+                                         r"got \[0.9, 0.5\]"):
+        TrainConfig(lr_steps=(0.9, 0.5))
