@@ -32,7 +32,7 @@ from dd_core.data.synthetic.colors import (
 from dd_core.data.synthetic.figures import Figure, build_figure, figure_extent, sample_body
 from dd_core.data.synthetic.poses import sample_pose
 from dd_core.data.synthetic.styles import Style
-from dd_core.data.synthetic.writer import build_dataset
+from dd_core.data.synthetic.writer import SyntheticKind, build_dataset
 
 OCCLUDER_LABEL = 255
 MIN_BOX_SIDE = 4.0
@@ -200,5 +200,5 @@ def make_keypoints_dataset(out_dir: str | Path, num_images: int, seed: int, styl
     aspect up to 4:3 either way. About ``empty_fraction`` of the images hold no person. Same
     arguments give byte-identical files.
     """
-    return build_dataset(out_dir, num_images, seed, style, size, start_id, "keypoints", render_keypoints_image,
-                         [PERSON_CATEGORY], empty_fraction)
+    kind = SyntheticKind("keypoints", render_keypoints_image, [PERSON_CATEGORY])
+    return build_dataset(out_dir, num_images, seed, style, size, start_id, kind, empty_fraction)

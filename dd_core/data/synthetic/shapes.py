@@ -21,7 +21,7 @@ from dd_core.data.synthetic.canvas import Point, Polygon, Primitive, Ring, draw_
 from dd_core.data.synthetic.clutter import draw_distractors, draw_partial_shapes
 from dd_core.data.synthetic.colors import any_hue_contrasting
 from dd_core.data.synthetic.styles import Style
-from dd_core.data.synthetic.writer import build_dataset
+from dd_core.data.synthetic.writer import SyntheticKind, build_dataset
 
 DETECTION_CATEGORIES: tuple[dict[str, Any], ...] = tuple(
     {"id": i + 1, "name": name, "supercategory": "shape"}
@@ -160,5 +160,5 @@ def make_detection_dataset(out_dir: str | Path, num_images: int, seed: int, styl
     aspect up to 4:3 either way. About ``empty_fraction`` of the images hold no labeled shape.
     Same arguments give byte-identical files.
     """
-    return build_dataset(out_dir, num_images, seed, style, size, start_id, "detection", render_detection_image,
-                         DETECTION_CATEGORIES, empty_fraction)
+    kind = SyntheticKind("detection", render_detection_image, DETECTION_CATEGORIES)
+    return build_dataset(out_dir, num_images, seed, style, size, start_id, kind, empty_fraction)

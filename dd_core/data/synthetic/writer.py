@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -68,15 +69,23 @@ def _finish_annotation(ann: dict[str, Any], ann_id: int, image_id: int) -> dict[
     return out
 
 
+@dataclass(frozen=True)
+class SyntheticKind:
+    """What a synthetic data set holds: its task, the renderer of one image and the categories."""
+
+    task: str
+    render: Renderer
+    categories: Sequence[dict[str, Any]]
+
+
 def build_dataset(out_dir: str | Path, num_images: int, seed: int, style_name: str, size: int, start_id: int,
-                  task: str, render: Renderer, categories: Sequence[dict[str, Any]],
-                  empty_fraction: float = 0.0) -> dict[str, Any]:
-    """Render ``num_images`` images with ``render`` and write them plus ``annotations.json`` under ``out_dir``.
+                  kind: SyntheticKind, empty_fraction: float = 0.0) -> dict[str, Any]:
+    """Render ``num_images`` images of ``kind`` and write them plus ``annotations.json`` under ``out_dir``.
 
     About ``empty_fraction`` of the images hold no object (like COCO, where about half the images
     have no person): they stay in ``images`` with no annotation.
     """
-    style = get_style(style_name)
+    style, task = get_style(style_name), kind.task
     _check_args(num_images, seed, size, start_id, empty_fraction)
     out = Path(out_dir)
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
@@ -84,7 +93,7 @@ def build_dataset(out_dir: str | Path, num_images: int, seed: int, style_name: s
     annotations: list[dict[str, Any]] = []
     for image_id in range(start_id, start_id + num_images):
         empty = is_empty_image(seed, task, style.name, image_id, empty_fraction)
-        image, anns = render(image_rng(seed, task, style.name, image_id), style, size, empty)
+        image, anns = kind.render(image_rng(seed, task, style.name, image_id), style, size, empty)
         if len(anns) >= MAX_OBJECTS_PER_IMAGE:
             raise RuntimeError(f"renderer produced {len(anns)} objects; at most {MAX_OBJECTS_PER_IMAGE - 1} fit the id scheme")
         file_name = f"{image_id:06d}.png"
@@ -98,7 +107,7 @@ def build_dataset(out_dir: str | Path, num_images: int, seed: int, style_name: s
         "licenses": [{"id": 1, "name": "synthetic, public domain", "url": ""}],
         "images": images,
         "annotations": annotations,
-        "categories": copy.deepcopy(list(categories)),
+        "categories": copy.deepcopy(list(kind.categories)),
     }
     write_bytes_atomic(str(out / ANNOTATIONS_FILE), json.dumps(coco, separators=(",", ":")).encode())
     return coco
