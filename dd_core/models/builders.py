@@ -21,6 +21,7 @@ from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, Keypoi
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import misc as misc_ops
+from torchvision.ops.poolers import initLevelMapper
 
 from dd_core.models.presets import PRESETS, Preset
 from dd_core.models.spec import ModelSpec
@@ -75,6 +76,26 @@ def _backbone(spec: ModelSpec, preset: Preset, options: Mapping[str, Any] | None
     )
 
 
+FEATURE_STRIDES = (4, 8, 16, 32)
+"""The strides of the FPN levels ``"0"``..``"3"`` the RoI poolers read (ResNet's layer1..layer4)."""
+
+
+def roi_pool(output_size: int, sampling_ratio: int) -> MultiScaleRoIAlign:
+    """A RoI pooler over the FPN levels, its scales set from :data:`FEATURE_STRIDES`.
+
+    Left unset, torchvision's pooler infers them on its first call, from the first batch alone:
+    feature map height over the largest unpadded image height, rounded to a power of two. Padding to
+    a multiple of 32 px skews that (a 66-px high image padded to 96 px gives scales twice too large),
+    and the scales stay for the model's life: a teacher whose first image was such predicts garbage,
+    and processes that start at different images disagree.
+    """
+    pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size, sampling_ratio)
+    pool.scales = [1.0 / stride for stride in FEATURE_STRIDES]
+    levels = [stride.bit_length() - 1 for stride in FEATURE_STRIDES]  # log2 of each stride
+    pool.map_levels = initLevelMapper(levels[0], levels[-1], pool.canonical_scale, pool.canonical_level)
+    return pool
+
+
 def build_model(spec: ModelSpec, options: Mapping[str, Any] | None = None) -> nn.Module:
     """A torchvision Keypoint R-CNN or Faster R-CNN as described by ``spec``, started from its
     ``backbone_weights`` or ``weights`` (:mod:`dd_core.models.weights`) if it names any (read with
@@ -96,7 +117,7 @@ def build_model(spec: ModelSpec, options: Mapping[str, Any] | None = None) -> nn
         rpn_post_nms_top_n_train=preset.rpn_top_n_train[1],
         rpn_pre_nms_top_n_test=preset.rpn_top_n_test[0],
         rpn_post_nms_top_n_test=preset.rpn_top_n_test[1],
-        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, preset.roi_sampling_ratio),
+        box_roi_pool=roi_pool(7, preset.roi_sampling_ratio),
         box_head=TwoMLPHead(ch * 7 * 7, preset.box_head_dim),
         box_predictor=FastRCNNPredictor(preset.box_head_dim, spec.num_classes),
         box_batch_size_per_image=preset.box_batch_size_per_image,
@@ -105,7 +126,7 @@ def build_model(spec: ModelSpec, options: Mapping[str, Any] | None = None) -> nn
     if spec.task == "keypoints":
         model: nn.Module = KeypointRCNN(
             backbone,
-            keypoint_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 14, preset.roi_sampling_ratio),
+            keypoint_roi_pool=roi_pool(14, preset.roi_sampling_ratio),
             keypoint_head=KeypointRCNNHeads(ch, list(preset.keypoint_head)),
             keypoint_predictor=KeypointRCNNPredictor(preset.keypoint_head[-1], spec.num_keypoints),
             **common,

@@ -60,8 +60,8 @@ def test_prefect_yaml_has_the_shard_labeling_deployment_that_runner_deployment_n
 def test_example_configs_validate(path):
     raw = yaml.safe_load(path.read_text())
     config = parse_config(raw, str(path))
-    assert (config.task, config.model.preset, config.tta.scales) == (raw["task"], raw["model"]["preset"],
-                                                                      raw["tta"]["scales"])
+    assert (config.task, config.model.preset, list(config.tta.scales)) == (raw["task"], raw["model"]["preset"],
+                                                                            raw["tta"]["scales"])
 
 
 def test_importing_flows_has_no_side_effects(monkeypatch):

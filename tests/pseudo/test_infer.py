@@ -11,6 +11,7 @@ from PIL import Image
 
 from dd_core.data.unlabeled import Shard, UnlabeledImage, list_unlabeled, plan_shards, write_plan
 from dd_core.ops.clock import StageClock
+from dd_core.ops.caches import TeacherCache
 from dd_core.ops.labeling import LabelingOps
 from dd_core.pseudo import reading
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint, shard_fingerprint
@@ -20,6 +21,7 @@ from dd_core.pseudo.infer import (
     done_shards,
     existing_output,
     finished_shards,
+    pseudo_label_planned_shard,
     pseudo_label_shard,
 )
 from dd_core.pseudo.teacher import teacher_from_checkpoint
@@ -420,3 +422,26 @@ def test_a_teacher_on_its_device_already_is_not_moved_again_shard_after_shard():
     assert _on_device(torch.nn.Module(), "cpu") is not None  # no parameters: moved, as before
     if torch.cuda.is_available():
         assert next(_on_device(model, "cuda").parameters()).is_cuda and Counted.moves == 2
+
+
+def test_a_shard_gets_the_same_rows_whichever_shard_a_fresh_teacher_labels_first(tmp_path):
+    """A worker or a resumed run may start at any shard. torchvision's RoI poolers would take their
+    feature scales from the first batch they see, and a 66-px high image (padded to 96 px) makes them
+    twice too large for the rest of the model's life: shard 1 labeled first came out as garbage."""
+    from dd_core.data.unlabeled import list_unlabeled
+
+    coco = write_tiny_coco(tmp_path / "coco", num_images=2)
+    ckpt = save_random_checkpoint(str(tmp_path / "model_0000000.pth"), coco)
+    (tmp_path / "pile").mkdir()
+    for i, height in enumerate([64, 64, 66, 64]):  # shard 0: two 64x64 images; shard 1 starts 66 px high
+        save_image(tmp_path / "pile" / f"{i:02d}.png", height, 64, seed=i)
+    plan, fp = str(tmp_path / "plan.json"), checkpoint_fingerprint(ckpt, TTA)
+    write_plan(list_unlabeled(str(tmp_path / "pile")), 2, plan)
+    job = ShardJob(ckpt, plan, str(tmp_path / "in-order"), TTA, fp)
+    in_order = LabelingOps(teachers=TeacherCache())
+    for i in (0, 1):
+        pseudo_label_planned_shard(job, i, device="cpu", ops=in_order)
+    alone = pseudo_label_planned_shard(replace(job, out_dir=str(tmp_path / "alone")), 1, device="cpu",
+                                       ops=LabelingOps(teachers=TeacherCache()))  # a fresh teacher
+    expected = read_shard(str(tmp_path / "in-order" / "shard-00001.parquet"))
+    assert expected.num_rows > 0 and read_shard(alone.url).equals(expected)
