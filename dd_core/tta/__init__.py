@@ -9,8 +9,7 @@ scales ``omnidistill --help`` shows, loads without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dd_core.lazy import lazy_exports
 
 _EXPORTS = {
     "dd_core.tta.boxes": ["detect_in_frame", "multi_transform_boxes"],
@@ -24,11 +23,4 @@ _EXPORTS = {
                                "keypoints_to_frame", "resize_boxes", "resize_keypoints", "resize_transform",
                                "transform_set"],
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'dd_core.tta' has no attribute {name!r}")
-    return getattr(importlib.import_module(_MODULE_OF[name]), name)
+__getattr__, __all__ = lazy_exports("dd_core.tta", _EXPORTS)
