@@ -51,7 +51,7 @@ def make_teacher(work: Path) -> str:
 
     from dd_core.data.coco import load_coco
     from dd_core.models import ModelConfig, build_model
-    from dd_core.train.checkpoint import save_checkpoint
+    from dd_core.models.checkpoint import save_checkpoint
     from dd_core.train.detector import checkpoint_meta, spec_for
 
     omnidistill = str(Path(sys.executable).parent / "omnidistill")

@@ -23,8 +23,14 @@ Measured in this process, per thread of the task runner (a worker's view), each 
 - ``slot``: taking the ``gpu`` concurrency slot (a request to the server where it has a ``gpu`` limit;
   without one, the answer ``tasks.cache.GPU_LIMIT`` remembers, asked every 10 s);
 - ``per_shard``: a shard's output written to the next shard's first image read (both of the above:
-  what a GPU worker waits between shards); on the resume, each skipped task's whole wall instead.
-Medians and 90th percentiles in ms, with the plan reads and progress artifact calls counted. The
+  what a GPU worker waits between shards). The resume starts no shard task (the flow finds the done
+  shards in one listing): its ``wall_s`` is what a resume costs.
+Medians and 90th percentiles in ms, with the plan reads and progress artifact calls counted. With
+``--count-calls``, also what does not depend on the machine's speed (which on a shared 2-core machine
+moves the times above by a third between runs): the Python function calls made per shard task on
+the threads that ran shard tasks (task engine, task function, shard loop), and the garbage
+collections in the whole process (counted calls make every call slower, so times are not comparable
+with a run without the option). The
 default scale is the issue's (100,000 images, 2,000 shards); ``--images 2000 --shards 400`` takes
 a few minutes on 2 CPU cores.
 """
@@ -32,10 +38,13 @@ a few minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import functools
+import gc
 import json
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -77,7 +86,7 @@ def make_teacher(url: str, coco: dict[str, Any], size: int) -> str:
 
     from dd_core.data.coco import coco_from_dict
     from dd_core.models import ModelConfig, build_model
-    from dd_core.train.checkpoint import save_checkpoint
+    from dd_core.models.checkpoint import save_checkpoint
     from dd_core.train.detector import checkpoint_meta, spec_for
 
     torch.manual_seed(0)
@@ -196,6 +205,51 @@ def probed() -> Iterator[ShardProbe]:
             setattr(owner, name, value)
 
 
+class CallCounter:
+    """Python function calls by thread (``sys.setprofile`` here and in every thread started meanwhile)
+    and the garbage collector's runs and seconds, while it is entered. It replaces any profiler
+    running (cProfile, yappi) for that time; threads it hooked count nothing once it is left."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.calls: collections.Counter[int] = collections.Counter()
+        self.collections = [0, 0, 0]  # by generation
+        self.gc_seconds = [0.0, 0.0, 0.0]
+        self._gc_start = 0.0
+
+    def _profile(self, frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and self.active:
+            self.calls[threading.get_ident()] += 1
+
+    def _gc(self, phase: str, info: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.collections[info["generation"]] += 1
+            self.gc_seconds[info["generation"]] += time.perf_counter() - self._gc_start
+
+    def __enter__(self) -> "CallCounter":
+        self.active = True
+        gc.callbacks.append(self._gc)
+        threading.setprofile(self._profile)
+        sys.setprofile(self._profile)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.active = False
+        sys.setprofile(None)
+        threading.setprofile(None)  # type: ignore[arg-type]
+        gc.callbacks.remove(self._gc)
+
+    def per_shard(self, shards: list[dict[str, Any]]) -> dict[str, Any]:
+        threads = {r["thread"] for r in shards}
+        per_task = round(sum(self.calls[t] for t in threads) / len(shards)) if shards else None
+        return {"calls_per_shard_task": per_task, "gc_runs_by_generation": self.collections,
+                "gc_ms_by_generation": [round(1000 * s, 1) for s in self.gc_seconds]}
+
+
 def _ms(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
@@ -225,14 +279,15 @@ def per_shard_costs(shards: list[dict[str, Any]]) -> dict[str, dict[str, float]]
             "task_wall": _ms(wall), "finished_check": _ms(check), "slot": _ms(slot)}
 
 
-def label_once(config: Any, checkpoint: str) -> dict[str, Any]:
-    """The real ``label-unlabeled`` subflow on this run, timed and probed."""
+def label_once(config: Any, checkpoint: str, count_calls: bool = False) -> dict[str, Any]:
+    """The real ``label-unlabeled`` subflow on this run, timed and probed (and its calls counted)."""
     from dd_core.storage.layout import RunLayout
     from flows.distill import label_unlabeled
     from flows.runners import shard_task_runner
 
     layout = RunLayout(config.storage.root, config.run_id).for_round(1)
-    with probed() as probe:
+    counter = CallCounter()
+    with probed() as probe, counter if count_calls else contextlib.nullcontext():
         start = time.perf_counter()
         labeled = label_unlabeled.with_options(task_runner=shard_task_runner(config.shards))(
             config, checkpoint, layout)
@@ -240,7 +295,8 @@ def label_once(config: Any, checkpoint: str) -> dict[str, Any]:
     shard_s = max(r["end"] for r in probe.shards) - min(r["start"] for r in probe.shards) if probe.shards else 0.0
     return {"wall_s": round(wall, 1), "shard_tasks_s": round(shard_s, 1), "num_shards": labeled.plan.num_shards,
             "plan_reads": probe.plan_reads, "progress_calls": probe.progress_calls,
-            "skipped": sum(bool(r.get("skipped")) for r in probe.shards), **per_shard_costs(probe.shards)}
+            "skipped": sum(bool(r.get("skipped")) for r in probe.shards), **per_shard_costs(probe.shards),
+            **(counter.per_shard(probe.shards) if count_calls else {})}
 
 
 def _config(out: Path, images: int, shards: int, size: int, workers: int) -> Any:
@@ -271,7 +327,7 @@ def prefect_server(kind: str, out: Path) -> Iterator[str]:
 
 
 def rehearse(out: Path, images: int, shards: int, size: int, server: str, gpu_limit: int | None,
-             workers: int) -> dict[str, Any]:
+             workers: int, count_calls: bool = False) -> dict[str, Any]:
     """Labeling from scratch, then the same run again (every shard done), on a fresh server."""
     import shutil
 
@@ -288,8 +344,8 @@ def rehearse(out: Path, images: int, shards: int, size: int, server: str, gpu_li
 
             with get_client(sync_client=True) as client:
                 client.create_concurrency_limit(tag="gpu", concurrency_limit=gpu_limit)
-        result["label"] = label_once(config, checkpoint)
-        result["resume"] = label_once(config, checkpoint)
+        result["label"] = label_once(config, checkpoint, count_calls)
+        result["resume"] = label_once(config, checkpoint, count_calls)
     return result
 
 
@@ -302,9 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-limit", type=int, default=None, help="create the tag concurrency limit gpu=N first")
     parser.add_argument("--workers", type=int, default=1, help="shard tasks at once (threads runner)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/omnidistill-rehearsal"))
+    parser.add_argument("--count-calls", action="store_true",
+                        help="also count Python calls per shard task and garbage collections (slows every call)")
     parser.add_argument("--label", default="", help="a name for this measurement in the output")
     args = parser.parse_args(argv)
-    result = rehearse(args.out, args.images, args.shards, args.size, args.server, args.gpu_limit, args.workers)
+    result = rehearse(args.out, args.images, args.shards, args.size, args.server, args.gpu_limit, args.workers,
+                      args.count_calls)
     result["label_name"] = args.label
     print(json.dumps(result))
     with open(args.out / "rehearsal.jsonl", "a") as f:

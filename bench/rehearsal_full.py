@@ -79,7 +79,7 @@ def make_teacher(url: str, coco: dict[str, Any], size: int) -> str:
 
     from dd_core.data.coco import coco_from_dict
     from dd_core.models import ModelConfig, build_model
-    from dd_core.train.checkpoint import save_checkpoint
+    from dd_core.models.checkpoint import save_checkpoint
     from dd_core.train.detector import checkpoint_meta, spec_for
 
     torch.manual_seed(0)

@@ -33,6 +33,7 @@ from dd_core.pseudo.fingerprint import checkpoint_fingerprint
 from dd_core.pseudo.infer import ShardJob, ShardSummary, done_shards, labeled_after, pseudo_label_planned_shard
 from dd_core.pseudo.manifest import write_manifest
 from dd_core.pseudo.pipeline import MANIFEST, PlanSummary, SelectionSummary, plan
+from dd_core.pseudo.reading import read_one
 from dd_core.storage import join
 from dd_core.storage.layout import RunLayout
 from dd_core.train.job import TrainJob
@@ -61,7 +62,7 @@ def label_here(options: Options | None = None, progress: bool = False,
     def label_shards(job: ShardJob, num_shards: int) -> list[ShardSummary]:
         done = done_shards(job.plan_url, job.out_dir, job.fingerprint, options)
         to_label = [i for i in range(num_shards) if i not in done]
-        cache, plans, ahead = TeacherCache(), PlanCache(), ReadAhead()
+        cache, plans, ahead = TeacherCache(), PlanCache(), ReadAhead(read_one)
         if teacher is not None:
             cache.get(job.fingerprint, teacher)
         ops = LabelingOps(read_ahead=ahead, stop=stop, teachers=cache, plans=plans)

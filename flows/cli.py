@@ -67,7 +67,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_label(args: argparse.Namespace) -> int:
     from dd_core.device import resolve_device
     from dd_core.pseudo.pipeline import FixedThresholds
-    from dd_core.pseudo.standalone import LabelRequest, pseudo_label_images
+    from dd_core.standalone import LabelRequest, pseudo_label_images
     from dd_core.tta.settings import MultiTransformSettings
 
     request = LabelRequest(args.checkpoint, args.images, args.out,

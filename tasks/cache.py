@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dd_core.ops.caches import TeacherCache
 from dd_core.ops.plans import PlanCache
 from dd_core.ops.read_ahead import ReadAhead
+from dd_core.pseudo.reading import read_one
 
 TEACHERS = TeacherCache()
 PLANS = PlanCache()
-READ_AHEAD = ReadAhead()
+READ_AHEAD = ReadAhead(read_one)
 
 
 class Recent:

@@ -88,7 +88,7 @@ def save_random_checkpoint(url: str, coco: dict, task: str = "keypoints", option
 
     from dd_core.data.coco import coco_from_dict
     from dd_core.models import build_model
-    from dd_core.train.checkpoint import save_checkpoint
+    from dd_core.models.checkpoint import save_checkpoint
     from dd_core.train.detector import checkpoint_meta, spec_for
 
     torch.manual_seed(seed)

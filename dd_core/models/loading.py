@@ -13,6 +13,13 @@ from typing import Any
 
 import torch
 
+from dd_core.models.checkpoint import (
+    checkpoint_keypoint_names,
+    checkpoint_label_to_category,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+
 
 @dataclass(frozen=True)
 class LoadedDetector:
@@ -41,13 +48,6 @@ class LoadedDetector:
 
 def load_detector(url: str, options: Mapping[str, Any] | None = None) -> LoadedDetector:
     """The detector in the checkpoint at ``url`` (read safely: no code runs), in eval mode."""
-    from dd_core.train.checkpoint import (
-        checkpoint_keypoint_names,
-        checkpoint_label_to_category,
-        load_checkpoint,
-        model_from_checkpoint,
-    )
-
     state = load_checkpoint(url, options)
     model = model_from_checkpoint(state)
     spec = state["spec"]

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dd_core.data.images import MAX_PIXELS
 from dd_core.data.unlabeled import UnlabeledImage
-from dd_core.pseudo.reading import READ_THREADS, read_one
-from dd_core.pseudo.teacher import ImageCheck
 from dd_core.storage import join
+
+if TYPE_CHECKING:
+    from dd_core.pseudo.teacher import ImageCheck
+
+# Images read at once. An S3 GET waits 10-50 ms for its first byte: read one after another, a
+# batch of 8 would keep a GPU waiting longer than its inference takes.
+READ_THREADS = 8
+
+Reader = Callable[[UnlabeledImage, str, "Mapping[str, Any] | None", "ImageCheck", "int | None"], Any]
+"""How one image is read: (image, root, storage options, image check, max_pixels) -> what the reads give
+(:func:`dd_core.pseudo.reading.read_one`)."""
 
 
 class ReadAhead:
@@ -26,9 +35,14 @@ class ReadAhead:
     process, shared by its shard tasks (``tasks.cache``); the reads of the last ``keep`` shards
     announced are held, older ones (a guess that did not come true) are dropped. A labeling calls
     :meth:`clear` when it ends, however it ends: reads held past it could be of files rewritten since.
+    ``read`` reads one image, the labeling's own way (:func:`dd_core.pseudo.reading.read_one`).
     """
 
-    def __init__(self, threads: int = READ_THREADS, keep: int = 2) -> None:
+    def __init__(self, read: Reader, threads: int = READ_THREADS, keep: int = 2) -> None:
+        if not callable(read):
+            raise TypeError(f"ReadAhead: read must be the function that reads one image "
+                            f"(dd_core.pseudo.reading.read_one), got {read!r}")
+        self._read = read
         self.threads, self.keep = max(1, threads), max(1, keep)
         self._lock = threading.Lock()
         self._starts: OrderedDict[int, dict[str, tuple[Any, tuple[ImageCheck, int | None], Future]]] = OrderedDict()
@@ -37,10 +51,10 @@ class ReadAhead:
 
     def __getstate__(self) -> dict[str, Any]:
         """Sent to another process (inside a pickled flow, say), it arrives empty: reads do not travel."""
-        return {"threads": self.threads, "keep": self.keep}
+        return {"read": self._read, "threads": self.threads, "keep": self.keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["threads"], state["keep"])
+        self.__init__(state["read"], state["threads"], state["keep"])
 
     def read(self, image: UnlabeledImage, root: str, options: Mapping[str, Any] | None,
              check_image: ImageCheck, max_pixels: int | None = MAX_PIXELS) -> Future:
@@ -53,7 +67,7 @@ class ReadAhead:
                 check_image: ImageCheck, max_pixels: int | None) -> Future:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="omnidistill-ahead")
-        return self._pool.submit(read_one, image, root, options, check_image, max_pixels)
+        return self._pool.submit(self._read, image, root, options, check_image, max_pixels)
 
     def abandon(self) -> None:
         """Leave the reads under way (a stalled GET of a shard that stopped) to the threads they

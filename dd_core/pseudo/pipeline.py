@@ -1,7 +1,7 @@
 """The pseudo-labeling pipeline, one function per step: plan -> label shards -> manifest -> select.
 
 The Prefect tasks (``tasks/infer.py``, ``tasks/select.py``), ``omnidistill label``
-(:mod:`dd_core.pseudo.standalone`) and the benchmarks' plain loop (``bench/pipeline.py``) all
+(:mod:`dd_core.standalone`) and the benchmarks' plain loop (``bench/pipeline.py``) all
 call these, so each step is written once:
 
 1. :func:`plan` lists the unlabeled images, writes the shard plan and removes shards of an

@@ -17,17 +17,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from dd_core.data.images import MAX_PIXELS, ImageDecodeError, Reduction, read_reduced
 from dd_core.data.unlabeled import UnlabeledImage
+from dd_core.ops.read_ahead import READ_THREADS, ReadAhead
 from dd_core.pseudo.teacher import ImageCheck, any_size
 from dd_core.storage import StorageError, join
-
-if TYPE_CHECKING:  # the read-ahead (an operation) reads with this module's functions
-    from dd_core.ops.read_ahead import ReadAhead
 
 # Failures of the storage, not of an image: the shard fails and its task is retried.
 TRANSIENT = (StorageError, ConnectionError, TimeoutError)
@@ -116,10 +114,6 @@ def read_one(image: UnlabeledImage, root: str, options: Mapping[str, Any] | None
     except ImageRejected as exc:
         return exc
 
-
-# Images read at once. An S3 GET waits 10-50 ms for its first byte: read one after another, a
-# batch of 8 would keep a GPU waiting longer than its inference takes.
-READ_THREADS = 8
 
 BatchRead = tuple[list[torch.Tensor], list[UnlabeledImage], list[tuple[UnlabeledImage, ImageRejected]],
                   list[Reduction]]

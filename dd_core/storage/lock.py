@@ -44,11 +44,13 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from dd_core.ops.stop import StopToken
 from dd_core.storage.fs import _is_local, filesystem, read_bytes, remove, write_bytes_atomic, write_bytes_exclusive
 from dd_core.storage.host import pid_runs, process_space, same_process_space
+
+if TYPE_CHECKING:  # storage is below ops: the lock is handed the token of the loops it stops
+    from dd_core.ops.stop import StopToken
 
 log = logging.getLogger(__name__)
 

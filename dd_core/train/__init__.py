@@ -1,6 +1,6 @@
 """Training teachers and students: the paper's schedule, checkpoints, resumable loops."""
 
-from dd_core.train.checkpoint import (
+from dd_core.models.checkpoint import (
     load_checkpoint,
     load_latest_checkpoint,
     model_from_checkpoint,

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from dd_core.data.coco import load_coco
 from dd_core.data.filtering import TrainingImageFilter
+from dd_core.models.checkpoint import load_checkpoint
 from dd_core.models.spec import KeypointSetConfig, ModelConfig
-from dd_core.train.checkpoint import load_checkpoint
 from dd_core.ops.stop import NEVER, StopToken
 from dd_core.train.detector import TrainingInputs, spec_for, train_detector
 from dd_core.train.distributed import DistributedContext

@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 from dd_core.data.dataset import collate
 from dd_core.data.sampler import GroupedBatchSampler, RankBatchSampler
 from dd_core.data.transforms import Target
+from dd_core.models.checkpoint import checkpoint_url, prune_checkpoints, save_checkpoint
 from dd_core.ops.stop import NEVER, StopToken
 from dd_core.ops.workers import drop_inherited_exit_hooks
 from dd_core.storage import exists
-from dd_core.train.checkpoint import checkpoint_url, prune_checkpoints, save_checkpoint
 from dd_core.train.distributed import DistributedContext, barrier, data_parallel, rank_seed, sync_batchnorm
 from dd_core.train.progress import Progress, ProgressHook
 from dd_core.train.resume import check_same_start, resume, rng_state, seed_everything

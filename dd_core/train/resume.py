@@ -13,7 +13,7 @@ from typing import Any, Mapping, Protocol
 
 import torch
 
-from dd_core.train.checkpoint import load_latest_checkpoint
+from dd_core.models.checkpoint import load_latest_checkpoint
 from dd_core.train.distributed import DistributedContext, gather
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ BOX, DISC = {"id": 1, "name": "box"}, {"id": 4, "name": "disc"}
 def _two_category_checkpoint(path, coco) -> str:
     """A random slim detector of categories 1 (box) and 4 (disc) that detects plenty of discs."""
     from dd_core.models import ModelConfig, build_model
-    from dd_core.train.checkpoint import save_checkpoint
+    from dd_core.models.checkpoint import save_checkpoint
     from dd_core.train.detector import checkpoint_meta, spec_for
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import yaml
 
 from dd_core.models.weights import OFFLINE_ENV, cached_file, torchvision_weights
 from dd_core.storage import read_json
-from dd_core.train.checkpoint import load_checkpoint
+from dd_core.models.checkpoint import load_checkpoint
 from flows.cli import main
 from flows.run import run_distillation
 from tests.flows.conftest import local_config, make_sets

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dd_core.models.loading import load_detector
-from dd_core.train.checkpoint import load_checkpoint
+from dd_core.models.checkpoint import load_checkpoint
 from tests.conftest import save_random_checkpoint, write_tiny_coco
 
 

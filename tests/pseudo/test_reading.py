@@ -11,7 +11,7 @@ from PIL import Image
 
 from dd_core.data.unlabeled import UnlabeledImage
 from dd_core.ops.read_ahead import ReadAhead
-from dd_core.pseudo.reading import ImageReading, ImageRejected, read_batches
+from dd_core.pseudo.reading import ImageReading, ImageRejected, read_batches, read_one
 from dd_core.storage import StorageError
 
 
@@ -119,7 +119,7 @@ class _Counted:
 def test_the_next_shards_first_images_are_read_ahead_once_and_taken_by_it(tmp_path):
     images = _pile(tmp_path, 8)
     first, second = images[:4], images[4:]
-    check, ahead = _Counted(), ReadAhead(threads=2)
+    check, ahead = _Counted(), ReadAhead(read_one, threads=2)
     reads = read_batches([first[:2], first[2:]], ImageReading(str(tmp_path), None, check), "cpu",
                          ahead=ahead, then=second[:2])
     assert [[image.id for image in kept] for _, kept, *_ in reads] == [[0, 1], [2, 3]]
@@ -134,7 +134,7 @@ def test_the_next_shards_first_images_are_read_ahead_once_and_taken_by_it(tmp_pa
 def test_reads_ahead_with_other_storage_options_or_image_check_are_read_anew(tmp_path):
     images = _pile(tmp_path, 4)
     check, other = _Counted(), _Counted()
-    ahead = ReadAhead()
+    ahead = ReadAhead(read_one)
     ahead.start(images[:2], str(tmp_path), {"key": "a"}, check)
     list(read_batches([images[:2]], ImageReading(str(tmp_path), {"key": "b"}, check), "cpu", ahead=ahead))
     ahead.start(images[2:], str(tmp_path), None, check)
@@ -145,7 +145,7 @@ def test_reads_ahead_with_other_storage_options_or_image_check_are_read_anew(tmp
 
 def test_reads_ahead_of_a_shard_never_labeled_are_dropped_and_cleared(tmp_path):
     images = _pile(tmp_path, 6)
-    ahead = ReadAhead(keep=2)
+    ahead = ReadAhead(read_one, keep=2)
     for pair in (images[:2], images[2:4], images[4:]):
         ahead.start(pair, str(tmp_path), None, _Counted())
     assert len(ahead) == 4  # the oldest guess is dropped
@@ -161,7 +161,7 @@ def test_a_storage_failure_read_ahead_fails_the_next_shards_first_batch(tmp_path
         if height == 12:
             raise StorageError("endpoint unreachable")
 
-    ahead = ReadAhead()
+    ahead = ReadAhead(read_one)
     list(read_batches([images[:2]], ImageReading(str(tmp_path), None, storage_down), "cpu",
                       ahead=ahead, then=images[2:]))
     with pytest.raises(StorageError, match="endpoint unreachable"):
@@ -171,7 +171,7 @@ def test_a_storage_failure_read_ahead_fails_the_next_shards_first_batch(tmp_path
 def test_a_shard_announced_again_is_read_again_and_only_the_newest_read_is_kept(tmp_path):
     """A retried shard announces its successor a second time: the files may have changed meanwhile."""
     images = _pile(tmp_path, 2)
-    check, ahead = _Counted(), ReadAhead()
+    check, ahead = _Counted(), ReadAhead(read_one)
     ahead.start(images, str(tmp_path), None, check)
     Image.fromarray(np.full((30, 12, 3), 7, dtype=np.uint8)).save(tmp_path / "0.png")  # rewritten before the retry
     ahead.start(images, str(tmp_path), None, check)
@@ -183,7 +183,7 @@ def test_a_shard_announced_again_is_read_again_and_only_the_newest_read_is_kept(
 
 def test_clearing_ends_the_reading_threads_and_a_cleared_read_ahead_reads_again(tmp_path):
     images = _pile(tmp_path, 2)
-    ahead = ReadAhead(threads=2)
+    ahead = ReadAhead(read_one, threads=2)
     ahead.start(images, str(tmp_path), None, _Counted())
     threads = list(ahead._pool._threads)
     ahead.clear()
@@ -198,7 +198,7 @@ def test_clearing_ends_the_reading_threads_and_a_cleared_read_ahead_reads_again(
 
 def test_shards_read_with_a_read_ahead_use_its_threads_and_start_none_of_their_own(tmp_path):
     images = _pile(tmp_path, 12)
-    ahead, threads = ReadAhead(threads=3), set()
+    ahead, threads = ReadAhead(read_one, threads=3), set()
 
     def note_thread(height: int, width: int) -> None:
         threads.add((threading.current_thread().name, threading.get_ident()))
@@ -220,7 +220,7 @@ def test_a_read_stalled_by_a_stopped_shard_does_not_hold_up_the_next_shards_read
             stalled.set()
             release.wait(20)
 
-    ahead = ReadAhead(threads=1)
+    ahead = ReadAhead(read_one, threads=1)
     try:
         reads = read_batches([images[:2], images[2:4]], ImageReading(str(tmp_path), None, stall_image_2), "cpu",
                              ahead=ahead)
@@ -237,7 +237,7 @@ def test_a_read_stalled_by_a_stopped_shard_does_not_hold_up_the_next_shards_read
 
 
 def test_leaving_early_with_a_read_ahead_drops_this_shards_queued_reads_and_keeps_its_threads(tmp_path):
-    images, count, ahead = _pile(tmp_path, 10), _Counted(), ReadAhead(threads=1)
+    images, count, ahead = _pile(tmp_path, 10), _Counted(), ReadAhead(read_one, threads=1)
     reads = read_batches([images[i:i + 2] for i in range(0, 10, 2)], ImageReading(str(tmp_path), None, count), "cpu",
                          ahead=ahead)
     assert [image.id for image in next(reads)[1]] == [0, 1]
@@ -253,7 +253,7 @@ def test_a_read_ahead_sent_to_another_process_arrives_empty(tmp_path):
     import pickle
 
     images = _pile(tmp_path, 2)
-    ahead = ReadAhead(threads=3, keep=4)
+    ahead = ReadAhead(read_one, threads=3, keep=4)
     ahead.start(images, str(tmp_path), None, _Counted())
     copy = pickle.loads(pickle.dumps(ahead))
     assert len(copy) == 0 and (copy.threads, copy.keep) == (3, 4)
@@ -342,3 +342,8 @@ def test_a_too_thin_image_is_rejected_naming_the_files_size_not_the_reduced_one(
         with pytest.raises(ImageRejected) as rejected:
             read_unlabeled(str(tmp_path / "thin.png"), None, check)
         assert str(rejected.value) == f"{tmp_path}/thin.png: {size}: {why}"
+
+
+def test_read_ahead_refuses_a_reader_that_is_not_a_function():
+    with pytest.raises(TypeError, match="read must be the function that reads one image"):
+        ReadAhead(2)  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from dd_core.data.sampler import MixedBatchSampler
 from dd_core.models import ModelConfig
 from dd_core.storage import write_json_atomic
 from dd_core.train import TrainConfig, train
-from dd_core.train.checkpoint import checkpoint_url, list_checkpoints
+from dd_core.models.checkpoint import checkpoint_url, list_checkpoints
 from dd_core.train.distributed import DistributedContext, init_distributed, rank_seed, resolve_backend
 from dd_core.train.job import TrainJob, resolve_hook, run_job
 from dd_core.train.launch import _rank_error, _stream, launch_distributed

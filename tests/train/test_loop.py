@@ -6,7 +6,7 @@ import torch
 from dd_core.data.coco import load_coco
 from dd_core.models import ModelConfig
 from dd_core.train import TrainConfig, load_latest_checkpoint, model_from_checkpoint, save_checkpoint, train
-from dd_core.train.checkpoint import checkpoint_url, load_checkpoint
+from dd_core.models.checkpoint import checkpoint_url, load_checkpoint
 from dd_core.train.detector import TrainingInputs, spec_for, train_detector
 from dd_core.train.loop import Checkpoints, Runtime, TrainHooks
 

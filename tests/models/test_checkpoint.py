@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from dd_core.train.checkpoint import (
+from dd_core.models.checkpoint import (
     checkpoint_url,
     list_checkpoints,
     load_checkpoint,

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from dd_core.pseudo.standalone import LabelRequest, pseudo_label_images
+from dd_core.standalone import LabelRequest, pseudo_label_images
 from dd_core.storage import join, list_files, read_bytes, write_bytes_atomic
 from dd_core.tta.settings import MultiTransformSettings
 from tests.conftest import save_random_checkpoint, write_tiny_coco
