@@ -6,7 +6,6 @@ plan entry to its Parquet row): sys.setprofile in every thread, recording while 
 """
 import json, os, sys, threading
 ROOT = os.getcwd()
-active = [0]
 seen = {"shard": set(), "plan": set()}
 WATCH = {"pseudo_label_planned_shard": "shard", "plan": "plan"}
 stack = []

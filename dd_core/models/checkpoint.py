@@ -13,6 +13,8 @@ from typing import Any, Mapping
 
 import torch
 
+from dd_core.models.builders import build_model
+from dd_core.models.spec import ModelSpec
 from dd_core.storage import filesystem, join, read_bytes, remove, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -73,8 +75,6 @@ def prune_checkpoints(directory: str, keep: int, options: Mapping[str, Any] | No
 
 def model_from_checkpoint(state: Mapping[str, Any]) -> torch.nn.Module:
     """Rebuild the architecture recorded in the checkpoint and load its weights (nanoGPT-style)."""
-    from dd_core.models import ModelSpec, build_model
-
     if "spec" not in state:
         raise ValueError("checkpoint has no 'spec': it was not written by omnidistill's trainer")
     model = build_model(ModelSpec.from_dict(state["spec"]).for_restore())

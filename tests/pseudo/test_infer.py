@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from dd_core.data.unlabeled import Shard, UnlabeledImage, list_unlabeled, plan_shards, write_plan
-from dd_core.ops.clock import StageClock
 from dd_core.ops.caches import TeacherCache
+from dd_core.ops.clock import StageClock
 from dd_core.ops.labeling import LabelingOps
 from dd_core.pseudo import reading
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint, shard_fingerprint
@@ -428,8 +428,6 @@ def test_a_shard_gets_the_same_rows_whichever_shard_a_fresh_teacher_labels_first
     """A worker or a resumed run may start at any shard. torchvision's RoI poolers would take their
     feature scales from the first batch they see, and a 66-px high image (padded to 96 px) makes them
     twice too large for the rest of the model's life: shard 1 labeled first came out as garbage."""
-    from dd_core.data.unlabeled import list_unlabeled
-
     coco = write_tiny_coco(tmp_path / "coco", num_images=2)
     ckpt = save_random_checkpoint(str(tmp_path / "model_0000000.pth"), coco)
     (tmp_path / "pile").mkdir()
