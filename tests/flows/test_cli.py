@@ -247,6 +247,35 @@ def test_the_command_exits_with_its_code_even_when_an_exit_hook_hangs():
     assert time.monotonic() - started < 20
 
 
+GARBAGE_AT_EXIT = """
+import sys
+import flows.cli
+
+class Writer:  # as an interrupted stage's writer: in a cycle, finished only by its finalizer
+    def __del__(self):
+        open(sys.argv[1], "w").write("finished")
+
+def main():
+    writer = Writer()
+    writer.me = writer
+    return 4
+
+flows.cli.main = main
+flows.cli.entry()
+"""
+
+
+def test_the_commands_exit_still_finalizes_the_garbage_it_leaves(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", GARBAGE_AT_EXIT, str(tmp_path / "out")],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 4 and done.stderr == ""
+    assert (tmp_path / "out").read_text() == "finished"
+
+
 def _tree(folder) -> dict[str, bytes | None]:
     """Every path under ``folder`` with its bytes (None for a folder): to check that nothing was written."""
     return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}

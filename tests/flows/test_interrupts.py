@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
@@ -21,6 +22,7 @@ from pydantic import BaseModel, model_serializer
 from pydantic_core import PydanticSerializationError
 
 from dd_core.ops.stop import PROCESS
+from flows.cli import EXIT_GRACE
 from flows.interrupts import Interrupted, ctrl_c_noted, interruption, resume_command, stop_on_signals
 from tests.flows.conftest import local_config, make_sets
 
@@ -80,15 +82,35 @@ def _wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def _stop(process: subprocess.Popen, signum: int) -> tuple[int, float, str, set[int]]:
-    """Send ``signum``; (exit code, seconds to exit, stderr, the process's children still alive after)."""
+class Stopped(NamedTuple):
+    code: int  # the exit code
+    took: float  # seconds from the signal to the exit
+    err: str  # stderr
+    left: set[int]  # the process's children still alive after it
+    sent_ns: int  # when the signal was sent (time.time_ns(), as files' modification times)
+
+
+def _stop(process: subprocess.Popen, signum: int) -> Stopped:
+    """Send ``signum`` and wait for the process to end."""
     children = _descendants(process.pid)
-    sent = time.monotonic()
+    sent, sent_ns = time.monotonic(), time.time_ns()
     process.send_signal(signum)
-    _, err = process.communicate(timeout=60)
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the run and what it started (it leads its own session)
+        _, err = process.communicate()
+        raise AssertionError(f"still running 60 s after the signal: {err[-2000:]}") from None
     took = time.monotonic() - sent
     time.sleep(0.5)
-    return process.returncode, took, err, _alive(children)
+    return Stopped(process.returncode, took, err, _alive(children), sent_ns)
+
+
+# How long after the signal a stopped run must have exited: a stop that hung on a thread or an exit
+# hook would be ended only by the console script's grace, which starts once the command returns.
+# How soon the prompt comes back is measured by bench/stop_latency.py (BENCHMARKS.md), not here:
+# on CI's 2 loaded cores it took twice as long as alone.
+STOP_GUARD = EXIT_GRACE
 
 
 def _resume(err: str, tmp_path: Path, api_url: str | None = None) -> subprocess.CompletedProcess:
@@ -189,7 +211,7 @@ def test_a_signal_inside_a_log_call_is_raised_after_it_and_logging_stays_usable(
     assert not other.is_alive()  # no lock of the logging module was left held
 
 
-def test_ctrl_c_while_labeling_stops_within_seconds_and_the_run_resumes(tmp_path):
+def test_ctrl_c_while_labeling_stops_at_the_next_batch_and_the_run_resumes(tmp_path):
     make_sets(tmp_path, (4, 60, 2))
     config = _config(tmp_path, "sigint", shards={"size": 2, "workers": 2},
                      tta={"scales": [64, 96], "flip": True})
@@ -197,14 +219,16 @@ def test_ctrl_c_while_labeling_stops_within_seconds_and_the_run_resumes(tmp_path
     inference = tmp_path / "store/runs/sigint/inference"
     _wait_for(lambda: len(list(inference.glob("shard-*.parquet"))) >= 2 or process.poll() is not None, 240,
               "the first shards")
-    code, took, err, left = _stop(process, signal.SIGINT)
-    assert code == 130 and took < 10, (code, took, err[-2000:])
+    code, took, err, left, sent_ns = _stop(process, signal.SIGINT)
+    assert code == 130 and took < STOP_GUARD, (code, took, err[-2000:])
     last = err.strip().splitlines()[-1]
     assert last.startswith("omnidistill: run sigint stopped (interrupted by SIGINT); resume it with: omnidistill run ")
     assert "Traceback" not in err and not left, left
     assert not (tmp_path / "store/runs/sigint/_lock.json").exists()
     finished = {p.name: p.stat().st_mtime_ns for p in inference.glob("shard-*.parquet")}
     assert 2 <= len(finished) < 30
+    # The stop is checked before each batch: only the shards in flight (one per worker) were written after it.
+    assert len([name for name, at in finished.items() if at > sent_ns]) <= 2, (sorted(finished.items()), sent_ns)
 
     resumed = _resume(err, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -213,15 +237,26 @@ def test_ctrl_c_while_labeling_stops_within_seconds_and_the_run_resumes(tmp_path
     assert len(list(inference.glob("shard-*.parquet"))) == 30
 
 
-def test_sigterm_while_training_stops_within_seconds_and_frees_the_run_id(tmp_path):
+def _last_checkpoint(folder: Path) -> int:
+    found = [int(p.stem.split("_")[1]) for p in folder.glob("model_*.pth")]
+    assert found, f"no checkpoint in {folder}"
+    return max(found)
+
+
+def test_sigterm_while_training_stops_within_the_step_and_frees_the_run_id(tmp_path):
     make_sets(tmp_path, (4, 2, 2))
     config = _config(tmp_path, "sigterm")
     process = _start(["run", config, "--set", "teacher.iterations=5000", "--set", "teacher.checkpoint_every=5"],
                      tmp_path)
     teacher = tmp_path / "store/runs/sigterm/teacher"
     _wait_for(lambda: any(teacher.glob("model_*.pth")) or process.poll() is not None, 240, "a teacher checkpoint")
-    code, took, err, left = _stop(process, signal.SIGTERM)
-    assert code == 143 and took < 10, (code, took, err[-2000:])
+    assert process.poll() is None, process.communicate()[1][-2000:]
+    reached = _last_checkpoint(teacher)
+    code, took, err, left, _ = _stop(process, signal.SIGTERM)
+    assert code == 143 and took < STOP_GUARD, (code, took, err[-2000:])
+    # The stop is checked before each step: the step under way ends it, at most one checkpoint further
+    # (two, if one was written between reading the folder and the signal).
+    assert reached <= _last_checkpoint(teacher) <= reached + 2 * 5
     assert err.strip().splitlines()[-1].startswith("omnidistill: run sigterm stopped (interrupted by SIGTERM); "
                                                    "resume it with: ")
     assert "Traceback" not in err and not left, left
@@ -249,11 +284,11 @@ def test_a_run_cancelled_from_the_ui_stops_is_marked_cancelled_and_resumes(tmp_p
         client.set_flow_run_state(run.id, Cancelling(message="cancelled in a test"), force=True)
         _, err = process.communicate(timeout=60)
         took = time.monotonic() - cancelled_at
-        assert process.returncode == 1 and took < 15, (process.returncode, took, err[-2000:])
+        assert process.returncode == 1 and took < STOP_GUARD, (process.returncode, took, err[-2000:])
         assert err.strip().splitlines()[-1].startswith("omnidistill: run cancel was cancelled; resume it with: ")
         assert client.read_flow_run(run.id).state.is_cancelled()
     assert not (tmp_path / "store/runs/cancel/_lock.json").exists()
-    stopped_at = max(int(p.stem.split("_")[1]) for p in teacher.glob("model_*.pth"))
+    stopped_at = _last_checkpoint(teacher)
     assert 5 <= stopped_at < 150
 
     resumed = _resume(err, tmp_path, api)
