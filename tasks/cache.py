@@ -63,6 +63,8 @@ def _gpu_limit_exists() -> bool:
 
 
 # Whether a "gpu" limit exists is asked once per this many seconds, not once per shard task (a
-# request each shard would wait for). A limit created mid-run applies within this.
+# request each shard would wait for). A limit created mid-run applies within this: Prefect's task engine
+# also remembers for 5 s that a task with the tag (``train``, ``evaluate``) found no limit, but it found
+# that before the limit was made, so that memory ends first.
 LIMIT_LOOK_EVERY = 10.0
 GPU_LIMIT = Recent(_gpu_limit_exists, LIMIT_LOOK_EVERY)

@@ -78,14 +78,14 @@ fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def scheduling_server(request, tmp_path_factory):
-    """(UI address, server log) of a ``prefect server start`` whose scheduler loops every few seconds."""
+    """(UI address, server log, database) of a ``prefect server start`` whose scheduler loops every few seconds."""
     home = tmp_path_factory.mktemp(f"server-{request.param}")
     with pytest.MonkeyPatch.context() as env:
         for key, value in SERVER_LOOPS.items():
             env.setenv(key, value)
         if request.param == "sqlite":
             with local_prefect_server(home) as ui:
-                yield ui, home / "server.log"
+                yield ui, home / "server.log", request.param
             return
         try:
             find_server_binaries()
@@ -95,7 +95,7 @@ def scheduling_server(request, tmp_path_factory):
         os.chmod(folder, 0o755)
         try:
             with postgres_server(folder) as url, local_prefect_server(home, database_url=url) as ui:
-                yield ui, home / "server.log"
+                yield ui, home / "server.log", request.param
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -193,10 +193,76 @@ def _shard_task_runs(flow_run_id, expected: int, timeout: float = 20.0):
             time.sleep(0.5)
 
 
-def _problems_in(log: str) -> list[str]:
-    """The lines of a server log that say something went wrong: tracebacks and ERROR records."""
-    return [line for line in log.splitlines() if "Traceback (most recent call last)" in line
-            or re.search(r"\bERROR\b", line)]
+RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| ")  # a Prefect log record's first line: "08:18:18.812 | ERROR   | ..."
+COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # FORCE_COLOR in the environment colours the level names
+
+# Prefect 3.9's worker channel records a heartbeat in a transaction that reads the work pool, then
+# writes the worker: on SQLite, a write committed in between (the flow run's logs and events) makes
+# SQLite refuse it at once ("database is locked"; its busy timeout does not apply to a read turned
+# write). The server logs the record below and closes the worker's channel; the worker reconnects and
+# its next heartbeat is recorded. PostgreSQL (docker-compose.yml) does not do this
+# (bench/sqlite_heartbeats.py). Tolerated on SQLite only, in exactly this shape, at most 3 times.
+HEARTBEAT_REFUSED = re.compile(r"^\S+ \| ERROR +\| prefect\.server\.utilities\.worker_channel - "
+                               r"Worker channel heartbeat persistence failed: ")
+SQLITE_LOCKED = ["sqlite3.OperationalError: database is locked",
+                 "sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database is locked"]
+CHAINED = {"", "Traceback (most recent call last):",
+           "The above exception was the direct cause of the following exception:"}
+SQLALCHEMY_TAIL = ("[SQL: ", "[parameters: ", "(Background on this error at: ")
+MOST_REFUSED = 3
+
+
+def _heartbeat_refused_by_sqlite(record: list[str]) -> bool:
+    """Whether a log record is the heartbeat SQLite refused: its header, a traceback whose exceptions are
+    exactly SQLite's lock and SQLAlchemy's around it, and SQLAlchemy's statement lines; nothing else."""
+    if not HEARTBEAT_REFUSED.match(record[0]):
+        return False
+    unindented = [line for line in record[1:] if not line.startswith(" ")]
+    exceptions = [line for line in unindented if line not in CHAINED and not line.startswith(SQLALCHEMY_TAIL)]
+    return exceptions == SQLITE_LOCKED
+
+
+def _problems_in(log: str, database: str) -> list[str]:
+    """The records of a server log that say something went wrong (an ERROR or CRITICAL, or a traceback),
+    each as its first line and last line; on SQLite, up to :data:`MOST_REFUSED` refused heartbeats
+    (:func:`_heartbeat_refused_by_sqlite`) are not."""
+    records: list[list[str]] = [[]]
+    for line in COLOUR.sub("", log).splitlines():
+        if RECORD.match(line):
+            records.append([])
+        records[-1].append(line)
+    problems, refused = [], []
+    for record in filter(None, records):
+        text = "\n".join(record)
+        if "Traceback (most recent call last)" not in text and not re.search(r"\b(ERROR|CRITICAL)\b", text):
+            continue
+        summary = f"{record[0]} [...] {record[-1]}" if len(record) > 1 else record[0]
+        (refused if database == "sqlite" and _heartbeat_refused_by_sqlite(record) else problems).append(summary)
+    return problems + (refused if len(refused) > MOST_REFUSED else [])
+
+
+def test_only_a_few_heartbeats_sqlite_refused_are_tolerated_in_a_server_log():
+    refused = (Path(__file__).parent / "heartbeat_refused_on_sqlite.log").read_text()  # a real record
+    header, last = refused.splitlines()[0], refused.splitlines()[-1]
+    info = "08:18:19.001 | INFO    | prefect.server - ok\n"
+    assert _problems_in(info + refused + info, "sqlite") == []
+    assert _problems_in(info + refused * MOST_REFUSED, "sqlite") == []
+    assert _problems_in(refused * (MOST_REFUSED + 1), "sqlite") == [f"{header} [...] {last}"] * (MOST_REFUSED + 1)
+    assert _problems_in(info + refused, "postgres") == [f"{header} [...] {last}"]
+    # The same header with another exception in the chain, or after it; or the locked error elsewhere.
+    other = refused.replace("sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database is locked",
+                            "RuntimeError: Worker channel work pool no longer exists")
+    after = refused + "Exception in thread Thread-3:\nTraceback (most recent call last):\nZeroDivisionError: x\n"
+    elsewhere = refused.replace("worker_channel - Worker channel heartbeat persistence failed",
+                                "scheduler - Unexpected error in: Scheduler")
+    stdlib = refused + "ERROR:asyncio:Task exception was never retrieved\n"
+    assert [len(_problems_in(log, "sqlite")) for log in (other, after, elsewhere, stdlib)] == [1, 1, 1, 1]
+    # Lines that do not look like a record are problems too: coloured, CRITICAL, before the first record.
+    assert _problems_in("08:18:20.000 | \x1b[31mERROR\x1b[0m   | prefect.server - lost\n", "sqlite") == [
+        "08:18:20.000 | ERROR   | prefect.server - lost"]
+    assert _problems_in("08:18:20.000 | CRITICAL | prefect.server - gone\n", "sqlite") != []
+    assert _problems_in("Traceback (most recent call last):\nValueError: at start-up\n" + info, "sqlite") == [
+        "Traceback (most recent call last): [...] ValueError: at start-up"]
 
 
 def test_a_schedule_creates_a_run_that_a_process_worker_completes(scheduling_server, tmp_path):
@@ -205,7 +271,7 @@ def test_a_schedule_creates_a_run_that_a_process_worker_completes(scheduling_ser
     from prefect.client.schemas.objects import StateType
     from prefect.workers.process import ProcessWorker
 
-    ui, server_log = scheduling_server
+    ui, server_log, database = scheduling_server
     make_sets(tmp_path, (4, 4, 2))
     config = local_config(tmp_path, run_id=None, unlabeled={"images": f"flaky:/{tmp_path}/unlabeled/images"})
     hooks = tmp_path / "hooks"
@@ -277,5 +343,5 @@ def test_a_schedule_creates_a_run_that_a_process_worker_completes(scheduling_ser
                                                               ("infer shard-00001", "COMPLETED")]
     assert sorted(t.run_count for t in shards) == [1, 2]
 
-    problems = _problems_in(server_log.read_text(errors="replace"))
-    assert problems == [], f"{len(problems)} error lines in {server_log}, the first: {problems[:5]}"
+    problems = _problems_in(server_log.read_text(errors="replace"), database)
+    assert problems == [], f"{len(problems)} error records in {server_log}, the first: {problems[:3]}"

@@ -7,7 +7,8 @@ from prefect.client.orchestration import get_client
 
 from tasks import cache
 from tasks.cache import Recent
-from tasks.infer import gpu_slot
+from tasks.infer import GPU_TAG, gpu_slot
+from tests.tasks.gpu_limit import active_gpu_slots, tagged_task, wait_until_applied
 
 
 def test_a_recent_answer_is_asked_once_per_period_and_a_failed_ask_is_not_remembered():
@@ -35,34 +36,35 @@ def test_a_recent_answer_is_asked_once_per_period_and_a_failed_ask_is_not_rememb
         recent()
 
 
-def _active_gpu_slots() -> int:
-    with get_client(sync_client=True) as client:
-        return client.read_global_concurrency_limit_by_name("tag:gpu").active_slots
-
-
 @task
 def _slotted(look: bool) -> int | None:
     with gpu_slot():
-        return _active_gpu_slots() if look else None
+        return active_gpu_slots() if look else None
 
 
-def test_shard_tasks_ask_for_a_gpu_slot_only_while_the_server_has_a_gpu_limit(prefect_harness, monkeypatch):
+@flow
+def _shards(n: int, look: bool) -> list[int | None]:
+    return [_slotted(look) for _ in range(n)]
+
+
+def test_shard_tasks_ask_for_a_gpu_slot_only_while_the_server_has_a_gpu_limit(prefect_harness, monkeypatch, request):
     asked = []
     real = cache.GPU_LIMIT.ask
     monkeypatch.setattr(cache.GPU_LIMIT, "ask", lambda: asked.append(1) or real())
+    monkeypatch.setattr(cache.GPU_LIMIT, "every", 3600.0)  # asked again only when forgotten: counts exact
+    request.addfinalizer(cache.GPU_LIMIT.forget)  # and no answer kept for an hour after the test
     cache.GPU_LIMIT.forget()
 
-    @flow
-    def shards(n: int, look: bool) -> list[int | None]:
-        return [_slotted(look) for _ in range(n)]
-
-    assert shards(5, look=False) == [None] * 5 and len(asked) == 1  # no limit: asked once, no slot taken
+    assert _shards(5, look=False) == [None] * 5 and len(asked) == 1  # no limit: asked once, no slot taken
+    # As in a run, a task tagged "gpu" (train, evaluate) finds no limit, which Prefect remembers for 5 s.
+    assert tagged_task() == 0
     with get_client(sync_client=True) as client:
-        client.create_concurrency_limit(tag="gpu", concurrency_limit=2)
+        client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=2)
         try:
-            cache.GPU_LIMIT.forget()  # rather than wait out LIMIT_LOOK_EVERY
-            assert shards(3, look=True) == [1, 1, 1] and len(asked) == 2  # each held one slot while it ran
-            assert _active_gpu_slots() == 0  # and gave it back
+            cache.GPU_LIMIT.forget()  # as when LIMIT_LOOK_EVERY has passed, but within Prefect's 5 s
+            wait_until_applied(lambda: _shards(1, look=True) == [1])
+            assert len(asked) == 2  # asked once since the limit was made
+            assert _shards(3, look=True) == [1, 1, 1] and len(asked) == 2  # each held one slot while it ran
+            assert active_gpu_slots() == 0  # and gave it back
         finally:
-            client.delete_concurrency_limit_by_tag("gpu")
-            cache.GPU_LIMIT.forget()
+            client.delete_concurrency_limit_by_tag(GPU_TAG)

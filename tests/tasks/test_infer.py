@@ -11,8 +11,8 @@ from dd_core.data.unlabeled import write_plan
 from dd_core.pseudo.fingerprint import checkpoint_fingerprint
 from dd_core.pseudo.infer import ShardJob
 from flows.shards import label_shards
-from tasks import cache
 from tests.pseudo.helpers import TTA, planned, setup_pile
+from tests.tasks.gpu_limit import gpu_limit
 
 
 class _Run(threading.Thread):
@@ -36,9 +36,7 @@ def test_a_finished_shard_takes_no_gpu_slot_and_a_shard_to_label_waits_for_one(p
     write_plan(unlabeled, 1, plan)
     planned(ckpt, plan, out, fp, 0)  # shard 0 was labeled by an earlier run
     job = ShardJob(ckpt, plan, out, TTA, fp, device="cpu").parameters()
-    with get_client(sync_client=True) as client:
-        client.create_concurrency_limit(tag="gpu", concurrency_limit=1)
-        cache.GPU_LIMIT.forget()  # an earlier test's shards may have found none: asked again, not in 10 s
+    with gpu_limit(1), get_client(sync_client=True) as client:
         # Another holder (a shard of another run, say) takes the only slot.
         lease = client.increment_concurrency_slots_with_lease(names=["tag:gpu"], slots=1, mode="concurrency",
                                                               lease_duration=300).json()["lease_id"]
@@ -55,5 +53,4 @@ def test_a_finished_shard_takes_no_gpu_slot_and_a_shard_to_label_waits_for_one(p
             client.release_concurrency_slots_with_lease(lease_id=lease)
             if to_label is not None:
                 to_label.join(timeout=120)
-            client.delete_concurrency_limit_by_tag("gpu")
     assert to_label.error is None and [s.skipped for s in to_label.result] == [False]
