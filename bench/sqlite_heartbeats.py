@@ -3,9 +3,10 @@
 A ``prefect server start`` as omnidistill starts it (flows/server.py), a process worker polling a
 ``cpu`` pool and sending a heartbeat every ``--every`` seconds, and ``--writers`` clients sending
 batches of 50 log records as fast as the server takes them (a flow run's logs and events). At the end
-it counts the heartbeats the server logged as failed (of about ``seconds / every`` due) ("Worker channel heartbeat persistence failed"),
-with the exception each ended in, and reads the worker's status and last heartbeat as the server has them (a worker that
-misses a few heartbeats is OFFLINE: under this load its heartbeats also come late).
+it counts the heartbeats the server logged as failed ("Worker channel heartbeat persistence failed";
+about ``seconds / every`` were due), by the first exception in each record's traceback, and reads the
+worker's status and last heartbeat as the server has them (a worker that misses a few heartbeats is
+OFFLINE: under this load a SQLite server also records them late, or not for a while).
 
 On SQLite, Prefect 3.9 records a channel heartbeat in a transaction that reads the work pool and then
 writes the worker; a write committed in between makes SQLite refuse it at once ("database is locked":
@@ -51,7 +52,7 @@ async def _write_logs(until: float, writers: int) -> int:
 
 
 def _failures(log: str) -> Counter[str]:
-    """The failed heartbeats of a server log, by the last line of their traceback (the exception)."""
+    """The failed heartbeats of a server log, by the first exception line of each record's traceback."""
     ends: Counter[str] = Counter()
     records = re.split(r"(?m)^(?=\d\d:\d\d:\d\d\.\d+ \| )", log)
     for record in records:
