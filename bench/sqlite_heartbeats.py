@@ -54,7 +54,7 @@ async def _write_logs(until: float, writers: int) -> int:
 def _failures(log: str) -> Counter[str]:
     """The failed heartbeats of a server log, by the first exception line of each record's traceback."""
     ends: Counter[str] = Counter()
-    records = re.split(r"(?m)^(?=\d\d:\d\d:\d\d\.\d+ \| )", log)
+    records = re.split(r"(?m)^(?=\d\d:\d\d:\d\d\.\d+ \| )", re.sub(r"\x1b\[[0-9;]*m", "", log))
     for record in records:
         if FAILED in record.split("\n", 1)[0]:
             exceptions = [line for line in record.splitlines() if re.match(r"^[\w.]+(Error|Exception)\b", line)]

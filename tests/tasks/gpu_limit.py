@@ -57,7 +57,14 @@ def wait_until_applied(applied, deadline_s: float = 60.0) -> float:
 def gpu_limit(slots: int) -> Iterator[None]:
     """A ``gpu`` limit of ``slots`` on the server, deleted after the block; this process's task runs take
     its slots from the block's start (a task tagged ``gpu`` has held one). Nothing holds one then."""
+    from prefect.exceptions import ObjectNotFound
+
     with get_client(sync_client=True) as client:
+        try:  # one left by an earlier test (its slots perhaps held) would make the wait below block
+            left = client.read_global_concurrency_limit_by_name(f"tag:{GPU_TAG}")
+        except ObjectNotFound:
+            left = None
+        assert left is None, f"a gpu limit is left on the test server: {left.limit} slots, {left.active_slots} held"
         client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=slots)
         try:
             cache.GPU_LIMIT.forget()  # rather than wait out LIMIT_LOOK_EVERY
