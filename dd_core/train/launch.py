@@ -172,11 +172,16 @@ def _rank_error(result: Path, nproc: int) -> Exception | None:
 
 
 def torchrun_command(nproc_per_node: int, job_path: Path, result_path: Path, backend: str,
-                     progress_path: Path | None = None) -> list[str]:
-    """torchrun (of this interpreter's environment) on one node, rendezvous on a free local port."""
+                     progress_path: Path | None = None, log_dir: Path | None = None) -> list[str]:
+    """torchrun (of this interpreter's environment) on one node, rendezvous on a free local port.
+
+    torchrun makes a folder per run and rank under ``log_dir`` even when it writes no log there; without
+    one it makes them in a new ``torchelastic_*`` folder of the system's temp folder and leaves it behind.
+    """
     progress = [f"--progress={progress_path}"] if progress_path is not None else []
+    logs = [f"--log-dir={log_dir}"] if log_dir is not None else []
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-            "-m", "dd_core.train.launch", str(job_path), str(result_path), f"--backend={backend}", *progress]
+            *logs, "-m", "dd_core.train.launch", str(job_path), str(result_path), f"--backend={backend}", *progress]
 
 
 def _rank_environment(job: TrainJob, nproc_per_node: int) -> dict[str, str]:
@@ -213,7 +218,8 @@ def launch_distributed(job: TrainJob, nproc_per_node: int, *, backend: str = "au
         if watch is not None:
             watch.start()
         try:
-            code, tail = _stream(torchrun_command(nproc_per_node, job_path, result_path, backend, progress_path), env)
+            code, tail = _stream(torchrun_command(nproc_per_node, job_path, result_path, backend, progress_path,
+                                                     Path(tmp) / "torchrun"), env)
         finally:
             if watch is not None:
                 watch.done.set()

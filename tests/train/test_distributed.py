@@ -2,6 +2,7 @@ import dataclasses
 import itertools
 import json
 import sys
+import tempfile
 import time
 
 import pytest
@@ -116,10 +117,15 @@ def test_two_cpu_ranks_train_as_one_and_resume_on_one(tmp_path, monkeypatch):
                    model=ModelConfig(test_size=64, min_size=(56, 64, 72), max_size=96), stop_after=3,
                    progress=False, on_step="tests.train.probe:record_step",
                    on_checkpoint="tests.train.probe:record_checkpoint")
+    temp = tmp_path / "temp"  # the system's temp folder, for this process and the ranks
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     t0 = time.perf_counter()
     result = launch_distributed(job, nproc_per_node=2, backend="gloo")
     print(f"2 ranks, 3 steps through torchrun: {time.perf_counter() - t0:.1f} s")
     assert result.iteration == 3 and result.checkpoint == checkpoint_url(ckpt, 3)
+    assert list(temp.iterdir()) == []  # nothing left behind (torchrun's own log folders included)
 
     steps, saved = _read_probe(probe)
     assert [s["iteration"] for s in steps[0]] == [s["iteration"] for s in steps[1]] == [1, 2, 3]
