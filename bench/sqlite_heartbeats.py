@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -109,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--keep", action="store_true", help="keep the server's and the worker's logs (printed)")
     args = parser.parse_args(argv)
-    if args.every < 1 or args.seconds <= 0 or args.writers < 1:
-        parser.error("--every and --writers must be at least 1, --seconds above 0")
+    if args.every < 1 or not (math.isfinite(args.seconds) and args.seconds > 0) or args.writers < 1:
+        parser.error("--every and --writers must be at least 1, --seconds a number above 0")
     folder = Path(tempfile.mkdtemp(prefix="omnidistill-heartbeats-"))
     os.chmod(folder, 0o755)  # reachable by the postgres account
     try:

@@ -3,12 +3,11 @@ every few seconds instead of one slot request per shard."""
 
 import pytest
 from prefect import flow, task
-from prefect.client.orchestration import get_client
 
 from tasks import cache
 from tasks.cache import Recent
-from tasks.infer import GPU_TAG, gpu_slot
-from tests.tasks.gpu_limit import active_gpu_slots, tagged_task, wait_until_applied
+from tasks.infer import gpu_slot
+from tests.tasks.gpu_limit import active_gpu_slots, gpu_limit, tagged_task
 
 
 def test_a_recent_answer_is_asked_once_per_period_and_a_failed_ask_is_not_remembered():
@@ -58,13 +57,7 @@ def test_shard_tasks_ask_for_a_gpu_slot_only_while_the_server_has_a_gpu_limit(pr
     assert _shards(5, look=False) == [None] * 5 and len(asked) == 1  # no limit: asked once, no slot taken
     # As in a run, a task tagged "gpu" (train, evaluate) finds no limit, which Prefect remembers for 5 s.
     assert tagged_task() == 0
-    with get_client(sync_client=True) as client:
-        client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=2)
-        try:
-            cache.GPU_LIMIT.forget()  # as when LIMIT_LOOK_EVERY has passed, but within Prefect's 5 s
-            wait_until_applied(lambda: _shards(1, look=True) == [1])
-            assert len(asked) == 2  # asked once since the limit was made
-            assert _shards(3, look=True) == [1, 1, 1] and len(asked) == 2  # each held one slot while it ran
-            assert active_gpu_slots() == 0  # and gave it back
-        finally:
-            client.delete_concurrency_limit_by_tag(GPU_TAG)
+    with gpu_limit(2):  # forgets our answer, as when LIMIT_LOOK_EVERY has passed, and waits out Prefect's
+        assert len(asked) == 1
+        assert _shards(3, look=True) == [1, 1, 1] and len(asked) == 2  # asked once; each held a slot as it ran
+        assert active_gpu_slots() == 0  # and gave it back
